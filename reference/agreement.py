@@ -1,0 +1,194 @@
+"""The agreement round every collective of a group starts with.
+
+SEMANTICS.md, "Cross-rank agreement (robust)": all ranks of a group must call the same collective
+with the same shape and dtype; the reference checks before moving data, every rank learns of a
+disagreement or of an invalid argument on any rank, and all raise the same error naming the ranks
+and what each passed. No rank is left blocked.
+
+Each rank sends every peer one fixed-size slot: a header (error flag, call number, op, dtype,
+shape, byte count, two op arguments) followed by the payload itself when it fits in
+``INLINE_BYTES``. So a small collective costs exactly one exchange: once the headers agree, every
+rank already holds every block and reduces them locally. The header exchange is point to point so
+that a deadline can name exactly the peers that never arrived.
+
+Only when something is wrong does a second exchange follow, carrying each rank's description of
+its call and its error text; every rank saw the same headers, so every rank takes that path.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from reference import deadline
+from reference.dtypes import DTYPE_CODES, describe
+
+if TYPE_CHECKING:
+    from reference.group import Group
+
+# error, call number, op, dtype code, ndim, nbytes, shape hash, argument 0, argument 1
+HEADER = struct.Struct("<9q")
+_AGREED_FIELDS = slice(1, 7)
+INLINE_BYTES = 512
+SLOT_BYTES = HEADER.size + INLINE_BYTES
+
+TAG_HEADER = 11
+TAG_DETAILS = 12
+
+OP_CODES = {"all_sum": 1, "all_max": 2, "all_min": 3, "all_gather": 4, "sum_scatter": 5, "split": 6}
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What every rank learned from the round: the same on every rank."""
+
+    inline: list[np.ndarray] | None  # each rank's payload bytes, in rank order, when they fit
+    arguments: list[tuple[int, int]]  # each rank's two op arguments (split: colour, key)
+
+
+def agree(
+    group: Group,
+    op: str,
+    array: np.ndarray | None,
+    error: Exception | None,
+    arguments: tuple[int, int] = (0, 0),
+) -> Agreement:
+    """Run the agreement round for ``op`` on ``group``; raise on every rank if anything is off.
+
+    ``error`` is this rank's own argument error (raised by nobody yet): it is shared with the
+    peers, and every rank then raises an error of its type naming each failing rank.
+    """
+    comm = group._comm
+    rank, size = group._rank, group._size
+    send_slot, slots = group._slots()
+    group._calls += 1
+    nbytes = _pack(send_slot, group._calls, op, array, error, arguments)
+
+    requests = []
+    for peer in range(size):
+        if peer != rank:
+            requests.append(comm.Irecv([slots[peer], _byte()], peer, TAG_HEADER))
+            requests.append(comm.Isend([send_slot, _byte()], peer, TAG_HEADER))
+    peers = [peer for peer in range(size) if peer != rank]
+
+    def never_arrived(pending: list[int], seconds: float) -> Exception:
+        missing = sorted({peers[index // 2] for index in pending if index % 2 == 0})
+        return group._break(
+            f"{op} on {group._label} timed out after {seconds:g} s waiting for rank(s) "
+            f"{_names(missing)} to call {op} (rank {rank} of {size} was waiting)"
+        )
+
+    deadline.wait_all(requests, never_arrived)
+    slots[rank] = send_slot
+    headers = [HEADER.unpack_from(slots[peer]) for peer in range(size)]
+    own = headers[rank]
+    if any(h[0] for h in headers) or any(h[_AGREED_FIELDS] != own[_AGREED_FIELDS] for h in headers):
+        raise _shared_failure(group, op, array, error, arguments, headers)
+    inline = None
+    if nbytes <= INLINE_BYTES:
+        inline = [slots[peer, HEADER.size : HEADER.size + nbytes] for peer in range(size)]
+    return Agreement(inline, [(h[7], h[8]) for h in headers])
+
+
+def _byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
+def _pack(
+    slot: np.ndarray,
+    call: int,
+    op: str,
+    array: np.ndarray | None,
+    error: Exception | None,
+    arguments: tuple[int, int],
+) -> int:
+    if array is None or error is not None:
+        failed = int(error is not None)
+        HEADER.pack_into(slot, 0, failed, call, OP_CODES[op], -1, -1, -1, 0, *arguments)
+        return -1
+    nbytes = array.nbytes
+    shape = array.shape
+    HEADER.pack_into(
+        slot,
+        0,
+        0,
+        call,
+        OP_CODES[op],
+        DTYPE_CODES[array.dtype],
+        len(shape),
+        nbytes,
+        hash(shape),  # ints and tuples of ints hash the same in every process
+        *arguments,
+    )
+    if 0 < nbytes <= INLINE_BYTES:
+        slot[HEADER.size : HEADER.size + nbytes] = array.reshape(-1).view(np.uint8)
+    return nbytes
+
+
+def _names(ranks: list[int]) -> str:
+    return ", ".join(str(r) for r in ranks)
+
+
+def _describe_call(op: str, array: np.ndarray | None, call: int) -> str:
+    what = op if array is None else f"{op} with {describe(array.dtype, array.shape)}"
+    return f"{what} (call #{call} on this group)"
+
+
+def _shared_failure(
+    group: Group,
+    op: str,
+    array: np.ndarray | None,
+    error: Exception | None,
+    arguments: tuple[int, int],
+    headers: list[tuple[int, ...]],
+) -> Exception:
+    """Exchange the details of a failed round and build the error every rank raises."""
+    mine = (
+        _describe_call(op, array, group._calls),
+        type(error).__name__ if error else None,
+        str(error) if error else None,
+    )
+    details = exchange_objects(group, mine, TAG_DETAILS, op)
+    failing = [r for r, (_, kind, _) in enumerate(details) if kind is not None]
+    if failing:
+        kind = TypeError if details[failing[0]][1] == "TypeError" else ValueError
+        reasons = "; ".join(f"rank {r}: {details[r][2]}" for r in failing)
+        return kind(
+            f"{op} failed on every rank of {group._label} because of invalid arguments on "
+            f"rank(s) {_names(failing)}: {reasons}"
+        )
+    by_call: dict[str, list[int]] = {}
+    for r, (description, _, _) in enumerate(details):
+        by_call.setdefault(description, []).append(r)
+    listing = "; ".join(f"rank(s) {_names(ranks)} called {d}" for d, ranks in by_call.items())
+    return ValueError(
+        f"{op}: the ranks of {group._label} disagree on the collective call, so no data was "
+        f"moved: {listing}"
+    )
+
+
+def exchange_objects(group: Group, obj: object, tag: int, op: str) -> list[object]:
+    """Every rank's ``obj`` in rank order (pickled point to point, under the deadline)."""
+    comm = group._comm
+    rank, size = group._rank, group._size
+    sends = [comm.isend(obj, peer, tag) for peer in range(size) if peer != rank]
+    results: list[object] = [None] * size
+    results[rank] = obj
+    for peer in range(size):
+        if peer == rank:
+            continue
+
+        def silent(seconds: float, peer: int = peer) -> Exception:
+            return group._break(
+                f"{op} on {group._label}: rank {peer} stopped answering for {seconds:g} s"
+            )
+
+        message = deadline.poll(lambda peer=peer: comm.improbe(peer, tag), silent)
+        results[peer] = message.recv()
+    deadline.wait_all(sends, lambda pending, seconds: group._break(f"{op}: details not delivered"))
+    return results

@@ -1,0 +1,159 @@
+"""The collectives: all_sum, all_max, all_min, all_gather and sum_scatter.
+
+SEMANTICS.md, "Size-1 groups", "Reductions", "all_gather", "sum_scatter" and "Cross-rank
+agreement". Each call validates its arguments, then runs the agreement round (which also carries
+small payloads, see ``reference.agreement``), then, for payloads too large to travel inline, one
+MPI collective straight from the caller's buffer into the result's buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from reference import deadline
+from reference.agreement import agree
+from reference.dtypes import as_array
+from reference.group import Group, init
+from reference.reductions import MAX, MIN, SUM, local_reduce, mpi_datatype, mpi_op
+
+
+def resolve_group(group: Any, op: str) -> Group:
+    """``group=None`` is the global group; anything but a Group is a TypeError."""
+    if group is None:
+        return init()
+    if not isinstance(group, Group):
+        kind = type(group).__name__
+        raise TypeError(f"{op}: group must be a reference.Group or None, got {kind}")
+    return group
+
+
+def _prepare(x: Any, op: str, group: Group) -> tuple[np.ndarray | None, Exception | None]:
+    """The input as an array, or the argument error to share with the peers."""
+    group._check_usable(op)
+    try:
+        return as_array(x, op), None
+    except (TypeError, ValueError) as error:
+        if group.size() == 1:
+            raise
+        return None, error
+
+
+def _flat_bytes(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1).view(np.uint8)
+
+
+def _wait(group: Group, op: str, request: Any) -> None:
+    def stalled(pending: list[int], seconds: float) -> TimeoutError:
+        return group._break(
+            f"{op} on {group._label} timed out after {seconds:g} s moving data: a peer stopped "
+            "making progress after every rank had arrived"
+        )
+
+    deadline.wait_all([request], stalled)
+
+
+def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
+    group = resolve_group(group, op)
+    array, error = _prepare(x, op, group)
+    if group.size() == 1:
+        return np.array(array, copy=True)
+    agreement = agree(group, op, array, error)
+    if agreement.inline is not None:
+        blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
+        blocks[group.rank()] = array
+        return local_reduce(kind, blocks)
+    out = np.empty_like(array)
+    datatype = mpi_datatype(array.dtype)
+    request = group._comm.Iallreduce(
+        [_flat_bytes(array), array.size, datatype],
+        [_flat_bytes(out), out.size, datatype],
+        mpi_op(kind, array.dtype),
+    )
+    _wait(group, op, request)
+    return out
+
+
+def all_sum(x: Any, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Element-wise sum over the group; bool sums are logical OR; integers wrap around.
+
+    Every rank must pass the same shape and dtype; the result has that shape and dtype.
+    """
+    return _all_reduce(x, SUM, "all_sum", group)
+
+
+def all_max(x: Any, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Element-wise maximum over the group (bool: OR; complex: lexicographic; NaN propagates)."""
+    return _all_reduce(x, MAX, "all_max", group)
+
+
+def all_min(x: Any, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Element-wise minimum over the group (bool: AND; complex: lexicographic; NaN propagates)."""
+    return _all_reduce(x, MIN, "all_min", group)
+
+
+def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Concatenate every rank's array along axis 0, in rank order (0-d inputs give shape (N,)).
+
+    At size 1 the input comes back unchanged, a 0-d input staying 0-d.
+    """
+    group = resolve_group(group, "all_gather")
+    array, error = _prepare(x, "all_gather", group)
+    if group.size() == 1:
+        return np.array(array, copy=True)
+    agreement = agree(group, "all_gather", array, error)
+    size = group.size()
+    shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
+    out = np.empty(shape, array.dtype)
+    if out.nbytes == 0:
+        return out
+    if agreement.inline is not None:
+        flat = _flat_bytes(out).reshape(size, -1)
+        for rank, block in enumerate(agreement.inline):
+            flat[rank] = block
+        flat[group.rank()] = _flat_bytes(array)
+        return out
+    request = group._comm.Iallgather(_flat_bytes(array), _flat_bytes(out))
+    _wait(group, "all_gather", request)
+    return out
+
+
+def _scatter_shape_error(array: np.ndarray, size: int) -> ValueError | None:
+    if array.ndim >= 1 and array.shape[0] % size == 0:
+        return None
+    return ValueError(
+        f"[sum_scatter] Invalid shape={array.shape} for a group of size {size}. The first "
+        "dimension (axis 0) must be divisible by the group size and the input must have at "
+        "least one dimension."
+    )
+
+
+def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Rank r gets rows ``[r*c, (r+1)*c)`` of ``all_sum(x)``, with ``c = x.shape[0] // size``.
+
+    At size 1 the input comes back unchanged. Otherwise ``x`` needs ndim >= 1 and an axis 0
+    divisible by the group size (ValueError on every rank if any rank's input is invalid).
+    """
+    group = resolve_group(group, "sum_scatter")
+    array, error = _prepare(x, "sum_scatter", group)
+    if group.size() == 1:
+        return np.array(array, copy=True)
+    size, rank = group.size(), group.rank()
+    if error is None:
+        error = _scatter_shape_error(array, size)
+    agreement = agree(group, "sum_scatter", array, error)
+    rows = array.shape[0] // size
+    if agreement.inline is not None:
+        blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
+        blocks[rank] = array
+        return local_reduce(SUM, [b[rank * rows : (rank + 1) * rows] for b in blocks])
+    out = np.empty((rows, *array.shape[1:]), array.dtype)
+    datatype = mpi_datatype(array.dtype)
+    request = group._comm.Ireduce_scatter_block(
+        [_flat_bytes(array), datatype],
+        [_flat_bytes(out), out.size, datatype],
+        mpi_op(SUM, array.dtype),
+    )
+    _wait(group, "sum_scatter", request)
+    return out

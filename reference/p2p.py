@@ -1,0 +1,173 @@
+"""Point-to-point: send, recv and recv_like.
+
+SEMANTICS.md, "send / recv / recv_like". Every message starts with a header (dtype, shape, byte
+count); payloads up to ``INLINE_BYTES`` ride in the header message, larger ones follow as a second
+message received straight into the result's buffer. The header lets the receiver check what it
+is given: a recv whose shape or dtype disagrees with what was sent raises ValueError naming both
+sides, after draining the payload, so the pair can go on communicating.
+
+``send`` is eager, like MPI's standard mode: when it returns the message is on its way or
+delivered and ``x`` may be reused; for large messages it may wait until the matching recv is
+posted. A message to oneself is queued in the group and handed to the matching recv.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from reference import deadline
+from reference.collectives import resolve_group
+from reference.dtypes import (
+    DTYPE_CODES,
+    SUPPORTED_DTYPES,
+    as_array,
+    as_dtype,
+    as_shape,
+    describe,
+)
+from reference.group import Group
+
+TAG_HEADER = 21
+TAG_PAYLOAD = 22
+INLINE_BYTES = 4096
+
+# dtype code, ndim, nbytes; then ndim dims; then the payload when it is inline
+_FIXED = struct.Struct("<3q")
+
+
+def _byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
+def _check_peer(group: Group, peer: Any, op: str, role: str) -> int:
+    if group.size() == 1:
+        verb = "send to" if op == "send" else "recv from"
+        raise ValueError(f"Cannot {verb} a singleton group")
+    if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)):
+        raise TypeError(f"{op}: {role} must be an int, got {type(peer).__name__}")
+    if not 0 <= peer < group.size():
+        raise ValueError(f"Invalid {role}={peer} for a group of size {group.size()}")
+    return int(peer)
+
+
+def _header(array: np.ndarray) -> bytes:
+    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, array.nbytes)
+    dims = struct.pack(f"<{array.ndim}q", *array.shape)
+    inline = array.tobytes() if array.nbytes <= INLINE_BYTES else b""
+    return fixed + dims + inline
+
+
+def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """Send ``x`` to rank ``dst`` of the group; returns an array equal to ``x`` (read-only view).
+
+    Raises ValueError for a singleton group or a ``dst`` outside ``[0, size)``.
+    """
+    group = resolve_group(group, "send")
+    dst = _check_peer(group, dst, "send", "destination")
+    array = as_array(x, "send")
+    group._check_usable("send")
+    if dst == group.rank():
+        group._to_self.append(array.copy())
+        return _read_only(array)
+    comm = group._comm
+    requests = [comm.Isend([_header(array), _byte()], dst, TAG_HEADER)]
+    if array.nbytes > INLINE_BYTES:
+        requests.append(comm.Isend([array.reshape(-1).view(np.uint8), _byte()], dst, TAG_PAYLOAD))
+
+    def unmatched(pending: list[int], seconds: float) -> TimeoutError:
+        return group._break(
+            f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} timed "
+            f"out after {seconds:g} s: rank {dst} never received it"
+        )
+
+    deadline.wait_all(requests, unmatched)
+    return _read_only(array)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def recv(
+    shape: Any, dtype: Any, src: int, *, group: Group | None = None, stream: Any = None
+) -> np.ndarray:
+    """Receive an array of exactly ``shape`` and ``dtype`` from rank ``src`` of the group.
+
+    Raises ValueError for a singleton group, a ``src`` outside ``[0, size)``, or a message whose
+    dtype or shape differs from the one asked for (the message is consumed; the channel stays
+    usable). Raises TimeoutError if nothing arrives before the deadline (nothing is consumed).
+    """
+    shape = as_shape(shape, "recv")
+    dtype = as_dtype(dtype)
+    group = resolve_group(group, "recv")
+    src = _check_peer(group, src, "recv", "source")
+    group._check_usable("recv")
+    if src == group.rank():
+        return _recv_from_self(group, shape, dtype)
+    comm = group._comm
+
+    def nothing_sent(seconds: float) -> TimeoutError:
+        return TimeoutError(
+            f"recv of {describe(dtype, shape)} from rank {src} of {group._label} timed out after "
+            f"{seconds:g} s: rank {src} sent nothing"
+        )
+
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    message = deadline.poll(lambda: comm.Improbe(src, TAG_HEADER, status), nothing_sent)
+    header = bytearray(status.Get_count(MPI.BYTE))
+    message.Recv([header, MPI.BYTE])
+    code, ndim, nbytes = _FIXED.unpack_from(header)
+    sent_shape = struct.unpack_from(f"<{ndim}q", header, _FIXED.size)
+    sent_dtype = SUPPORTED_DTYPES[code]
+    inline_at = _FIXED.size + 8 * ndim
+    matches = sent_dtype == dtype and tuple(sent_shape) == shape
+    out = np.empty(shape, dtype) if matches else np.empty(nbytes, np.uint8)
+    if nbytes <= INLINE_BYTES:
+        out.reshape(-1).view(np.uint8)[...] = np.frombuffer(header, np.uint8, nbytes, inline_at)
+    else:
+
+        def stalled(pending: list[int], seconds: float) -> TimeoutError:
+            return group._break(
+                f"recv from rank {src} of {group._label} timed out after {seconds:g} s in the "
+                "middle of a message"
+            )
+
+        buffer = out.reshape(-1).view(np.uint8)
+        deadline.wait_all([comm.Irecv([buffer, MPI.BYTE], src, TAG_PAYLOAD)], stalled)
+    if not matches:
+        raise _mismatch(dtype, shape, src, sent_dtype, sent_shape)
+    return out
+
+
+def _mismatch(dtype, shape, src, sent_dtype, sent_shape) -> ValueError:
+    return ValueError(
+        f"recv expected {describe(dtype, shape)} from rank {src} but rank {src} sent "
+        f"{describe(sent_dtype, sent_shape)}"
+    )
+
+
+def _recv_from_self(group: Group, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if not group._to_self:
+        raise ValueError(
+            f"recv from rank {group.rank()} (this rank) of {group._label}: nothing was sent to "
+            "self, and a rank cannot wait on itself"
+        )
+    sent = group._to_self.popleft()
+    if sent.dtype != dtype or sent.shape != shape:
+        raise _mismatch(dtype, shape, group.rank(), sent.dtype, sent.shape)
+    return sent
+
+
+def recv_like(x: Any, src: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
+    """``recv(x.shape, x.dtype, src)``: receive an array shaped and typed like ``x``."""
+    like = as_array(x, "recv_like")
+    return recv(like.shape, like.dtype, src, group=group, stream=stream)

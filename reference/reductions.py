@@ -1,0 +1,117 @@
+"""Reductions: the element-wise rule for sum, max and min, locally and as MPI ops.
+
+SEMANTICS.md, "Reductions": no promotion; integers wrap around; bool sum and max are logical OR,
+bool min is logical AND; complex64 max/min compare lexicographically (real part, then imaginary
+part); NaN in max/min is impl-defined and the reference propagates it.
+
+Two paths use the same rule: ``local_reduce`` combines blocks that arrived inline with the agreement
+header (small messages), and ``mpi_op`` gives the MPI op for the data phase (large messages).
+MPI's predefined ops are used where they already have the rule (integer and complex sum, bool
+logic); user-defined ops cover what MPI lacks (float16/bfloat16 arithmetic, NaN-propagating float
+max/min, lexicographic complex max/min).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from reference.dtypes import BOOL, COMPLEX, FLOATING, NUMPY_DTYPES
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+SUM, MAX, MIN = "sum", "max", "min"
+KINDS = (SUM, MAX, MIN)
+
+
+def _lexicographic(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """Element-wise max or min of complex arrays, by real part then imaginary part."""
+    if kind == MAX:
+        take_a = (a.real > b.real) | ((a.real == b.real) & (a.imag >= b.imag))
+    else:
+        take_a = (a.real < b.real) | ((a.real == b.real) & (a.imag <= b.imag))
+    # A NaN in either part makes both comparisons false; propagate it like the float rule.
+    nan_a = np.isnan(a.real) | np.isnan(a.imag)
+    return np.where(take_a | nan_a, a, b)
+
+
+def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a (kind) b`` element-wise, in a's dtype: the one rule both paths share."""
+    dtype = a.dtype
+    if dtype == BOOL:
+        return np.logical_and(a, b) if kind == MIN else np.logical_or(a, b)
+    if kind == SUM:
+        # Integer overflow wraps in numpy's fixed-width arithmetic, as the contract requires.
+        return np.add(a, b, dtype=dtype)
+    if dtype in COMPLEX:
+        return _lexicographic(a, b, kind)
+    # np.maximum/np.minimum propagate NaN (the reference's choice for the impl-defined case).
+    return np.maximum(a, b) if kind == MAX else np.minimum(a, b)
+
+
+def local_reduce(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Reduce the ranks' blocks in rank order, so every rank computes bit-identical results."""
+    result = blocks[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for block in blocks[1:]:
+            result = combine(kind, result, block)
+    return np.array(result, copy=True)
+
+
+def _user_function(kind: str, dtype: np.dtype):
+    def apply(inbuf, inoutbuf, datatype) -> None:
+        incoming = np.frombuffer(inbuf, dtype=dtype)
+        inout = np.frombuffer(inoutbuf, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            inout[...] = combine(kind, incoming, inout)
+
+    return apply
+
+
+@functools.cache
+def mpi_op(kind: str, dtype: np.dtype) -> MPI.Op:
+    """The MPI op implementing ``kind`` for ``dtype`` (cached; user ops are created once)."""
+    from mpi4py import MPI
+
+    if dtype == BOOL:
+        return MPI.LAND if kind == MIN else MPI.LOR
+    if kind == SUM and dtype not in (NUMPY_DTYPES["float16"], NUMPY_DTYPES["bfloat16"]):
+        return MPI.SUM
+    if kind != SUM and dtype not in FLOATING and dtype not in COMPLEX:
+        return MPI.MAX if kind == MAX else MPI.MIN
+    return MPI.Op.Create(_user_function(kind, dtype), commute=True)
+
+
+@functools.cache
+def mpi_datatype(dtype: np.dtype) -> MPI.Datatype:
+    """The MPI datatype that reductions of ``dtype`` run on.
+
+    float16 and bfloat16 travel as 16-bit words: MPI only ever applies our user op to them, and a
+    2-byte datatype keeps segmented algorithms from splitting an element.
+    """
+    from mpi4py import MPI
+
+    table = {
+        "bool": MPI.C_BOOL,
+        "int8": MPI.INT8_T,
+        "int16": MPI.INT16_T,
+        "int32": MPI.INT32_T,
+        "int64": MPI.INT64_T,
+        "uint8": MPI.UINT8_T,
+        "uint16": MPI.UINT16_T,
+        "uint32": MPI.UINT32_T,
+        "uint64": MPI.UINT64_T,
+        "float16": MPI.UINT16_T,
+        "bfloat16": MPI.UINT16_T,
+        "float32": MPI.FLOAT,
+        "float64": MPI.DOUBLE,
+        "complex64": MPI.C_FLOAT_COMPLEX,
+    }
+    for name, candidate in NUMPY_DTYPES.items():
+        if candidate == dtype:
+            return table[name]
+    raise KeyError(dtype)
