@@ -1,0 +1,1 @@
+"""The executable specification: one test module per area of the API, plus manifest.toml."""
