@@ -1,0 +1,339 @@
+"""MLX's ``ring`` backend (``mlx.core.distributed``) as a backend under test.
+
+Resolve it as ``--backend mlx`` (the harness maps the built-in name to
+``conformance.backends.mlx:backend``). Importing this module never imports MLX; the first access to
+``backend`` does, and raises ImportError with the install hint when MLX is missing.
+
+How the ring is formed. Every run is launched by ``mpiexec -n N``. MLX's ring backend knows nothing
+of MPI: ``mx.distributed.init()`` reads ``MLX_RANK`` and ``MLX_HOSTFILE`` (a JSON list, one entry per
+rank, of ``"ip:port"`` strings) and opens TCP connections to its two neighbours. On the first
+``init`` call the adapter makes each rank pick a free port on 127.0.0.1, exchanges the ports over its
+own duplicate of ``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets both
+variables from the MPI rank. At one rank nothing is configured and MLX answers with its singleton
+group. Variables already set by the caller (e.g. under ``mlx.launch``) are left alone.
+
+Deviations of the adapter from plain MLX, all deliberate:
+
+- The communication functions are *eager*: each result is evaluated (``mx.eval``) before the call
+  returns, so errors that MLX raises at evaluation time (``[ring] sum_scatter not supported.``,
+  ``[ring] Send only supported to direct neighbors ...``) surface at the call, and a ``send`` has
+  gone out before the matching ``recv`` is issued. MLX evaluating a send and a recv together can
+  deadlock; eager calls avoid it. Set ``CONFORMANCE_MLX_LAZY=1`` to get MLX's lazy functions
+  unchanged.
+- Forming the ring is bounded: if ``init`` does not return within ``CONFORMANCE_MLX_INIT_TIMEOUT``
+  seconds (default 90) the job is aborted with a message, because a rank blocked in MLX's
+  ``accept()`` cannot be interrupted otherwise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "API_NAMES",
+    "DTYPE_NAMES",
+    "MLXRingBackend",
+    "configure_ring",
+    "make_backend",
+    "ring_capabilities",
+]
+
+DTYPE_NAMES: tuple[str, ...] = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+)
+COMMUNICATION_OPS: tuple[str, ...] = (
+    "all_sum",
+    "all_max",
+    "all_min",
+    "all_gather",
+    "sum_scatter",
+    "send",
+    "recv",
+    "recv_like",
+)
+API_NAMES: tuple[str, ...] = ("init", "is_available", *COMMUNICATION_OPS)
+
+HOST = "127.0.0.1"
+ENV_LAZY = "CONFORMANCE_MLX_LAZY"
+ENV_INIT_TIMEOUT = "CONFORMANCE_MLX_INIT_TIMEOUT"
+DEFAULT_INIT_TIMEOUT = 90.0
+# MLX's ring reads exactly these two; MLX_RING_VERBOSE (any value) turns on its connection log.
+ENV_RANK = "MLX_RANK"
+ENV_HOSTFILE = "MLX_HOSTFILE"
+
+INSTALL_HINT = (
+    "the 'mlx' backend needs MLX: pip install 'mlx-distributed-conformance[mlx]' "
+    "(on Linux this installs 'mlx[cpu]')"
+)
+
+
+def _import_mlx() -> Any:
+    try:
+        import mlx.core as mx
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return mx
+
+
+def _capabilities_class() -> type:
+    """The harness's Capabilities, or an identical stand-in while the harness is absent."""
+    try:
+        from conformance.backend import Capabilities
+    except ImportError:
+        return _Capabilities
+    return Capabilities
+
+
+@dataclass(frozen=True)
+class _Capabilities:
+    ops: frozenset[str]
+    dtypes: Mapping[str, frozenset[str]]
+    p2p_topology: str
+    split: bool
+    sum_scatter: bool
+    send_to_self: bool
+    timeouts: bool
+
+
+def ring_capabilities() -> Any:
+    """What MLX 0.32's ring backend really supports, as measured at 2..4 ranks on Linux.
+
+    Every op accepts all 14 dtypes (bool reductions are OR/OR/AND). Point-to-point reaches only
+    the two ring neighbours; ``split``, ``sum_scatter`` and sending to oneself raise RuntimeError.
+    MLX has no timeouts.
+    """
+    all_dtypes = frozenset(DTYPE_NAMES)
+    return _capabilities_class()(
+        ops=frozenset(API_NAMES),
+        dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
+        p2p_topology="neighbours",
+        split=False,
+        sum_scatter=False,
+        send_to_self=False,
+        timeouts=False,
+    )
+
+
+def _pick_free_port(host: str) -> int:
+    # The port is released before MLX binds it; MLX sets SO_REUSEADDR, and the window in which
+    # another process could take it is the few milliseconds of the exchange.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def configure_ring(comm: Any = None, host: str = HOST) -> str | None:
+    """Point MLX's ring backend at one free port per rank; collective over ``comm``.
+
+    ``comm`` defaults to a duplicate of ``MPI.COMM_WORLD`` that is freed afterwards. Every rank
+    of ``comm`` must call this at the same time. Sets ``MLX_RANK`` and ``MLX_HOSTFILE`` and returns
+    the hostfile path (removed at exit), or returns None and changes nothing when the world has one
+    rank or both variables are already set.
+    """
+    if os.environ.get(ENV_RANK) and os.environ.get(ENV_HOSTFILE):
+        return None
+    own_comm = comm is None
+    if own_comm:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD.Dup()
+    try:
+        rank, size = comm.Get_rank(), comm.Get_size()
+        if size == 1:
+            return None
+        ports = comm.allgather(_pick_free_port(host))
+    finally:
+        if own_comm:
+            comm.Free()
+    tmpdir = tempfile.mkdtemp(prefix=f"conformance-mlx-ring-r{rank}-")
+    atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
+    hostfile = os.path.join(tmpdir, "hosts.json")
+    with open(hostfile, "w", encoding="utf-8") as fh:
+        json.dump([[f"{host}:{port}"] for port in ports], fh)
+    os.environ[ENV_RANK] = str(rank)
+    os.environ[ENV_HOSTFILE] = hostfile
+    return hostfile
+
+
+def _abort_job(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    try:
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(3)
+    finally:
+        os._exit(3)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, what: str) -> Any:
+    """Abort the whole MPI job if the block does not finish within ``seconds``."""
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(seconds):
+            _abort_job(
+                f"conformance.backends.mlx: {what} did not finish within {seconds:g}s "
+                f"(MLX_RANK={os.environ.get(ENV_RANK)!r}, "
+                f"MLX_HOSTFILE={os.environ.get(ENV_HOSTFILE)!r}); "
+                f"a peer probably failed to connect. Aborting the job."
+            )
+
+    thread = threading.Thread(target=watch, name="mlx-init-deadline", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _eager(mx: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    # Arguments go to MLX untouched so that its own argument errors (TypeError for a positional
+    # group, ValueError for a bad rank) are what the suite sees.
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        mx.eval(out)
+        return out
+
+    return call
+
+
+class MLXRingBackend:
+    """The API of ``mlx.core.distributed`` plus the adapter hooks of the backend contract."""
+
+    name = "mlx"
+
+    def __init__(self, mx: Any | None = None, *, lazy: bool | None = None) -> None:
+        self.mx = mx if mx is not None else _import_mlx()
+        self.distributed = self.mx.distributed
+        self.version: str = str(self.mx.__version__)
+        self.lazy = os.environ.get(ENV_LAZY, "") not in ("", "0") if lazy is None else lazy
+        self.capabilities = ring_capabilities()
+        self.Group = self.distributed.Group
+        self.is_available = self.distributed.is_available
+        self._configured = False
+        self._lock = threading.Lock()
+        self._dtypes = {
+            name: getattr(self.mx, "bool_" if name == "bool" else name) for name in DTYPE_NAMES
+        }
+        for op in COMMUNICATION_OPS:
+            fn = getattr(self.distributed, op)
+            setattr(self, op, fn if self.lazy else _eager(self.mx, fn))
+
+    def init(self, *args: Any, **kwargs: Any) -> Any:
+        """``mx.distributed.init`` after configuring the ring from the MPI rank (first call only).
+
+        Collective on the first call: every MPI rank must call it.
+        """
+        with self._lock:
+            if not self._configured:
+                configure_ring()
+                self._configured = True
+        timeout = float(os.environ.get(ENV_INIT_TIMEOUT, DEFAULT_INIT_TIMEOUT))
+        with _deadline(timeout, "mx.distributed.init (forming the ring)"):
+            return self.distributed.init(*args, **kwargs)
+
+    def dtype(self, name: str) -> Any:
+        """The MLX dtype for one of the 14 dtype names (KeyError for others)."""
+        try:
+            return self._dtypes[name]
+        except KeyError:
+            raise KeyError(f"unknown dtype name {name!r}; expected one of {DTYPE_NAMES}") from None
+
+    def asarray(self, a: Any) -> Any:
+        """numpy -> ``mx.array`` with the same shape, dtype and values.
+
+        dtypes outside the 14 go through MLX's own conversion unchanged (so the suite sees what
+        MLX does with them, e.g. complex128 silently becoming complex64).
+        """
+        a = np.asarray(a)
+        name = _dtype_name(a.dtype)
+        if name is None:
+            return self.mx.array(a)
+        if name == "bfloat16":
+            # Goes through the raw bits: numpy's buffer protocol has no bfloat16 format.
+            bits = np.ascontiguousarray(a).view(np.uint16)
+            return self.mx.array(bits).view(self.mx.bfloat16)
+        # MLX narrows float64 to float32 unless told the dtype.
+        return self.mx.array(a, dtype=self._dtypes[name])
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """``mx.array`` (or anything numpy accepts) -> a new numpy array; bfloat16 via ml_dtypes."""
+        if not isinstance(x, self.mx.array):
+            return np.array(x)
+        self.mx.eval(x)
+        if x.dtype == self.mx.bfloat16:
+            import ml_dtypes
+
+            return np.array(x.view(self.mx.uint16)).view(ml_dtypes.bfloat16)
+        return np.array(x)
+
+    def evaluate(self, *xs: Any) -> None:
+        """Force MLX's lazy work on every ``mx.array`` among ``xs``."""
+        arrays = [x for x in xs if isinstance(x, self.mx.array)]
+        if arrays:
+            self.mx.eval(*arrays)
+
+    def __repr__(self) -> str:
+        mode = "lazy" if self.lazy else "eager"
+        return f"<MLXRingBackend mlx {self.version} ({mode})>"
+
+
+def _dtype_name(dt: np.dtype) -> str | None:
+    if dt == np.bool_:
+        return "bool"
+    if dt.name in DTYPE_NAMES and dt.kind != "V":
+        return dt.name
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return "bfloat16" if dt == ml_dtypes.bfloat16 else None
+
+
+def make_backend() -> MLXRingBackend:
+    """A new MLX ring backend (imports MLX; ImportError with the install hint if missing)."""
+    return MLXRingBackend()
+
+
+_backend: MLXRingBackend | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``backend`` is created on first access so that importing this module never needs MLX.
+    global _backend
+    if name == "backend":
+        if _backend is None:
+            _backend = make_backend()
+        return _backend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
