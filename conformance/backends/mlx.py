@@ -4,12 +4,13 @@ Resolve it as ``--backend mlx`` (the harness maps the built-in name to
 ``conformance.backends.mlx:backend``). Importing this module never imports MLX; the first access to
 ``backend`` does, and raises ImportError with the install hint when MLX is missing.
 
-How the ring is formed. Every run is launched by ``mpiexec -n N``. MLX's ring backend knows nothing
-of MPI: ``mx.distributed.init()`` reads ``MLX_RANK`` and ``MLX_HOSTFILE`` (a JSON list, one entry per
-rank, of ``"ip:port"`` strings) and opens TCP connections to its two neighbours. On the first
-``init`` call the adapter makes each rank pick a free port on 127.0.0.1, exchanges the ports over its
-own duplicate of ``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets both
-variables from the MPI rank. At one rank nothing is configured and MLX answers with its singleton
+How the ring is formed. Every run is launched by ``mpiexec -n N``. MLX's ring backend knows
+nothing of MPI: ``mx.distributed.init()`` reads ``MLX_RANK`` and ``MLX_HOSTFILE`` (a JSON list, one
+entry per rank, of ``"ip:port"`` strings) and opens TCP connections to its two neighbours. On the
+first ``init`` call the adapter makes each rank pick a free port on 127.0.0.1, exchanges the ports
+over its own duplicate of ``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets
+both variables from the MPI rank. At one rank nothing is configured and MLX answers with its
+singleton
 group. Variables already set by the caller (e.g. under ``mlx.launch``) are left alone.
 
 Deviations of the adapter from plain MLX, all deliberate:
