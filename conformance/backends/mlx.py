@@ -10,8 +10,8 @@ entry per rank, of ``"ip:port"`` strings) and opens TCP connections to its two n
 first ``init`` call the adapter makes each rank pick a free port on 127.0.0.1, exchanges the ports
 over its own duplicate of ``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets
 both variables from the MPI rank. At one rank nothing is configured and MLX answers with its
-singleton
-group. Variables already set by the caller (e.g. under ``mlx.launch``) are left alone.
+singleton group. Variables already set by the caller (e.g. under ``mlx.launch``) are left
+alone.
 
 Deviations of the adapter from plain MLX, all deliberate:
 
