@@ -18,8 +18,7 @@ its call and its error text; every rank saw the same headers, so every rank take
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,6 +26,8 @@ from reference import deadline
 from reference.dtypes import DTYPE_CODES, describe
 
 if TYPE_CHECKING:
+    from mpi4py import MPI
+
     from reference.group import Group
 
 # error, call number, op, dtype code, ndim, nbytes, shape hash, argument 0, argument 1
@@ -41,12 +42,33 @@ TAG_DETAILS = 12
 OP_CODES = {"all_sum": 1, "all_max": 2, "all_min": 3, "all_gather": 4, "sum_scatter": 5, "split": 6}
 
 
-@dataclass(frozen=True)
-class Agreement:
+class Agreement(NamedTuple):
     """What every rank learned from the round: the same on every rank."""
 
     inline: list[np.ndarray] | None  # each rank's payload bytes, in rank order, when they fit
-    arguments: list[tuple[int, int]]  # each rank's two op arguments (split: colour, key)
+    headers: list[tuple[int, ...]]  # each rank's header; fields 7 and 8 are the op's arguments
+
+
+class HeaderExchange:
+    """One group's slot buffers and persistent requests for the header round.
+
+    Persistent requests are set up once per group, so a round costs one ``Startall`` and the
+    polling, not the creation of 2 (N - 1) requests: that is most of a small collective's time.
+    """
+
+    def __init__(self, comm: MPI.Comm, rank: int, size: int) -> None:
+        from mpi4py import MPI
+
+        self.send_slot = np.zeros(SLOT_BYTES, np.uint8)
+        self.slots = np.zeros((size, SLOT_BYTES), np.uint8)
+        self.peers = [peer for peer in range(size) if peer != rank]
+        self.requests: list[MPI.Prequest] = []
+        for peer in self.peers:
+            self.requests.append(comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER))
+            self.requests.append(comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER))
+        self.start = MPI.Prequest.Startall
+        # Each rank's slot, its own being the send slot: headers are read from here.
+        self.views = [self.send_slot if r == rank else self.slots[r] for r in range(size)]
 
 
 def agree(
@@ -61,42 +83,31 @@ def agree(
     ``error`` is this rank's own argument error (raised by nobody yet): it is shared with the
     peers, and every rank then raises an error of its type naming each failing rank.
     """
-    comm = group._comm
-    rank, size = group._rank, group._size
-    send_slot, slots = group._slots()
+    exchange = group._header_exchange()
+    rank = group._rank
     group._calls += 1
-    nbytes = _pack(send_slot, group._calls, op, array, error, arguments)
-
-    requests = []
-    for peer in range(size):
-        if peer != rank:
-            requests.append(comm.Irecv([slots[peer], _byte()], peer, TAG_HEADER))
-            requests.append(comm.Isend([send_slot, _byte()], peer, TAG_HEADER))
-    peers = [peer for peer in range(size) if peer != rank]
+    nbytes = _pack(exchange.send_slot, group._calls, op, array, error, arguments)
+    exchange.start(exchange.requests)
 
     def never_arrived(pending: list[int], seconds: float) -> Exception:
-        missing = sorted({peers[index // 2] for index in pending if index % 2 == 0})
+        missing = sorted({exchange.peers[index // 2] for index in pending if index % 2 == 0})
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s waiting for rank(s) "
-            f"{_names(missing)} to call {op} (rank {rank} of {size} was waiting)"
+            f"{_names(missing)} to call {op} (rank {rank} of {group._size} was waiting)"
         )
 
-    deadline.wait_all(requests, never_arrived)
-    slots[rank] = send_slot
-    headers = [HEADER.unpack_from(slots[peer]) for peer in range(size)]
-    own = headers[rank]
-    if any(h[0] for h in headers) or any(h[_AGREED_FIELDS] != own[_AGREED_FIELDS] for h in headers):
-        raise _shared_failure(group, op, array, error, arguments, headers)
+    deadline.wait_all(exchange.requests, never_arrived)
+    views = exchange.views
+    headers = [HEADER.unpack_from(view) for view in views]
+    own = headers[rank][_AGREED_FIELDS]
+    for header in headers:
+        if header[0] or header[_AGREED_FIELDS] != own:
+            raise _shared_failure(group, op, array, error, headers)
     inline = None
     if nbytes <= INLINE_BYTES:
-        inline = [slots[peer, HEADER.size : HEADER.size + nbytes] for peer in range(size)]
-    return Agreement(inline, [(h[7], h[8]) for h in headers])
-
-
-def _byte():
-    from mpi4py import MPI
-
-    return MPI.BYTE
+        end = HEADER.size + nbytes
+        inline = [view[HEADER.size : end] for view in views]
+    return Agreement(inline, headers)
 
 
 def _pack(
@@ -144,7 +155,6 @@ def _shared_failure(
     op: str,
     array: np.ndarray | None,
     error: Exception | None,
-    arguments: tuple[int, int],
     headers: list[tuple[int, ...]],
 ) -> Exception:
     """Exchange the details of a failed round and build the error every rank raises."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from reference import deadline
+from reference import buffers, deadline
 from reference.agreement import agree
 from reference.dtypes import as_array
 from reference.group import Group, init
@@ -64,7 +64,7 @@ def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
         blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
         blocks[group.rank()] = array
         return local_reduce(kind, blocks)
-    out = np.empty_like(array)
+    out = buffers.empty(array.shape, array.dtype)
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Iallreduce(
         [_flat_bytes(array), array.size, datatype],
@@ -105,7 +105,7 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     agreement = agree(group, "all_gather", array, error)
     size = group.size()
     shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
-    out = np.empty(shape, array.dtype)
+    out = buffers.empty(shape, array.dtype)
     if out.nbytes == 0:
         return out
     if agreement.inline is not None:
@@ -148,7 +148,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
         blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
         blocks[rank] = array
         return local_reduce(SUM, [b[rank * rows : (rank + 1) * rows] for b in blocks])
-    out = np.empty((rows, *array.shape[1:]), array.dtype)
+    out = buffers.empty((rows, *array.shape[1:]), array.dtype)
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Ireduce_scatter_block(
         [_flat_bytes(array), datatype],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reference import deadline
-from reference.agreement import SLOT_BYTES, agree
+from reference.agreement import HeaderExchange, agree
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -54,7 +54,7 @@ class Group:
         group._label = label
         group._calls = 0
         group._broken = None
-        group._slot_buffers = None
+        group._exchange = None
         # Messages a rank sends to itself never touch MPI: they wait here for the matching recv.
         group._to_self = collections.deque()
         return group
@@ -85,7 +85,7 @@ class Group:
         agreement = agree(self, "split", None, error, (int(color), int(key)))
         order_key = key if key >= 0 else self._rank
         comm = self._comm.Split(int(color), int(order_key))
-        members = [r for r, (c, _) in enumerate(agreement.arguments) if c == color]
+        members = [r for r, header in enumerate(agreement.headers) if header[7] == color]
         if len(members) > 4:
             label = f"split(color={color}) of {self._label} ({len(members)} ranks)"
         else:
@@ -97,13 +97,10 @@ class Group:
 
     # -- internals shared by the collectives and point-to-point modules --
 
-    def _slots(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._slot_buffers is None:
-            self._slot_buffers = (
-                np.zeros(SLOT_BYTES, np.uint8),
-                np.zeros((self._size, SLOT_BYTES), np.uint8),
-            )
-        return self._slot_buffers
+    def _header_exchange(self) -> HeaderExchange:
+        if self._exchange is None:
+            self._exchange = HeaderExchange(self._comm, self._rank, self._size)
+        return self._exchange
 
     def _check_usable(self, op: str) -> None:
         if self._broken is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from reference import deadline
+from reference import buffers, deadline
 from reference.collectives import resolve_group
 from reference.dtypes import (
     DTYPE_CODES,
@@ -130,7 +130,7 @@ def recv(
     sent_dtype = SUPPORTED_DTYPES[code]
     inline_at = _FIXED.size + 8 * ndim
     matches = sent_dtype == dtype and tuple(sent_shape) == shape
-    out = np.empty(shape, dtype) if matches else np.empty(nbytes, np.uint8)
+    out = buffers.empty(shape, dtype) if matches else np.empty(nbytes, np.uint8)
     if nbytes <= INLINE_BYTES:
         out.reshape(-1).view(np.uint8)[...] = np.frombuffer(header, np.uint8, nbytes, inline_at)
     else:

@@ -54,20 +54,33 @@ def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def local_reduce(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
-    """Reduce the ranks' blocks in rank order, so every rank computes bit-identical results."""
-    result = blocks[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        for block in blocks[1:]:
-            result = combine(kind, result, block)
-    return np.array(result, copy=True)
+    """Reduce two or more blocks in rank order, so every rank computes bit-identical results.
+
+    The result is a new array, never one of the blocks.
+    """
+    if blocks[0].dtype in FLOATING or blocks[0].dtype in COMPLEX:
+        # float16 overflow to inf is the specified result, not something to warn about.
+        return _fold_quietly(kind, blocks)
+    return _fold(kind, blocks)
+
+
+def _fold(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    result = combine(kind, blocks[0], blocks[1])
+    for block in blocks[2:]:
+        result = combine(kind, result, block)
+    return result
+
+
+# The decorator form builds its error state once, not on every call as a ``with`` block does.
+_fold_quietly = np.errstate(over="ignore", invalid="ignore")(_fold)
+_combine_quietly = np.errstate(over="ignore", invalid="ignore")(combine)
 
 
 def _user_function(kind: str, dtype: np.dtype):
     def apply(inbuf, inoutbuf, datatype) -> None:
         incoming = np.frombuffer(inbuf, dtype=dtype)
         inout = np.frombuffer(inoutbuf, dtype=dtype)
-        with np.errstate(over="ignore", invalid="ignore"):
-            inout[...] = combine(kind, incoming, inout)
+        inout[...] = _combine_quietly(kind, incoming, inout)
 
     return apply
 
