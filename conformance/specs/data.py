@@ -114,8 +114,9 @@ def expected_sum(blocks: Sequence[np.ndarray]) -> np.ndarray:
     if dtype.kind in "iu":
         # numpy integer addition wraps modulo 2**bits, exactly what the rule asks for.
         out = np.zeros(blocks[0].shape, dtype)
-        for b in blocks:
-            out = out + b
+        with np.errstate(over="ignore"):
+            for b in blocks:
+                out = np.asarray(out + b, dtype)
         return out
     total = sum(_wide(b) for b in blocks)
     with np.errstate(over="ignore"):

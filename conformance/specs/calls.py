@@ -1,0 +1,76 @@
+"""Calling the backend so that every rank leaves a spec test together.
+
+Under MPI a spec test fails safely only if no rank is left blocked: when one rank raises while
+its peers go on to the next collective, the peers wait for a rank that never comes. So the specs
+call the API through ``call`` (an exception on any rank becomes a failure on every rank, right
+there), collect their findings as messages instead of asserting mid-way, and settle them at the
+end with ``settle`` (one collective check). ``collective_assert`` / ``collective_raises`` are the
+harness's; this module only shapes how the specs use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from conformance.collective import collective_assert
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Exception | None]:
+    """``fn(*args, **kwargs)`` as ``(value, None)``, or ``(None, error)`` if it raised."""
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as error:
+        return None, error
+
+
+def describe_error(error: BaseException) -> str:
+    last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` on every rank; if it raises on any rank, the test fails on every rank here."""
+    value, error = attempt(fn, *args, **kwargs)
+    collective_assert(error is None, f"{what} raised {describe_error(error) if error else ''}")
+    return value
+
+
+def settle(problems: Iterable[str | None], what: str = "") -> None:
+    """One collective check of everything a test found: passes only if no rank found anything."""
+    found = [p for p in problems if p]
+    prefix = f"{what}: " if what else ""
+    shown = "; ".join(found[:5]) + (f"; ... ({len(found) - 5} more)" if len(found) > 5 else "")
+    collective_assert(not found, prefix + shown)
+
+
+def local(check: Callable[[], str | None]) -> str | None:
+    """Run a rank-local check; an exception in it becomes a finding, not an early exit."""
+    value, error = attempt(check)
+    if error is not None:
+        return f"check raised {describe_error(error)}"
+    return value
+
+
+def digest(a: Any) -> str:
+    """A fingerprint of an array's dtype, shape and bytes, to compare results across ranks."""
+    if not isinstance(a, np.ndarray):
+        return f"<{type(a).__name__}>"
+    body = np.ascontiguousarray(a).tobytes()
+    return f"{a.dtype.str}{a.shape}:{hashlib.sha1(body).hexdigest()}"
+
+
+def differs_between_ranks(control: Any, a: Any, what: str = "result") -> str | None:
+    """A finding if ``a`` (an array) is not bit-identical on every rank of the control plane."""
+    digests = control.allgather(digest(a))
+    if len(set(digests)) == 1:
+        return None
+    groups: dict[str, list[int]] = {}
+    for rank, d in enumerate(digests):
+        groups.setdefault(d, []).append(rank)
+    return f"{what} differs between ranks: " + " vs ".join(str(r) for r in groups.values())

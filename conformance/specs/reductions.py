@@ -1,0 +1,103 @@
+"""Running all_sum / all_max / all_min / all_gather / sum_scatter and what each must return.
+
+The per-op spec modules (test_all_sum.py, ...) share these so that every op is checked the same
+way: inputs from ``data.contribution``, expected results computed locally from every rank's
+contribution, comparisons from ``tolerance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from conformance.collective import collective_raises
+from conformance.specs import data
+from conformance.specs.calls import call, differs_between_ranks, settle
+from conformance.specs.tolerance import mismatch, sum_tolerance
+
+REDUCTIONS = ("all_sum", "all_max", "all_min")
+
+
+def expected(op: str, blocks: Sequence[np.ndarray], rank: int) -> np.ndarray:
+    """What ``op`` must return on ``rank`` when rank r passes ``blocks[r]``."""
+    if op == "all_sum":
+        return data.expected_sum(blocks)
+    if op == "all_max":
+        return data.expected_extreme(blocks, larger=True)
+    if op == "all_min":
+        return data.expected_extreme(blocks, larger=False)
+    if op == "all_gather":
+        return data.expected_gather(blocks)
+    if op == "sum_scatter":
+        return data.expected_scatter(blocks, rank)
+    raise ValueError(op)
+
+
+def tolerance(op: str, blocks: Sequence[np.ndarray], rank: int) -> np.ndarray | None:
+    """Per-element float tolerance (sums only; max, min and gather are exact)."""
+    if op == "all_sum":
+        return sum_tolerance(blocks)
+    if op == "sum_scatter":
+        bound = sum_tolerance(blocks)
+        if bound is None:
+            return None
+        rows = blocks[0].shape[0] // len(blocks)
+        return bound[rank * rows : (rank + 1) * rows]
+    return None
+
+
+def run(backend: Any, op: str, x: Any, group: Any, *, convert: bool = True) -> np.ndarray:
+    """``op(x, group=group)`` on every rank, forced and back in numpy (collective-safe).
+
+    ``x`` is a numpy array (handed to the backend through ``asarray``) unless ``convert`` is
+    False, when it goes in as is (Python scalars, layouts, unsupported dtypes).
+    """
+
+    def go() -> np.ndarray:
+        arg = backend.asarray(x) if convert else x
+        out = getattr(backend, op)(arg, group=group)
+        backend.evaluate(out)
+        return backend.to_numpy(out)
+
+    return call(f"{op} of {_name(x)}", go)
+
+
+def _name(x: Any) -> str:
+    return data.describe(x) if isinstance(x, np.ndarray) else repr(x)
+
+
+def check(
+    backend: Any,
+    control: Any,
+    op: str,
+    group: Any,
+    cases: Sequence[tuple[str, Sequence[np.ndarray]]],
+    *,
+    same_everywhere: bool = True,
+) -> None:
+    """Run ``op`` on each case (label, every rank's input) and settle all findings at once.
+
+    ``same_everywhere`` also requires bit-identical results on every rank (reductions,
+    all_gather); the world's control plane compares them, so it needs ``group`` to span it.
+    """
+    rank = group.rank()
+    problems: list[str | None] = []
+    for label, blocks in cases:
+        got = run(backend, op, blocks[rank], group)
+        want = expected(op, blocks, rank)
+        problems.append(mismatch(got, want, tolerance(op, blocks, rank), f"{op} {label}"))
+        if same_everywhere:
+            problems.append(differs_between_ranks(control, got, f"{op} {label}"))
+    settle(problems, op)
+
+
+def unsupported_raises(backend: Any, op: str, x: np.ndarray, group: Any) -> None:
+    """A backend that declares ``op`` (or its dtype) unsupported must raise on every rank."""
+
+    def go() -> None:
+        out = getattr(backend, op)(backend.asarray(x), group=group)
+        backend.evaluate(out)
+
+    collective_raises(Exception, go)
