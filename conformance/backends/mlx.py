@@ -283,7 +283,8 @@ class MLXRingBackend:
             return self.mx.array(a)
         if name == "bfloat16":
             # Goes through the raw bits: numpy's buffer protocol has no bfloat16 format.
-            bits = np.ascontiguousarray(a).view(np.uint16)
+            # (Not np.ascontiguousarray: it turns a 0-d array into shape (1,).)
+            bits = np.array(a, order="C", copy=True).view(np.uint16)
             return self.mx.array(bits).view(self.mx.bfloat16)
         # MLX narrows float64 to float32 unless told the dtype.
         return self.mx.array(a, dtype=self._dtypes[name])
