@@ -38,11 +38,12 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from conformance.backend import Backend, Capabilities
 
 __all__ = [
     "API_NAMES",
@@ -103,27 +104,7 @@ def _import_mlx() -> Any:
     return mx
 
 
-def _capabilities_class() -> type:
-    """The harness's Capabilities, or an identical stand-in while the harness is absent."""
-    try:
-        from conformance.backend import Capabilities
-    except ImportError:
-        return _Capabilities
-    return Capabilities
-
-
-@dataclass(frozen=True)
-class _Capabilities:
-    ops: frozenset[str]
-    dtypes: Mapping[str, frozenset[str]]
-    p2p_topology: str
-    split: bool
-    sum_scatter: bool
-    send_to_self: bool
-    timeouts: bool
-
-
-def ring_capabilities() -> Any:
+def ring_capabilities() -> Capabilities:
     """What MLX 0.32's ring backend really supports, as measured at 2..4 ranks on Linux.
 
     Every op accepts all 14 dtypes (bool reductions are OR/OR/AND). Point-to-point reaches only
@@ -131,7 +112,7 @@ def ring_capabilities() -> Any:
     MLX has no timeouts.
     """
     all_dtypes = frozenset(DTYPE_NAMES)
-    return _capabilities_class()(
+    return Capabilities(
         ops=frozenset(API_NAMES),
         dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
         p2p_topology="neighbours",
@@ -323,12 +304,25 @@ def _dtype_name(dt: np.dtype) -> str | None:
     return "bfloat16" if dt == ml_dtypes.bfloat16 else None
 
 
-def make_backend() -> MLXRingBackend:
-    """A new MLX ring backend (imports MLX; ImportError with the install hint if missing)."""
-    return MLXRingBackend()
+def make_backend(*, lazy: bool | None = None) -> Backend:
+    """A new MLX ring backend for the suite (imports MLX; ImportError with the install hint).
+
+    ``lazy`` defaults to ``CONFORMANCE_MLX_LAZY``; see the module docstring.
+    """
+    ring = MLXRingBackend(lazy=lazy)
+    return Backend(
+        ring.name,
+        ring,
+        version=ring.version,
+        asarray=ring.asarray,
+        to_numpy=ring.to_numpy,
+        evaluate=ring.evaluate,
+        dtype=ring.dtype,
+        capabilities=ring.capabilities,
+    )
 
 
-_backend: MLXRingBackend | None = None
+_backend: Backend | None = None
 
 
 def __getattr__(name: str) -> Any:
