@@ -148,14 +148,24 @@ def expected_extreme(blocks: Sequence[np.ndarray], larger: bool) -> np.ndarray:
 
 
 def expected_gather(blocks: Sequence[np.ndarray]) -> np.ndarray:
-    """all_gather: blocks concatenated along axis 0 in rank order; 0-d blocks stacked."""
+    """all_gather: blocks concatenated along axis 0 in rank order; 0-d blocks stacked.
+
+    A group of one returns its input unchanged (a 0-d input stays 0-d).
+    """
+    if len(blocks) == 1:
+        return blocks[0].copy()
     if blocks[0].ndim == 0:
         return np.stack(blocks)
     return np.concatenate(blocks, axis=0)
 
 
 def expected_scatter(blocks: Sequence[np.ndarray], rank: int) -> np.ndarray:
-    """sum_scatter on ``rank``: rows ``[rank*c, (rank+1)*c)`` of the sum, ``c = rows // N``."""
+    """sum_scatter on ``rank``: rows ``[rank*c, (rank+1)*c)`` of the sum, ``c = rows // N``.
+
+    A group of one returns its input unchanged (a 0-d input stays 0-d).
+    """
+    if len(blocks) == 1:
+        return blocks[0].copy()
     rows = blocks[0].shape[0] // len(blocks)
     return expected_sum(blocks)[rank * rows : (rank + 1) * rows]
 
