@@ -1,0 +1,50 @@
+"""Running the benchmark as an MPI job: re-executing itself under ``mpiexec -n N``.
+
+The parent process never initializes MPI; it finds the launcher that matches mpi4py
+(``conformance.launcher``), runs ``python -m conformance.bench ARGS`` on N ranks with
+``CONFORMANCE_BENCH_CHILD=1`` set (so the ranks measure instead of launching again), and bounds
+the job by a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+
+CHILD_ENV = "CONFORMANCE_BENCH_CHILD"
+
+
+def is_child() -> bool:
+    """Whether this process is a rank of a job the benchmark launched itself."""
+    return os.environ.get(CHILD_ENV) == "1"
+
+
+def launch(np: int, argv: Sequence[str], timeout: float | None, mpiexec: str | None = None) -> int:
+    """Run the benchmark with ``argv`` on ``np`` ranks and return the job's exit status
+    (124 when it was killed after ``timeout`` seconds, 2 when no launcher was found)."""
+    from conformance.launcher import LauncherError, find_launcher, kill_process_group
+
+    try:
+        launcher = find_launcher(mpiexec)
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in launcher.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    cmd = launcher.command(np, [sys.executable, "-m", "conformance.bench", *argv])
+    env = launcher.environment(np)
+    env[CHILD_ENV] = "1"
+    print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"error: benchmark job exceeded {timeout:g} s; killing it", file=sys.stderr)
+        kill_process_group(proc)
+        return 124
+    except KeyboardInterrupt:
+        kill_process_group(proc)
+        return 130
