@@ -66,8 +66,38 @@ def digest(a: Any) -> str:
 
 
 def differs_between_ranks(control: Any, a: Any, what: str = "result") -> str | None:
-    """A finding if ``a`` (an array) is not bit-identical on every rank of the control plane."""
-    digests = control.allgather(digest(a))
+    """A finding if ``a`` (an array) is not bit-identical on every rank of the control plane.
+
+    Collective over the control plane (every rank must call it, in the same order as the other
+    helpers), labelled like the harness's own helper exchanges so a desync is reported as such.
+    """
+    digests = control.allgather(control.next_label("same-on-every-rank"), digest(a))
+    if len(set(digests)) == 1:
+        return None
+    groups: dict[str, list[int]] = {}
+    for rank, d in enumerate(digests):
+        groups.setdefault(d, []).append(rank)
+    return f"{what} differs between ranks: " + " vs ".join(str(r) for r in groups.values())
+
+
+def call_everywhere(control: Any, what: str, fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """``fn()`` on every rank, then one control exchange: the result and every rank's digest.
+
+    If ``fn`` raised on any rank, every rank fails here (so none goes on to the next collective
+    alone). Cheaper than ``call`` followed by ``differs_between_ranks``: one exchange, not two.
+    """
+    value, error = attempt(fn)
+    mine = (describe_error(error) if error else None, None if error else digest(value))
+    everyone = control.allgather(control.next_label("call-everywhere"), mine)
+    failed = {rank: text for rank, (text, _) in enumerate(everyone) if text}
+    if failed:
+        detail = "; ".join(f"rank {r}: {t}" for r, t in failed.items())
+        raise AssertionError(f"{what} raised on rank(s) {sorted(failed)}: {detail}")
+    return value, [d for _, d in everyone]
+
+
+def differing(digests: list[str], what: str = "result") -> str | None:
+    """A finding if the per-rank digests from ``call_everywhere`` are not all equal."""
     if len(set(digests)) == 1:
         return None
     groups: dict[str, list[int]] = {}

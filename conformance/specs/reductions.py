@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.collective import collective_raises
+from conformance.collective import expect_unsupported
 from conformance.specs import data
-from conformance.specs.calls import call, differs_between_ranks, settle
+from conformance.specs.calls import call, call_everywhere, differing, settle
 from conformance.specs.tolerance import mismatch, sum_tolerance
 
 REDUCTIONS = ("all_sum", "all_max", "all_min")
@@ -55,13 +55,17 @@ def run(backend: Any, op: str, x: Any, group: Any, *, convert: bool = True) -> n
     False, when it goes in as is (Python scalars, layouts, unsupported dtypes).
     """
 
+    return call(f"{op} of {_name(x)}", _runner(backend, op, x, group, convert))
+
+
+def _runner(backend: Any, op: str, x: Any, group: Any, convert: bool = True) -> Any:
     def go() -> np.ndarray:
         arg = backend.asarray(x) if convert else x
         out = getattr(backend, op)(arg, group=group)
         backend.evaluate(out)
         return backend.to_numpy(out)
 
-    return call(f"{op} of {_name(x)}", go)
+    return go
 
 
 def _name(x: Any) -> str:
@@ -85,19 +89,24 @@ def check(
     rank = group.rank()
     problems: list[str | None] = []
     for label, blocks in cases:
-        got = run(backend, op, blocks[rank], group)
+        if same_everywhere:
+            go = _runner(backend, op, blocks[rank], group)
+            got, digests = call_everywhere(control, f"{op} of {label}", go)
+            problems.append(differing(digests, f"{op} {label}"))
+        else:
+            got = run(backend, op, blocks[rank], group)
         want = expected(op, blocks, rank)
         problems.append(mismatch(got, want, tolerance(op, blocks, rank), f"{op} {label}"))
-        if same_everywhere:
-            problems.append(differs_between_ranks(control, got, f"{op} {label}"))
     settle(problems, op)
 
 
 def unsupported_raises(backend: Any, op: str, x: np.ndarray, group: Any) -> None:
-    """A backend that declares ``op`` (or its dtype) unsupported must raise on every rank."""
+    """A backend that declares ``op`` on ``x``'s dtype unsupported must raise on every rank, fast
+    (a TimeoutError does not count)."""
 
-    def go() -> None:
-        out = getattr(backend, op)(backend.asarray(x), group=group)
-        backend.evaluate(out)
+    def go() -> Any:
+        return getattr(backend, op)(backend.asarray(x), group=group)
 
-    collective_raises(Exception, go)
+    checked = expect_unsupported(backend, op, go, for_dtype=data.dtype_name(x.dtype))
+    if not checked:
+        settle([f"{op} on {data.describe(x)} is supported; unsupported_raises misused"])
