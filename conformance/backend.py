@@ -1,0 +1,352 @@
+"""The backend under test: its API, its adapter hooks, its capabilities, and how one is chosen.
+
+A backend is any object with the API of SEMANTICS.md (``init``, ``is_available``, ``all_sum``, ...)
+plus four adapter hooks (``asarray``, ``to_numpy``, ``evaluate``, ``dtype``) and ``capabilities``.
+A module that implements the API directly on numpy arrays (like ``reference``) needs no adapter:
+``load_backend`` wraps it with numpy hooks and full capabilities, using any hook or ``capabilities``
+attribute the module does define.
+
+Selection strings, most specific first (see ``load_backend``): a built-in name (``reference``,
+``mlx``, ``faulty:<fault>``), an entry point in group ``conformance.backends``, or
+``package.module[:attribute]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+API_NAMES: tuple[str, ...] = (
+    "init",
+    "is_available",
+    "Group",
+    "all_sum",
+    "all_max",
+    "all_min",
+    "all_gather",
+    "sum_scatter",
+    "send",
+    "recv",
+    "recv_like",
+)
+
+# The operations that move data; these are the ones with a per-dtype support table.
+DATA_OPS: tuple[str, ...] = (
+    "all_sum",
+    "all_max",
+    "all_min",
+    "all_gather",
+    "sum_scatter",
+    "send",
+    "recv",
+    "recv_like",
+)
+
+DTYPE_NAMES: tuple[str, ...] = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+)
+
+HOOK_NAMES: tuple[str, ...] = ("asarray", "to_numpy", "evaluate", "dtype")
+
+ENTRY_POINT_GROUP = "conformance.backends"
+
+# Built-in names resolve lazily: their modules import heavy or optional packages (mlx).
+_BUILTIN_TARGETS: dict[str, str] = {
+    "reference": "reference",
+    "mlx": "conformance.backends.mlx:backend",
+}
+_FAULTY_FACTORY = "conformance.backends.faulty:make_backend"
+
+TOPOLOGIES = ("any", "neighbours")
+
+
+class BackendLoadError(RuntimeError):
+    """A backend selection string could not be turned into a Backend (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares it supports. The suite tests declared-unsupported features by
+    asserting that they raise on every rank, never by skipping them."""
+
+    ops: frozenset[str] = frozenset(API_NAMES)
+    dtypes: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: {op: frozenset(DTYPE_NAMES) for op in DATA_OPS}
+    )
+    p2p_topology: str = "any"
+    split: bool = True
+    sum_scatter: bool = True
+    send_to_self: bool = True
+    timeouts: bool = False
+
+    def __post_init__(self) -> None:
+        unknown_ops = set(self.ops) - set(API_NAMES)
+        if unknown_ops:
+            raise ValueError(f"Capabilities.ops has unknown names {sorted(unknown_ops)}")
+        if self.p2p_topology not in TOPOLOGIES:
+            raise ValueError(
+                f"Capabilities.p2p_topology must be one of {TOPOLOGIES}, not {self.p2p_topology!r}"
+            )
+        for op, names in self.dtypes.items():
+            unknown = set(names) - set(DTYPE_NAMES)
+            if unknown:
+                raise ValueError(
+                    f"Capabilities.dtypes[{op!r}] has unknown dtypes {sorted(unknown)}"
+                )
+
+    @classmethod
+    def full(cls, *, timeouts: bool = False) -> Capabilities:
+        """Every op, every dtype, any topology: what a numpy implementation of the API offers."""
+        return cls(timeouts=timeouts)
+
+    def supports(self, op: str, dtype: str | None = None) -> bool:
+        """Whether ``op`` (and, if given, ``op`` on ``dtype``) is declared supported.
+        ``split`` and ``sum_scatter`` also need their flags."""
+        if op not in API_NAMES and op != "split":
+            raise ValueError(f"unknown op {op!r}; expected one of {[*API_NAMES, 'split']}")
+        if op == "split":
+            return self.split
+        if op not in self.ops or (op == "sum_scatter" and not self.sum_scatter):
+            return False
+        if dtype is None:
+            return True
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(DTYPE_NAMES)}")
+        return dtype in self.dtypes.get(op, frozenset())
+
+    def p2p_allowed(self, src: int, dst: int, size: int) -> bool:
+        """Whether the topology allows a message from rank ``src`` to rank ``dst``."""
+        if src == dst:
+            return self.send_to_self
+        if self.p2p_topology == "any":
+            return True
+        return (dst - src) % size in (1, size - 1)
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype for one of the 14 dtype names (bfloat16 is ``ml_dtypes.bfloat16``)."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype name {name!r}; expected one of {list(DTYPE_NAMES)}")
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _numpy_asarray(a: np.ndarray) -> np.ndarray:
+    # A copy, so a backend that keeps a reference to its input cannot see later edits.
+    return np.array(a, copy=True)
+
+
+def _numpy_to_numpy(x: Any) -> np.ndarray:
+    return np.asarray(x)
+
+
+def _numpy_evaluate(*xs: Any) -> None:
+    del xs  # numpy is eager: nothing to force
+
+
+class Backend:
+    """A backend under test: the API names as attributes, the adapter hooks, its capabilities.
+
+    ``api`` is any object (usually a module) with the API names as attributes; ``Backend``
+    exposes those it has. Hooks default to the numpy ones, capabilities to ``Capabilities.full``
+    (with ``timeouts`` set when ``set_timeout`` is given).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        api: Any,
+        *,
+        version: str = "unknown",
+        asarray: Callable[[np.ndarray], Any] | None = None,
+        to_numpy: Callable[[Any], np.ndarray] | None = None,
+        evaluate: Callable[..., None] | None = None,
+        dtype: Callable[[str], Any] | None = None,
+        capabilities: Capabilities | None = None,
+        set_timeout: Callable[[float], float] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.api = api
+        self._asarray = asarray or _numpy_asarray
+        self._to_numpy = to_numpy or _numpy_to_numpy
+        self._evaluate = evaluate or _numpy_evaluate
+        self._dtype = dtype or numpy_dtype
+        self._set_timeout = set_timeout
+        self.capabilities = capabilities or Capabilities.full(timeouts=set_timeout is not None)
+        if self.capabilities.timeouts and set_timeout is None:
+            raise BackendLoadError(
+                f"backend {name!r} declares timeouts=True but provides no set_timeout"
+            )
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only reached for attributes not set in __init__: the API names.
+        if attr in API_NAMES:
+            try:
+                return getattr(self.__dict__.get("api"), attr)
+            except AttributeError:
+                raise AttributeError(f"backend {self.name!r} does not provide {attr!r}") from None
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {attr!r}")
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} {self.version}>"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        """numpy array -> the backend's array."""
+        return self._asarray(a)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """The backend's array -> numpy (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        return self._to_numpy(x)
+
+    def evaluate(self, *xs: Any) -> None:
+        """Force lazy work on ``xs``; a no-op for eager backends."""
+        self._evaluate(*xs)
+
+    def dtype(self, name: str) -> Any:
+        """One of the 14 dtype names -> the backend's dtype object."""
+        return self._dtype(name)
+
+    def set_timeout(self, seconds: float) -> float:
+        """Set the backend's deadline for blocking operations; returns the previous one."""
+        if self._set_timeout is None:
+            raise NotImplementedError(f"backend {self.name!r} has no set_timeout")
+        return self._set_timeout(seconds)
+
+
+def load_backend(spec: str) -> Backend:
+    """Resolve a selection string to a Backend.
+
+    ``reference`` and ``mlx`` are built in (``mlx`` is ``conformance.backends.mlx:backend``);
+    ``faulty:<fault>`` is ``conformance.backends.faulty:make_backend(fault)``. Otherwise an entry
+    point named ``spec`` in group ``conformance.backends``, else ``package.module[:attribute]``.
+    Raises BackendLoadError naming the route tried and the underlying error.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise BackendLoadError("empty backend name")
+    if spec.startswith("faulty:"):
+        fault = spec.removeprefix("faulty:")
+        factory = _import_target(_FAULTY_FACTORY, f"built-in backend {spec!r}")
+        return _as_backend(_call_factory(factory, spec, fault), spec)
+    if spec in _BUILTIN_TARGETS:
+        return _as_backend(
+            _import_target(_BUILTIN_TARGETS[spec], f"built-in backend {spec!r}"), spec
+        )
+    entry_point = _find_entry_point(spec)
+    if entry_point is not None:
+        try:
+            target = entry_point.load()
+        except Exception as exc:
+            raise BackendLoadError(
+                f"entry point {spec!r} ({entry_point.value}) in group {ENTRY_POINT_GROUP!r} "
+                f"failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        return _as_backend(target, spec)
+    return _as_backend(_import_target(spec, f"backend {spec!r}"), spec)
+
+
+def _find_entry_point(name: str) -> importlib.metadata.EntryPoint | None:
+    matches = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
+    return next(iter(matches), None)
+
+
+def _import_target(target: str, what: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise BackendLoadError(
+            f"{what}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+            f"expected a built-in name (reference, mlx, faulty:<fault>), an entry point in group "
+            f"{ENTRY_POINT_GROUP!r}, or package.module[:attribute]"
+        ) from exc
+    for part in filter(None, attribute.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BackendLoadError(
+                f"{what}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    return obj
+
+
+def _call_factory(factory: Any, spec: str, *args: Any) -> Any:
+    try:
+        return factory(*args)
+    except Exception as exc:
+        raise BackendLoadError(
+            f"backend {spec!r}: factory {getattr(factory, '__qualname__', factory)!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _as_backend(obj: Any, spec: str) -> Backend:
+    """A Backend from what a selection string named: a Backend, an object with the API (a module),
+    or a zero-argument factory returning either."""
+    if isinstance(obj, Backend):
+        return obj
+    if _has_api(obj):
+        return _wrap(obj, spec)
+    if callable(obj) and not isinstance(obj, types.ModuleType):
+        return _as_backend(_call_factory(obj, spec), spec)
+    missing = [name for name in API_NAMES if not hasattr(obj, name)]
+    raise BackendLoadError(
+        f"backend {spec!r}: {obj!r} is neither a Backend nor an object with the API "
+        f"(missing {missing})"
+    )
+
+
+def _has_api(obj: Any) -> bool:
+    return all(hasattr(obj, name) for name in ("init", "all_sum"))
+
+
+def _wrap(api: Any, spec: str) -> Backend:
+    hooks = {name: getattr(api, name) for name in HOOK_NAMES if callable(getattr(api, name, None))}
+    set_timeout = getattr(api, "set_timeout", None)
+    capabilities = getattr(api, "capabilities", None)
+    if capabilities is not None and not isinstance(capabilities, Capabilities):
+        raise BackendLoadError(
+            f"backend {spec!r}: attribute 'capabilities' is {type(capabilities).__name__}, "
+            f"expected conformance.backend.Capabilities"
+        )
+    return Backend(
+        getattr(api, "BACKEND_NAME", spec),
+        api,
+        version=_version_of(api),
+        capabilities=capabilities,
+        set_timeout=set_timeout if callable(set_timeout) else None,
+        **hooks,
+    )
+
+
+def _version_of(api: Any) -> str:
+    version = getattr(api, "__version__", None)
+    if isinstance(version, str):
+        return version
+    top = (getattr(api, "__name__", "") or type(api).__module__).partition(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"

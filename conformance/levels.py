@@ -1,0 +1,80 @@
+"""Spec levels (SEMANTICS.md): every spec test carries exactly one of ``core``, ``robust`` or
+``impl_defined``, and may name the rule it checks with ``spec(op, rule=...)``.
+
+    pytestmark = pytest.mark.core                      # module level, or per test:
+    @pytest.mark.robust
+    @pytest.mark.spec("all_gather", rule="blocks in rank order")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+LEVELS: tuple[str, ...] = ("core", "robust", "impl_defined")
+
+_MARKER_HELP: dict[str, str] = {
+    "core": "core: what MLX does and documents; every conforming backend must show it",
+    "robust": "robust: what the reference guarantees beyond MLX (clear errors, no hangs)",
+    "impl_defined": "impl_defined: backends differ; only the stated bounds are checked",
+    "spec": "spec(op, rule=...): the API name and SEMANTICS.md rule a spec test checks",
+}
+
+core = pytest.mark.core
+robust = pytest.mark.robust
+impl_defined = pytest.mark.impl_defined
+
+
+def spec(op: str, rule: str = "") -> pytest.MarkDecorator:
+    """Mark a test as checking ``rule`` of ``op`` (the manifest link)."""
+    return pytest.mark.spec(op, rule=rule)
+
+
+def register_markers(config: pytest.Config) -> None:
+    """Declare the level and spec markers so ``--strict-markers`` accepts them."""
+    for help_text in _MARKER_HELP.values():
+        config.addinivalue_line("markers", help_text)
+
+
+def levels_of(item: pytest.Item) -> list[str]:
+    """The distinct level markers on ``item`` (module, class and function marks together)."""
+    return sorted({mark.name for mark in item.iter_markers() if mark.name in LEVELS})
+
+
+def level_of(item: pytest.Item) -> str | None:
+    """The item's level, or None when it has none or several."""
+    found = levels_of(item)
+    return found[0] if len(found) == 1 else None
+
+
+def spec_of(item: pytest.Item) -> tuple[str, str] | None:
+    """(op, rule) from the item's ``spec`` marker, if any."""
+    mark = item.get_closest_marker("spec")
+    if mark is None or not mark.args:
+        return None
+    return str(mark.args[0]), str(mark.kwargs.get("rule", ""))
+
+
+def area_of(item: pytest.Item) -> str:
+    """The spec area: the test module's name without the ``test_`` prefix."""
+    stem = Path(str(item.path)).stem
+    return stem.removeprefix("test_")
+
+
+def is_spec_item(item: pytest.Item) -> bool:
+    """Whether the item lives in a spec module (under a ``specs`` directory of ``conformance``)."""
+    parts = Path(str(item.path)).parts
+    return len(parts) >= 2 and parts[-2] == "specs" and "conformance" in parts
+
+
+def level_problem(item: pytest.Item) -> str | None:
+    """Why a spec item's level marking is invalid, or None when it has exactly one level."""
+    if not is_spec_item(item):
+        return None
+    found = levels_of(item)
+    if len(found) == 1:
+        return None
+    if not found:
+        return f"spec test {item.nodeid} has no level marker; add one of {list(LEVELS)}"
+    return f"spec test {item.nodeid} has several level markers {found}; keep exactly one"

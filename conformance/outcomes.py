@@ -1,0 +1,205 @@
+"""Collective outcomes: turning every rank's report of one test phase into one verdict.
+
+After each phase (setup, call, teardown) the ranks exchange their local outcomes and all adopt the
+combined one, so they agree on whether to run the next phase and a failure anywhere fails the test
+everywhere. Rules (``combine``):
+
+- any rank failed -> failed, naming the failing ranks, each one's traceback shown once;
+- every rank skipped -> skipped; only some skipped -> failed (a skip must be collective, or the
+  ranks that go on block in the data plane);
+- any rank xfailed -> xfailed; any rank xpassed -> xpassed; else passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+PASSED, FAILED, SKIPPED, XFAILED, XPASSED = "passed", "failed", "skipped", "xfailed", "xpassed"
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """One rank's outcome of one phase, as exchanged over the control plane."""
+
+    outcome: str
+    message: str = ""
+    longrepr: str = ""
+    duration: float = 0.0
+    wasxfail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome all ranks adopt for one phase."""
+
+    outcome: str
+    failing_ranks: list[int] = field(default_factory=list)
+    message: str = ""
+    longrepr: str = ""
+    duration: float = 0.0
+    wasxfail: str = ""
+
+
+@dataclass(frozen=True)
+class CrashLocation:
+    """Where the failure is reported (pytest's short summary reads ``reprcrash.message``)."""
+
+    path: str
+    lineno: int
+    message: str
+
+
+class CollectiveRepr:
+    """A failure representation combining the ranks' tracebacks, for pytest's reporters."""
+
+    def __init__(self, text: str, crash: CrashLocation) -> None:
+        self.text = text
+        self.reprcrash = crash
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def local_outcome(report: pytest.TestReport) -> RankOutcome:
+    """This rank's outcome of one phase, from pytest's report."""
+    wasxfail = getattr(report, "wasxfail", None)
+    if wasxfail is not None:
+        outcome = XFAILED if report.skipped else XPASSED if report.passed else FAILED
+    else:
+        outcome = report.outcome
+    return RankOutcome(
+        outcome=outcome,
+        message=_one_line(report),
+        longrepr=report.longreprtext if outcome == FAILED else "",
+        duration=float(report.duration),
+        wasxfail=wasxfail or "",
+    )
+
+
+def _one_line(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])  # a skip: (path, lineno, reason)
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    lines = str(longrepr).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def combine(outcomes: list[RankOutcome]) -> Verdict:
+    """The verdict every rank adopts, given each rank's outcome (index = rank)."""
+    size = len(outcomes)
+    duration = max((o.duration for o in outcomes), default=0.0)
+    kinds = [o.outcome for o in outcomes]
+    failed = [rank for rank, kind in enumerate(kinds) if kind == FAILED]
+    if failed:
+        return Verdict(
+            FAILED,
+            failed,
+            _failure_message(outcomes, failed),
+            _failure_text(outcomes, failed, size),
+            duration,
+        )
+    skipped = [rank for rank, kind in enumerate(kinds) if kind == SKIPPED]
+    if skipped and len(skipped) == size:
+        return Verdict(SKIPPED, [], outcomes[0].message, "", duration)
+    if skipped:
+        ran = [rank for rank in range(size) if rank not in skipped]
+        reason = outcomes[skipped[0]].message
+        message = (
+            f"skipped on ranks {skipped} but not on ranks {ran} ({reason}); "
+            "a skip must happen on every rank"
+        )
+        return Verdict(FAILED, skipped, message, message, duration)
+    for kind in (XFAILED, XPASSED):
+        marked = [o for o in outcomes if o.outcome == kind]
+        if marked:
+            return Verdict(kind, [], marked[0].message, "", duration, marked[0].wasxfail)
+    return Verdict(PASSED, [], "", "", duration)
+
+
+def _failure_message(outcomes: list[RankOutcome], failed: list[int]) -> str:
+    first = outcomes[failed[0]].message
+    if len(outcomes) == 1:
+        return first
+    return f"failed on ranks {failed} of {len(outcomes)}: {first}"
+
+
+def _failure_text(outcomes: list[RankOutcome], failed: list[int], size: int) -> str:
+    if size == 1:
+        return outcomes[0].longrepr
+    sections = [f"failed on ranks {failed} of {size}"]
+    for rank in failed:
+        sections.append(f"{'-' * 30} rank {rank} {'-' * 30}")
+        sections.append(outcomes[rank].longrepr.rstrip() or outcomes[rank].message)
+    return "\n".join(sections)
+
+
+def apply(report: pytest.TestReport, verdict: Verdict, size: int) -> None:
+    """Make this rank's report show the collective verdict."""
+    report.duration = verdict.duration
+    if hasattr(report, "wasxfail") and verdict.outcome not in (XFAILED, XPASSED):
+        del report.wasxfail
+    if verdict.outcome == FAILED:
+        report.outcome = "failed"
+        if size > 1 or not report.failed:
+            path, lineno = _location(report)
+            report.longrepr = CollectiveRepr(
+                verdict.longrepr, CrashLocation(path, lineno, verdict.message)
+            )
+    elif verdict.outcome == SKIPPED:
+        report.outcome = "skipped"
+        if not isinstance(report.longrepr, tuple):
+            path, lineno = _location(report)
+            report.longrepr = (path, lineno, verdict.message)
+    elif verdict.outcome == XFAILED:
+        report.outcome = "skipped"
+        report.wasxfail = verdict.wasxfail
+    elif verdict.outcome == XPASSED:
+        report.outcome = "passed"
+        report.wasxfail = verdict.wasxfail
+    else:
+        report.outcome = "passed"
+
+
+def _location(report: pytest.TestReport) -> tuple[str, int]:
+    path, lineno, _ = report.location
+    return str(path), (lineno or 0) + 1
+
+
+def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:
+    """The results-file fields of one test from its phases' verdicts: outcome (setup or teardown
+    failure -> error, unless the call failed too), failing ranks, message, longrepr, duration."""
+    setup, call, teardown = (verdicts.get(when) for when in ("setup", "call", "teardown"))
+    if setup is not None and setup.outcome == FAILED:
+        outcome = "error"
+    elif call is None:
+        outcome = setup.outcome if setup is not None else "error"
+    elif teardown is not None and teardown.outcome == FAILED and call.outcome != FAILED:
+        outcome = "error"
+    else:
+        outcome = call.outcome
+    failing = sorted({rank for v in verdicts.values() for rank in v.failing_ranks})
+    failed = [v for v in verdicts.values() if v.outcome == FAILED]
+    message = (
+        failed[0].message
+        if failed
+        else next((v.message for v in verdicts.values() if v.message), "")
+    )
+    return {
+        "outcome": outcome,
+        "failing_ranks": failing,
+        "message": message,
+        "longrepr": "\n\n".join(v.longrepr for v in failed),
+        "duration": sum(v.duration for v in verdicts.values()),
+    }

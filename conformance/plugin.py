@@ -1,0 +1,392 @@
+"""The pytest plugin (entry point ``pytest11``) that runs the spec against any backend under MPI.
+
+Options: ``--backend`` (else ``CONFORMANCE_BACKEND``, else ``reference``), ``--conformance-timeout``
+(per-test deadline, default 60 s, else ``CONFORMANCE_TIMEOUT``), ``--conformance-results FILE``,
+``--conformance-log-dir DIR``, ``--conformance-seed N``.
+
+Fixtures: ``backend``, ``world``, ``capabilities``, ``control`` (session scope) and
+``conformance_seed`` (per test, equal on every rank).
+
+Under ``mpiexec -n N python -m pytest --with-mpi`` every rank runs the same tests in the same order;
+after each phase of each test the ranks agree on its outcome over the control plane, only rank 0
+writes to the terminal, the results file and JUnit XML, and a watchdog ends a hung job (status 3).
+Plain ``pytest`` is a world of one rank: pytest-mpi's ``mpi`` marker is honoured there too
+(``min_size`` above 1 skips), so ``--with-mpi`` is implied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import control as control_plane
+from conformance import levels, outcomes, runinfo
+from conformance.backend import Backend, load_backend
+from conformance.ranklog import RankLog, redirect_terminal
+from conformance.records import ResultsFile
+from conformance.watchdog import EXIT_HUNG, Watchdog
+from conformance.watchdog import set_current as set_current_watchdog
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_BACKEND = "reference"
+# Steps outside tests (collection, session start) may import heavy packages on a loaded machine.
+MIN_SESSION_TIMEOUT = 120.0
+
+HARNESS = pytest.StashKey["Harness"]()
+VERDICTS = pytest.StashKey[dict[str, outcomes.Verdict]]()
+LEVEL_PROBLEM = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "MLX distributed conformance suite")
+    group.addoption(
+        "--backend",
+        dest="conformance_backend",
+        default=None,
+        help="backend under test: reference, mlx, faulty:<fault>, an entry point in group "
+        "conformance.backends, or package.module[:attribute] "
+        "(default: $CONFORMANCE_BACKEND, else reference)",
+    )
+    group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=None,
+        help="per-test deadline in seconds before the job is ended as hung "
+        f"(default: $CONFORMANCE_TIMEOUT, else {DEFAULT_TIMEOUT:g})",
+    )
+    group.addoption(
+        "--conformance-results",
+        default=None,
+        metavar="FILE",
+        help="append one JSON line per test to FILE (written by rank 0 only)",
+    )
+    group.addoption(
+        "--conformance-log-dir",
+        default=None,
+        metavar="DIR",
+        help="directory of the per-rank logs rank<N>.log (default: a new temporary directory)",
+    )
+    group.addoption(
+        "--conformance-seed",
+        type=int,
+        default=None,
+        help="session seed from which per-test seeds derive (default: $CONFORMANCE_SEED, else 0)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    levels.register_markers(config)
+    # One process is an MPI world of size 1: run pytest-mpi as if --with-mpi were given, so the
+    # mpi marker's min_size decides, under mpiexec or not.
+    if hasattr(config.option, "with_mpi"):
+        config.option.with_mpi = True
+    plane = control_plane.ControlPlane.from_world()
+    if plane.rank != 0 and hasattr(config.option, "xmlpath"):
+        config.option.xmlpath = None  # JUnit XML from rank 0 only
+    harness = Harness(config, plane)
+    config.stash[HARNESS] = harness
+    config.pluginmanager.register(harness, "conformance-harness")
+    _load_hypothesis_profile(config)
+
+
+def _load_hypothesis_profile(config: pytest.Config) -> None:
+    try:
+        from conformance import lockstep
+    except ImportError:  # hypothesis not installed: lockstep tests cannot run anyway
+        return
+    lockstep.register_profile()
+    if not getattr(config.option, "hypothesis_profile", None):
+        lockstep.load_profile()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    harness = config.stash.get(HARNESS, None)
+    if harness is not None:
+        harness.close()
+        config.pluginmanager.unregister(harness)
+
+
+def _option_or_env(config: pytest.Config, option: str, env: str, default: Any) -> Any:
+    value = config.getoption(option)
+    if value is not None:
+        return value
+    return os.environ.get(env) or default
+
+
+class Harness:
+    """Per-session state and the hooks that need it (registered as a plugin by pytest_configure)."""
+
+    def __init__(self, config: pytest.Config, plane: control_plane.ControlPlane) -> None:
+        self.config = config
+        self.control = plane
+        self._previous_plane = control_plane.set_current(plane)
+        self.rank, self.size = plane.rank, plane.size
+        self.backend_spec = str(
+            _option_or_env(config, "conformance_backend", "CONFORMANCE_BACKEND", DEFAULT_BACKEND)
+        )
+        self.timeout = float(
+            _option_or_env(config, "conformance_timeout", "CONFORMANCE_TIMEOUT", DEFAULT_TIMEOUT)
+        )
+        if self.timeout <= 0:
+            raise pytest.UsageError(f"--conformance-timeout must be positive, not {self.timeout}")
+        self.seed = int(_option_or_env(config, "conformance_seed", "CONFORMANCE_SEED", 0))
+        log_dir, job_id = plane.bcast(("session", "log-dir"), self._choose_log_dir())
+        self.log_dir = Path(log_dir)
+        self.log = RankLog(self.log_dir, self.rank)
+        results = config.getoption("conformance_results")
+        self.results = ResultsFile(results) if results and self.rank == 0 else None
+        self._terminal_fd = os.dup(2) if self.rank == 0 else None
+        self._backend: Backend | None = None
+        self._backend_error: Exception | None = None
+        self.watchdog = Watchdog(
+            rank=self.rank,
+            size=self.size,
+            timeout=self.timeout,
+            stack_dir=self.log_dir / f"hang-{job_id}",
+            on_hang=self._on_hang,
+            describe_state=self._describe_state,
+            log=self.log.write,
+        )
+        self._previous_watchdog = set_current_watchdog(self.watchdog)
+        self.log.write(f"session start: {runinfo.describe_world(self.size)}")
+
+    def _choose_log_dir(self) -> tuple[str, str] | None:
+        if self.rank != 0:
+            return None
+        chosen = self.config.getoption("conformance_log_dir")
+        if chosen is None:
+            chosen = tempfile.mkdtemp(prefix="conformance-logs-")
+        return str(Path(chosen).resolve()), uuid.uuid4().hex[:12]
+
+    def close(self) -> None:
+        self.watchdog.stop()
+        set_current_watchdog(self._previous_watchdog)
+        self.log.write("session end")
+        self.log.close()
+        if self._terminal_fd is not None:
+            os.close(self._terminal_fd)
+        control_plane.set_current(self._previous_plane)
+        self.control.close()
+
+    # -- the backend -------------------------------------------------------------------------
+    def backend(self) -> Backend:
+        """The backend under test, loaded once; a load error is re-raised on every request."""
+        if self._backend is None and self._backend_error is None:
+            try:
+                self._backend = load_backend(self.backend_spec)
+            except Exception as exc:
+                self._backend_error = exc
+        if self._backend_error is not None:
+            raise self._backend_error
+        assert self._backend is not None
+        return self._backend
+
+    # -- terminal ----------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.rank != 0:
+            redirect_terminal(self.config, self.log.stream)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        try:
+            backend = self.backend()
+            described = f"{self.backend_spec} ({backend.name} {backend.version})"
+        except Exception as exc:
+            described = f"{self.backend_spec} (failed to load: {exc})"
+        return runinfo.header_lines(
+            backend=described,
+            world_size=self.size,
+            timeout=self.timeout,
+            log_dir=self.log_dir,
+            seed=self.seed,
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_line(f"conformance: per-rank logs in {self.log_dir}")
+
+    # -- collection ----------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection(self, session: pytest.Session) -> Generator[None, Any, Any]:
+        self.watchdog.arm("collection", max(self.timeout, MIN_SESSION_TIMEOUT))
+        try:
+            return (yield)
+        finally:
+            self.watchdog.disarm()
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            problem = levels.level_problem(item)
+            if problem:
+                item.stash[LEVEL_PROBLEM] = problem
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        digest = hashlib.sha256("\n".join(i.nodeid for i in session.items).encode()).hexdigest()
+        mine = (digest, len(session.items), session.testsfailed)
+        everyone = self.control.allgather(("session", "collection"), mine)
+        if all(other == mine for other in everyone):
+            return
+        lines = [
+            f"rank {rank}: {count} tests, {errors} collection errors, digest {dig[:12]}"
+            for rank, (dig, count, errors) in enumerate(everyone)
+        ]
+        pytest.exit(
+            "conformance: the ranks collected different tests, so they cannot run in step:\n"
+            + "\n".join(lines),
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+    # -- running one test ----------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        self.control.begin_test(item.nodeid)
+        item.stash[VERDICTS] = {}
+        self.watchdog.arm(item.nodeid)
+        try:
+            return (yield)
+        finally:
+            self.watchdog.disarm()
+            self._record(item)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        problem = item.stash.get(LEVEL_PROBLEM, None)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        local = outcomes.local_outcome(report)
+        self.log.write(
+            f"{item.nodeid} {call.when}: {local.outcome}"
+            + (f"\n{local.longrepr}" if local.longrepr else "")
+        )
+        verdict = self._agree(item.nodeid, call.when, local)
+        outcomes.apply(report, verdict, self.size)
+        item.stash.setdefault(VERDICTS, {})[call.when] = verdict
+        return report
+
+    def _agree(self, nodeid: str, when: str, local: outcomes.RankOutcome) -> outcomes.Verdict:
+        label = ("outcome", nodeid, when)
+        while True:
+            pairs = self.control.allgather_any(label, local)
+            others = {pair[0] for pair in pairs} - {label}
+            if not others:
+                return outcomes.combine([pair[1] for pair in pairs])
+            # Ranks still inside a collective helper of this test have just seen the desync
+            # (their helper raised); they will come to this exchange next, so wait for them.
+            if all(other[0] == "helper" and other[1] == nodeid for other in others):
+                continue
+            where = "; ".join(f"rank {r}: {pair[0]}" for r, pair in enumerate(pairs))
+            pytest.exit(
+                f"conformance: the ranks lost step while agreeing on {nodeid} ({where})",
+                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            )
+
+    def _record(self, item: pytest.Item) -> None:
+        if self.results is None:
+            return
+        verdicts = item.stash.get(VERDICTS, {})
+        if not verdicts:
+            return
+        record = outcomes.summarize(verdicts)
+        record.update(
+            nodeid=item.nodeid,
+            level=levels.level_of(item),
+            area=levels.area_of(item),
+            seed=self.seed,
+            world_size=self.size,
+            backend=self.backend_spec,
+        )
+        self.results.write(record)
+
+    # -- hangs -----------------------------------------------------------------------------------
+    def _describe_state(self) -> str:
+        waiting = self.control.waiting_at
+        if waiting is None:
+            return "busy in test code"
+        return f"{runinfo.WAITING} {' '.join(map(str, waiting))}"
+
+    def _on_hang(self, label: str, stacks: dict[int, str]) -> None:
+        """Rank 0's watchdog thread: record the hang and tell the user (the main thread is stuck,
+        and the terminal may be captured, hence the saved terminal descriptor)."""
+        stuck = [rank for rank, text in stacks.items() if runinfo.WAITING not in text[:400]]
+        message = (
+            f"conformance: {label} hung: no progress within {self.timeout:g} s; "
+            f"ranks not waiting on the others: {stuck}. Stacks of every rank are in the "
+            f"per-rank logs under {self.log_dir}. Ending the job with status {EXIT_HUNG}."
+        )
+        if self.results is not None:
+            self.results.write(
+                {
+                    "nodeid": label,
+                    "outcome": "hung",
+                    "failing_ranks": stuck,
+                    "message": message,
+                    "longrepr": "\n\n".join(stacks[rank] for rank in sorted(stacks)),
+                    "duration": self.timeout,
+                    "level": None,
+                    "area": _area_from_nodeid(label),
+                    "seed": self.seed,
+                    "world_size": self.size,
+                    "backend": self.backend_spec,
+                    "stacks": {str(rank): text for rank, text in sorted(stacks.items())},
+                }
+            )
+        self.log.write(message)
+        if self._terminal_fd is not None:
+            os.write(self._terminal_fd, f"\n{message}\n".encode())
+
+
+def _area_from_nodeid(nodeid: str) -> str | None:
+    path = nodeid.partition("::")[0]
+    if not path.endswith(".py"):
+        return None
+    return Path(path).stem.removeprefix("test_")
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+def _harness(config: pytest.Config) -> Harness:
+    return config.stash[HARNESS]
+
+
+@pytest.fixture(scope="session")
+def backend(pytestconfig: pytest.Config) -> Backend:
+    """The backend under test (``--backend`` / ``CONFORMANCE_BACKEND`` / reference)."""
+    return _harness(pytestconfig).backend()
+
+
+@pytest.fixture(scope="session")
+def world(backend: Backend) -> Any:
+    """The global group: ``backend.init()``."""
+    return backend.init()
+
+
+@pytest.fixture(scope="session")
+def capabilities(backend: Backend) -> Any:
+    """What the backend declares it supports (``conformance.backend.Capabilities``)."""
+    return backend.capabilities
+
+
+@pytest.fixture(scope="session", name="control")
+def control_fixture(pytestconfig: pytest.Config) -> control_plane.ControlPlane:
+    """The suite's control plane (its own duplicate of COMM_WORLD)."""
+    return _harness(pytestconfig).control
+
+
+@pytest.fixture
+def conformance_seed(request: pytest.FixtureRequest) -> int:
+    """A seed for this test, equal on every rank: derived from the session seed and the node id."""
+    seed = _harness(request.config).seed
+    digest = hashlib.sha256(f"{seed}:{request.node.nodeid}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
