@@ -45,7 +45,9 @@ OP_CODES = {"all_sum": 1, "all_max": 2, "all_min": 3, "all_gather": 4, "sum_scat
 class Agreement(NamedTuple):
     """What every rank learned from the round: the same on every rank."""
 
-    inline: list[np.ndarray] | None  # each rank's payload bytes, in rank order, when they fit
+    # When the payloads fit inline: every rank's array, stacked in rank order along a new axis 0.
+    # A view into the group's slots, valid until the group's next round.
+    inline: np.ndarray | None
     headers: list[tuple[int, ...]]  # each rank's header; fields 7 and 8 are the op's arguments
 
 
@@ -59,16 +61,17 @@ class HeaderExchange:
     def __init__(self, comm: MPI.Comm, rank: int, size: int) -> None:
         from mpi4py import MPI
 
-        self.send_slot = np.zeros(SLOT_BYTES, np.uint8)
+        # Row r holds rank r's slot; this rank's own row is what it sends, so after the round
+        # every rank's header and payload sit side by side, ready to be reduced in one call.
         self.slots = np.zeros((size, SLOT_BYTES), np.uint8)
+        self.send_slot = self.slots[rank]
+        self.rows = list(self.slots)
         self.peers = [peer for peer in range(size) if peer != rank]
         self.requests: list[MPI.Prequest] = []
         for peer in self.peers:
             self.requests.append(comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER))
             self.requests.append(comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER))
         self.start = MPI.Prequest.Startall
-        # Each rank's slot, its own being the send slot: headers are read from here.
-        self.views = [self.send_slot if r == rank else self.slots[r] for r in range(size)]
 
 
 def agree(
@@ -97,16 +100,15 @@ def agree(
         )
 
     deadline.wait_all(exchange.requests, never_arrived)
-    views = exchange.views
-    headers = [HEADER.unpack_from(view) for view in views]
+    headers = [HEADER.unpack_from(row) for row in exchange.rows]
     own = headers[rank][_AGREED_FIELDS]
     for header in headers:
         if header[0] or header[_AGREED_FIELDS] != own:
             raise _shared_failure(group, op, array, error, headers)
     inline = None
-    if nbytes <= INLINE_BYTES:
-        end = HEADER.size + nbytes
-        inline = [view[HEADER.size : end] for view in views]
+    if array is not None and nbytes <= INLINE_BYTES:
+        payloads = exchange.slots[:, HEADER.size : HEADER.size + nbytes]
+        inline = payloads.view(array.dtype).reshape((group._size, *array.shape))
     return Agreement(inline, headers)
 
 

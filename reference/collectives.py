@@ -61,9 +61,7 @@ def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
         return np.array(array, copy=True)
     agreement = agree(group, op, array, error)
     if agreement.inline is not None:
-        blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
-        blocks[group.rank()] = array
-        return local_reduce(kind, blocks)
+        return local_reduce(kind, agreement.inline)
     out = buffers.empty(array.shape, array.dtype)
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Iallreduce(
@@ -106,13 +104,8 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     size = group.size()
     shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
     out = buffers.empty(shape, array.dtype)
-    if out.nbytes == 0:
-        return out
     if agreement.inline is not None:
-        flat = _flat_bytes(out).reshape(size, -1)
-        for rank, block in enumerate(agreement.inline):
-            flat[rank] = block
-        flat[group.rank()] = _flat_bytes(array)
+        out[...] = agreement.inline.reshape(shape)
         return out
     request = group._comm.Iallgather(_flat_bytes(array), _flat_bytes(out))
     _wait(group, "all_gather", request)
@@ -145,9 +138,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
     agreement = agree(group, "sum_scatter", array, error)
     rows = array.shape[0] // size
     if agreement.inline is not None:
-        blocks = [block.view(array.dtype).reshape(array.shape) for block in agreement.inline]
-        blocks[rank] = array
-        return local_reduce(SUM, [b[rank * rows : (rank + 1) * rows] for b in blocks])
+        return local_reduce(SUM, agreement.inline[:, rank * rows : (rank + 1) * rows])
     out = buffers.empty((rows, *array.shape[1:]), array.dtype)
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Ireduce_scatter_block(

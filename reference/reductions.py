@@ -14,7 +14,6 @@ max/min, lexicographic complex max/min).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,27 +52,42 @@ def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(a, b) if kind == MAX else np.minimum(a, b)
 
 
-def local_reduce(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
-    """Reduce two or more blocks in rank order, so every rank computes bit-identical results.
+def local_reduce(kind: str, stacked: np.ndarray) -> np.ndarray:
+    """Reduce the ranks' arrays stacked along axis 0, in rank order, into a new array.
 
-    The result is a new array, never one of the blocks.
+    Every rank holds the same stack and runs the same code, so every rank gets bit-identical
+    results whatever the floating-point rounding.
     """
-    if blocks[0].dtype in FLOATING or blocks[0].dtype in COMPLEX:
-        # float16 overflow to inf is the specified result, not something to warn about.
-        return _fold_quietly(kind, blocks)
-    return _fold(kind, blocks)
+    dtype = stacked.dtype
+    if dtype == BOOL:
+        reducer = np.logical_and if kind == MIN else np.logical_or
+    elif kind == SUM:
+        reducer = np.add
+    elif dtype in COMPLEX:
+        return _fold(kind, stacked)
+    else:
+        reducer = np.maximum if kind == MAX else np.minimum
+    if dtype in _OVERFLOWING:
+        result = _reduce_quietly(reducer, stacked)
+    else:
+        result = reducer.reduce(stacked, axis=0)
+    # Reducing a stack of 0-d arrays yields a numpy scalar; the API returns arrays.
+    return result if stacked.ndim > 1 else np.asarray(result)
 
 
-def _fold(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
-    result = combine(kind, blocks[0], blocks[1])
-    for block in blocks[2:]:
+def _fold(kind: str, stacked: np.ndarray) -> np.ndarray:
+    result = combine(kind, stacked[0], stacked[1])
+    for block in stacked[2:]:
         result = combine(kind, result, block)
-    return result
+    return np.asarray(result)
 
 
-# The decorator form builds its error state once, not on every call as a ``with`` block does.
-_fold_quietly = np.errstate(over="ignore", invalid="ignore")(_fold)
-_combine_quietly = np.errstate(over="ignore", invalid="ignore")(combine)
+# float16 and bfloat16 overflow to inf in ordinary sums; that is the specified result, not
+# something to warn about. (The decorator form builds its error state once, not per call.)
+_OVERFLOWING = frozenset({NUMPY_DTYPES["float16"], NUMPY_DTYPES["bfloat16"]})
+_QUIET = np.errstate(over="ignore", invalid="ignore")
+_reduce_quietly = _QUIET(lambda reducer, stacked: reducer.reduce(stacked, axis=0))
+_combine_quietly = _QUIET(combine)
 
 
 def _user_function(kind: str, dtype: np.dtype):
