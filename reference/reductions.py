@@ -67,10 +67,11 @@ def local_reduce(kind: str, stacked: np.ndarray) -> np.ndarray:
         return _fold(kind, stacked)
     else:
         reducer = np.maximum if kind == MAX else np.minimum
+    # dtype= keeps numpy from promoting small integers to the platform int (no promotion here).
     if dtype in _OVERFLOWING:
         result = _reduce_quietly(reducer, stacked)
     else:
-        result = reducer.reduce(stacked, axis=0)
+        result = reducer.reduce(stacked, axis=0, dtype=dtype)
     # Reducing a stack of 0-d arrays yields a numpy scalar; the API returns arrays.
     return result if stacked.ndim > 1 else np.asarray(result)
 
@@ -86,7 +87,9 @@ def _fold(kind: str, stacked: np.ndarray) -> np.ndarray:
 # something to warn about. (The decorator form builds its error state once, not per call.)
 _OVERFLOWING = frozenset({NUMPY_DTYPES["float16"], NUMPY_DTYPES["bfloat16"]})
 _QUIET = np.errstate(over="ignore", invalid="ignore")
-_reduce_quietly = _QUIET(lambda reducer, stacked: reducer.reduce(stacked, axis=0))
+_reduce_quietly = _QUIET(
+    lambda reducer, stacked: reducer.reduce(stacked, axis=0, dtype=stacked.dtype)
+)
 _combine_quietly = _QUIET(combine)
 
 
