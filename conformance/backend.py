@@ -287,6 +287,10 @@ def _import_target(target: str, what: str) -> Any:
             raise BackendLoadError(
                 f"{what}: module {module_name!r} has no attribute {attribute!r}"
             ) from None
+        except Exception as exc:  # a lazily created attribute (mlx's ``backend``) can fail
+            raise BackendLoadError(
+                f"{what}: {module_name}:{attribute} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     return obj
 
 

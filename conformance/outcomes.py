@@ -91,7 +91,7 @@ def _one_line(report: pytest.TestReport) -> str:
         return str(longrepr[2])  # a skip: (path, lineno, reason)
     crash = getattr(longrepr, "reprcrash", None)
     if crash is not None:
-        return str(crash.message)
+        return str(crash.message).strip().partition("\n")[0]
     lines = str(longrepr).strip().splitlines()
     return lines[-1] if lines else ""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Generator
@@ -42,6 +43,7 @@ MIN_SESSION_TIMEOUT = 120.0
 HARNESS = pytest.StashKey["Harness"]()
 VERDICTS = pytest.StashKey[dict[str, outcomes.Verdict]]()
 LEVEL_PROBLEM = pytest.StashKey[str]()
+USER_WITH_MPI = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,6 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # One process is an MPI world of size 1: run pytest-mpi as if --with-mpi were given, so the
     # mpi marker's min_size decides, under mpiexec or not.
     if hasattr(config.option, "with_mpi"):
+        config.stash[USER_WITH_MPI] = bool(config.option.with_mpi)
         config.option.with_mpi = True
     plane = control_plane.ControlPlane.from_world()
     if plane.rank != 0 and hasattr(config.option, "xmlpath"):
@@ -138,7 +141,10 @@ class Harness:
         if self.timeout <= 0:
             raise pytest.UsageError(f"--conformance-timeout must be positive, not {self.timeout}")
         self.seed = int(_option_or_env(config, "conformance_seed", "CONFORMANCE_SEED", 0))
-        log_dir, job_id = plane.bcast(("session", "log-dir"), self._choose_log_dir())
+        self.exitstatus: int | None = None
+        log_dir, job_id, self._log_dir_is_temporary = plane.bcast(
+            ("session", "log-dir"), self._choose_log_dir()
+        )
         self.log_dir = Path(log_dir)
         self.log = RankLog(self.log_dir, self.rank)
         results = config.getoption("conformance_results")
@@ -158,19 +164,25 @@ class Harness:
         self._previous_watchdog = set_current_watchdog(self.watchdog)
         self.log.write(f"session start: {runinfo.describe_world(self.size)}")
 
-    def _choose_log_dir(self) -> tuple[str, str] | None:
+    def _choose_log_dir(self) -> tuple[str, str, bool] | None:
+        """(directory, job id, whether the directory is a temporary one), decided by rank 0."""
         if self.rank != 0:
             return None
         chosen = self.config.getoption("conformance_log_dir")
-        if chosen is None:
+        temporary = chosen is None
+        if temporary:
             chosen = tempfile.mkdtemp(prefix="conformance-logs-")
-        return str(Path(chosen).resolve()), uuid.uuid4().hex[:12]
+        return str(Path(chosen).resolve()), uuid.uuid4().hex[:12], temporary
 
     def close(self) -> None:
         self.watchdog.stop()
         set_current_watchdog(self._previous_watchdog)
-        self.log.write("session end")
+        self.log.write(f"session end, exit status {self.exitstatus}")
         self.log.close()
+        if self._discard_logs():
+            self.control.barrier(("session", "logs closed"))
+            if self.rank == 0:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
         if self._terminal_fd is not None:
             os.close(self._terminal_fd)
         control_plane.set_current(self._previous_plane)
@@ -194,6 +206,8 @@ class Harness:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.rank != 0:
             redirect_terminal(self.config, self.log.stream)
+        if not self.config.stash.get(USER_WITH_MPI, True):
+            _quiet_pytest_mpi(self.config)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         try:
@@ -209,8 +223,16 @@ class Harness:
             seed=self.seed,
         )
 
+    def _discard_logs(self) -> bool:
+        """A temporary log directory is removed after a clean run; anything else is kept."""
+        return self._log_dir_is_temporary and self.exitstatus in (0, 5)
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        self.exitstatus = int(exitstatus)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        terminalreporter.write_line(f"conformance: per-rank logs in {self.log_dir}")
+        if not self._discard_logs():
+            terminalreporter.write_line(f"conformance: per-rank logs in {self.log_dir}")
 
     # -- collection ----------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -323,7 +345,8 @@ class Harness:
         stuck = [rank for rank, text in stacks.items() if runinfo.WAITING not in text[:400]]
         message = (
             f"conformance: {label} hung: no progress within {self.timeout:g} s; "
-            f"ranks not waiting on the others: {stuck}. Stacks of every rank are in the "
+            f"ranks busy outside the harness's exchanges (in test or backend code): {stuck}. "
+            "Stacks of every rank are in the results file and in the "
             f"per-rank logs under {self.log_dir}. Ending the job with status {EXIT_HUNG}."
         )
         if self.results is not None:
@@ -346,6 +369,14 @@ class Harness:
         self.log.write(message)
         if self._terminal_fd is not None:
             os.write(self._terminal_fd, f"\n{message}\n".encode())
+
+
+def _quiet_pytest_mpi(config: pytest.Config) -> None:
+    """Drop pytest-mpi's "MPI Information" summary when the user did not ask for --with-mpi
+    (the header already names the MPI library)."""
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "MPIPlugin" and hasattr(plugin, "_is_testing_mpi"):
+            plugin._is_testing_mpi = False
 
 
 def _area_from_nodeid(nodeid: str) -> str | None:
