@@ -1,0 +1,706 @@
+"""``python -m conformance run``: one MPI job per rank count, resumed past hangs and crashes.
+
+Contract:
+
+- For each rank count N of ``--np`` the spec tests run as ``mpiexec -n N python -m pytest`` with
+  the plugin writing one record per finished test to ``<report-dir>/np<N>/results.jsonl``
+  (docs/contracts.md, "Plugin <-> runner"). The terminal shows rank count, tests done of total
+  and failures so far.
+- A job that ends before every test has a record is relaunched with the finished tests and the
+  broken one deselected. The plugin's watchdog records a hung test itself (exit status 3); for
+  any other early end (a crash, a kill, the job-level watchdog) the runner records the test that
+  was running (the first collected test without a record) as ``crashed``, or ``hung`` if the
+  job-level watchdog ended it, with the tail of what the job and each rank printed.
+- The job-level watchdog ends a job (its whole process tree) when no test finishes within the
+  per-test deadline plus a margin (plus a start-up allowance before the first test).
+- Records of every rank count are merged, known deviations applied, and the Markdown, JSON and
+  JUnit reports written (``conformance.reports``). Exit status 0 only when no test failed, hung,
+  crashed or errored without a matching deviation, and every job could run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import conformance
+from conformance import deviations as deviations_mod
+from conformance import launcher as launcher_mod
+from conformance import reports
+
+#: Per-test deadline handed to the plugin when none is given (seconds).
+DEFAULT_TIMEOUT = 60.0
+#: Exit status of a job whose plugin watchdog recorded a hung test.
+EXIT_HUNG = 3
+#: pytest exit statuses that mean "the session ran to its end".
+COMPLETED_STATUSES = frozenset({0, 1, 5})
+#: Outcomes that make the run fail unless a deviation expects them.
+BAD_OUTCOMES = deviations_mod.FAILING_OUTCOMES
+TAIL_LINES = 40
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Everything that defines a run (the parsed command line)."""
+
+    backend: str = "reference"
+    nps: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
+    timeout: float = DEFAULT_TIMEOUT
+    max_examples: int | None = None
+    seed: int | None = None
+    keyword: str | None = None
+    markers: str | None = None
+    paths: list[str] = dataclasses.field(default_factory=list)
+    report_dir: Path = Path("conformance-reports")
+    mpiexec: str | None = None
+    deviations: Path | None = None
+    pytest_args: list[str] = dataclasses.field(default_factory=list)
+    rootdir: Path | None = None
+    startup_allowance: float = 120.0
+    margin: float | None = None
+    quiet: bool = False
+
+    @property
+    def root(self) -> Path:
+        """The pytest rootdir of every job (node ids are relative to it)."""
+        return self.rootdir if self.rootdir is not None else package_root()
+
+    @property
+    def job_margin(self) -> float:
+        """Slack past the per-test deadline before the job-level watchdog acts."""
+        return self.margin if self.margin is not None else 30.0 + 0.5 * self.timeout
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    """What one attempt of one rank count left behind."""
+
+    returncode: int | None
+    killed: bool
+    output_path: Path
+    log_dir: Path
+    duration: float
+
+
+def parse_nps(text: str) -> list[int]:
+    """``"1,2,3,4"`` or ``"1-4"`` or a mix -> sorted distinct positive rank counts."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = (int(p) for p in part.split("-", 1))
+            out.update(range(lo, hi + 1))
+        else:
+            out.add(int(part))
+    if not out or min(out) < 1:
+        raise ValueError(f"rank counts must be positive integers, got {text!r}")
+    return sorted(out)
+
+
+def package_root() -> Path:
+    """The directory holding the ``conformance`` package: the pytest rootdir of every job, so
+    node ids read ``conformance/specs/test_<area>.py::...`` wherever the suite is installed."""
+    return Path(conformance.__file__).resolve().parent.parent
+
+
+def default_paths() -> list[str]:
+    return [str(Path(conformance.__file__).resolve().parent / "specs")]
+
+
+# -- building commands -----------------------------------------------------------------------
+
+
+def pytest_args(opts: RunOptions, paths: Sequence[str] | None = None) -> list[str]:
+    """pytest arguments shared by collection, jobs and reproduction commands."""
+    args = ["--backend", opts.backend, "--conformance-timeout", f"{opts.timeout:g}"]
+    if opts.seed is not None:
+        args += ["--conformance-seed", str(opts.seed)]
+    if opts.keyword:
+        args += ["-k", opts.keyword]
+    if opts.markers:
+        args += ["-m", opts.markers]
+    args += list(opts.pytest_args)
+    args += list(paths if paths is not None else (opts.paths or default_paths()))
+    return args
+
+
+def job_environment(opts: RunOptions) -> dict[str, str]:
+    """Settings the jobs get beyond the launcher's (Hypothesis examples)."""
+    env: dict[str, str] = {}
+    if opts.max_examples is not None:
+        env["CONFORMANCE_MAX_EXAMPLES"] = str(opts.max_examples)
+    return env
+
+
+def reproduce_command(
+    opts: RunOptions, launcher: launcher_mod.Launcher | None, np: int, nodeid: str
+) -> str:
+    """Shell command that reruns one test alone on ``np`` ranks."""
+    root = opts.root
+    base = pytest_args(opts, paths=[nodeid])
+    # -k/-m could deselect the single test being reproduced; drop them.
+    cleaned: list[str] = []
+    skip = False
+    for arg in base:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-k", "-m"):
+            skip = True
+            continue
+        cleaned.append(arg)
+    env = dict(job_environment(opts))
+    prefix = ""
+    mpiexec = "mpiexec"
+    launch: list[str]
+    if launcher is not None:
+        prefix = launcher.env_prefix(np)
+        launch = launcher.command(np, [])
+        launch[0] = mpiexec if _is_default_mpiexec(launcher.path) else launcher.path
+    else:
+        launch = [mpiexec, "-n", str(np)]
+    cmd = [*launch, "python", "-m", "pytest", *cleaned]
+    if opts.backend != "reference" and "CONFORMANCE_BACKEND" in os.environ:
+        env.pop("CONFORMANCE_BACKEND", None)
+    env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    parts = [p for p in (prefix, env_text) if p]
+    return f"cd {shlex.quote(str(root))} && " + " ".join([*parts, *(shlex.quote(c) for c in cmd)])
+
+
+def _is_default_mpiexec(path: str) -> bool:
+    # Show the short name when it is what PATH (in the activated environment) resolves anyway.
+    import shutil
+
+    found = shutil.which("mpiexec")
+    return found is not None and os.path.realpath(found) == os.path.realpath(path)
+
+
+# -- collection ------------------------------------------------------------------------------
+
+
+def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
+    """Node ids of the tests to run, in run order, and pytest's output (for error messages).
+
+    Collection runs in one plain process: the tests adapt to the world size at run time, so the
+    ids do not depend on the rank count.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(opts.root),
+        *pytest_args(opts),
+    ]
+    env = dict(os.environ, **job_environment(opts))
+    try:
+        out = subprocess.run(
+            cmd,
+            cwd=opts.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return [], f"collection timed out after {timeout:g} s: {exc}"
+    text = out.stdout + out.stderr
+    ids: list[str] = []
+    # -q prints the node ids, then a blank line, then the count and any warnings.
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            break
+        if "::" in line:
+            ids.append(line.strip())
+    if out.returncode not in (0, 5):
+        return ids, text
+    return ids, "" if ids or out.returncode == 5 else text
+
+
+# -- one job ---------------------------------------------------------------------------------
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Records of a results file; a torn last line (job killed mid-write) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def run_job(
+    launcher: launcher_mod.Launcher,
+    opts: RunOptions,
+    np: int,
+    extra_args: Sequence[str],
+    results_path: Path,
+    log_dir: Path,
+    output_path: Path,
+    on_progress: Callable[[], None] = lambda: None,
+    poll: float = 0.5,
+) -> JobOutcome:
+    """Run one MPI job to its end or until the job-level watchdog ends it."""
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(opts.root),
+        "--conformance-results",
+        str(results_path),
+        "--conformance-log-dir",
+        str(log_dir),
+        *extra_args,
+        *pytest_args(opts),
+    ]
+    cmd = launcher.command(np, argv)
+    env = launcher.environment(np)
+    env.update(job_environment(opts))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    killed = False
+    with open(output_path, "w", encoding="utf-8") as out:
+        out.write("+ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=opts.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        seen = _line_count(results_path)
+        last_progress = time.monotonic()
+        allowance = opts.startup_allowance
+        try:
+            while proc.poll() is None:
+                time.sleep(poll)
+                count = _line_count(results_path)
+                if count != seen:
+                    seen = count
+                    last_progress = time.monotonic()
+                    allowance = 0.0
+                    on_progress()
+                if time.monotonic() - last_progress > opts.timeout + opts.job_margin + allowance:
+                    killed = True
+                    out.write(
+                        f"\n[conformance runner] no test finished for "
+                        f"{time.monotonic() - last_progress:.0f} s; ending the job\n"
+                    )
+                    out.flush()
+                    launcher_mod.kill_process_group(proc)
+                    break
+        except BaseException:
+            launcher_mod.kill_process_group(proc)
+            raise
+        on_progress()
+    return JobOutcome(proc.returncode, killed, output_path, log_dir, time.monotonic() - start)
+
+
+def _line_count(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:
+        return 0
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """Last lines of a text file ('' when missing)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def rank_logs(log_dir: Path, lines: int = TAIL_LINES) -> dict[str, str]:
+    """Tail of each ``rank<N>.log`` in ``log_dir``, keyed by rank."""
+    out: dict[str, str] = {}
+    for path in sorted(log_dir.glob("rank*.log")):
+        rank = path.stem[len("rank") :]
+        out[rank] = tail(path, lines)
+    return out
+
+
+# -- one rank count, with resumption ---------------------------------------------------------
+
+
+class Progress:
+    """Terminal progress: one line per rank count, rewritten in place on a terminal."""
+
+    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.quiet = quiet
+        self._last_line = ""
+        self._last_print = 0.0
+        self._reported: set[tuple[int, str]] = set()
+
+    def update(self, np: int, records: list[dict[str, Any]], total: int, final: bool = False):
+        if self.quiet:
+            return
+        done = len({r["nodeid"] for r in records})
+        bad = [r for r in records if r.get("outcome") in BAD_OUTCOMES]
+        for r in bad:
+            key = (np, r["nodeid"])
+            if key not in self._reported:
+                self._reported.add(key)
+                self._emit(f"np={np} {r['outcome'].upper()} {r['nodeid']}", newline=True)
+        failed = sum(r.get("outcome") in ("failed", "error") for r in records)
+        hung = sum(r.get("outcome") in ("hung", "crashed") for r in records)
+        line = f"np={np} {done}/{total or '?'} tests done, {failed} failed, {hung} hung or crashed"
+        now = time.monotonic()
+        if final or self.tty or now - self._last_print > 15:
+            if line != self._last_line or final:
+                self._emit(line, newline=final or not self.tty)
+                self._last_print = now
+
+    def _emit(self, line: str, newline: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line + ("\n" if newline else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._last_line = "" if newline else line
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self._emit(text, newline=True)
+
+
+def run_rank_count(
+    launcher: launcher_mod.Launcher,
+    opts: RunOptions,
+    np: int,
+    collected: list[str],
+    progress: Progress,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every test on ``np`` ranks, resuming after hangs and crashes.
+
+    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``)
+    and problems that kept tests from running at all.
+    """
+    base = opts.report_dir / f"np{np}"
+    base.mkdir(parents=True, exist_ok=True)
+    results_path = base / "results.jsonl"
+    if results_path.exists():
+        results_path.unlink()  # a fresh run never inherits an old run's results
+    runner_records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    order = {nodeid: i for i, nodeid in enumerate(collected)}
+    barren = 0  # consecutive attempts that finished no test
+
+    def current() -> list[dict[str, Any]]:
+        return _dedupe(read_results(results_path) + runner_records)
+
+    attempt = 0
+    while True:
+        attempt += 1
+        before = {r["nodeid"] for r in current()}
+        extra: list[str] = []
+        if before:
+            deselect = base / f"deselect-{attempt}.txt"
+            deselect.write_text(
+                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(before)), encoding="utf-8"
+            )
+            extra.append(f"@{deselect}")
+            progress.message(f"np={np} resuming (attempt {attempt}), skipping {len(before)} done")
+        job = run_job(
+            launcher,
+            opts,
+            np,
+            extra,
+            results_path,
+            base / "logs" / f"attempt{attempt}",
+            base / f"attempt{attempt}.out",
+            on_progress=lambda: progress.update(np, current(), len(collected)),
+        )
+        records = current()
+        finished = {r["nodeid"] for r in records}
+        new = finished - before
+        remaining = [nodeid for nodeid in collected if nodeid not in finished]
+        if not job.killed and job.returncode in COMPLETED_STATUSES:
+            if remaining and job.returncode != 5:
+                problems.append(
+                    f"np={np}: the job ended normally but {len(remaining)} collected tests have "
+                    f"no record (first: {remaining[0]}); see {job.output_path}"
+                )
+            elif remaining and not new:
+                problems.append(f"np={np}: no tests ran; see {job.output_path}")
+            break
+        if not job.killed and job.returncode == EXIT_HUNG and new:
+            barren = 0
+            if not remaining:
+                break
+            continue
+        # The job ended early and the plugin could not say why: blame the running test.
+        if not remaining:
+            break
+        broken = remaining[0]
+        hung_in_job = job.killed
+        barren = 0 if new else barren + 1
+        runner_records.append(
+            {
+                "nodeid": broken,
+                "outcome": "hung" if hung_in_job else "crashed",
+                "failing_ranks": [],
+                "message": (
+                    f"no test finished for {opts.timeout + opts.job_margin:g} s; "
+                    "the runner ended the job"
+                    if hung_in_job
+                    else f"the MPI job ended with status {job.returncode} during this test"
+                ),
+                "longrepr": "",
+                "duration": None,
+                "level": None,
+                "area": _area_of(broken),
+                "seed": None,
+                "world_size": np,
+                "backend": opts.backend,
+                "output": tail(job.output_path),
+                "rank_logs": rank_logs(job.log_dir),
+                "source": "runner",
+            }
+        )
+        if barren >= 2:
+            # Two jobs in a row died before finishing anything: the job itself is broken
+            # (backend fails to load, MPI cannot start); don't burn one job per test.
+            problems.append(
+                f"np={np}: two consecutive jobs ended without finishing a test "
+                f"(status {job.returncode}); {len(remaining) - 1} tests not run; "
+                f"see {job.output_path}"
+            )
+            break
+        if attempt > len(collected) + 1:
+            problems.append(f"np={np}: giving up after {attempt} attempts")
+            break
+    records = current()
+    progress.update(np, records, len(collected), final=True)
+    for record in records:
+        record["np"] = np
+        record.setdefault("order", order.get(record["nodeid"], len(order)))
+    return records, problems
+
+
+def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # The first record of a test wins: a resumed job never reruns a finished test, so a second
+    # record can only come from a plugin that wrote twice.
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if "nodeid" in record:
+            seen.setdefault(record["nodeid"], record)
+    return list(seen.values())
+
+
+def _area_of(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    if module.startswith("test_") and module.endswith(".py"):
+        return module[len("test_") : -len(".py")]
+    return module
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def run(opts: RunOptions, stream: TextIO = sys.stdout) -> int:
+    """Run the suite at every rank count, write the reports, return the exit status."""
+    progress = Progress(stream, quiet=opts.quiet)
+    try:
+        launcher = launcher_mod.find_launcher(opts.mpiexec)
+    except launcher_mod.LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in launcher.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    deviation_path = opts.deviations or deviations_mod.default_path(opts.backend)
+    try:
+        known = deviations_mod.load(deviation_path)
+    except deviations_mod.DeviationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts.report_dir.mkdir(parents=True, exist_ok=True)
+    progress.message(
+        f"conformance run: backend {opts.backend}, ranks {','.join(map(str, opts.nps))}, "
+        f"launcher {launcher.path} ({launcher.flavor}), reports in {opts.report_dir}"
+    )
+    collected, collect_error = collect(opts)
+    if not collected:
+        print(f"error: no tests collected.\n{collect_error}", file=sys.stderr)
+        return 2
+    if collect_error:
+        progress.message(f"warning: collection reported errors:\n{collect_error}")
+    progress.message(f"{len(collected)} tests per rank count")
+    all_records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    started = time.monotonic()
+    for np in opts.nps:
+        records, issues = run_rank_count(launcher, opts, np, collected, progress)
+        for record in records:
+            record["reproduce"] = reproduce_command(opts, launcher, np, record["nodeid"])
+        all_records += records
+        problems += issues
+    unmatched = deviations_mod.apply(
+        all_records, known, {np: collected for np in opts.nps} if collected else None
+    )
+    warnings = [
+        f"deviation entry matches no test: {d.test!r} (np {sorted(d.np) if d.np else 'any'})"
+        f" in {deviation_path}"
+        for d in unmatched
+    ]
+    summary = reports.RunSummary(
+        backend=opts.backend,
+        nps=list(opts.nps),
+        records=all_records,
+        total_per_np=len(collected),
+        problems=problems,
+        warnings=warnings,
+        duration=time.monotonic() - started,
+        launcher=f"{launcher.path} ({launcher.flavor}: {launcher.library_version})",
+        deviations_file=str(deviation_path),
+    )
+    paths = reports.write_all(summary, opts.report_dir)
+    for line in warnings + problems:
+        progress.message(f"warning: {line}")
+    progress.message(reports.terminal_summary(summary))
+    progress.message("reports: " + ", ".join(str(p) for p in paths))
+    return 0 if summary.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance run",
+        description="Run the conformance suite under MPI at several rank counts and write "
+        "Markdown, JSON and JUnit reports.",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("CONFORMANCE_BACKEND", "reference"),
+        help="backend under test (default: $CONFORMANCE_BACKEND, else reference)",
+    )
+    parser.add_argument(
+        "--np", default="1,2,3,4", help="rank counts, e.g. 1,2,3,4 or 1-4 (default 1,2,3,4)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("CONFORMANCE_TIMEOUT", DEFAULT_TIMEOUT)),
+        help=f"per-test deadline in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="Hypothesis examples per property test (sets CONFORMANCE_MAX_EXAMPLES)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="session seed (--conformance-seed)")
+    parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
+    parser.add_argument("-m", dest="markers", default=None, help="pytest -m expression")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("conformance-reports"),
+        help="where reports, results and logs go (default ./conformance-reports)",
+    )
+    parser.add_argument(
+        "--mpiexec", default=None, help="mpiexec to use (default: the one matching mpi4py)"
+    )
+    parser.add_argument(
+        "--deviations",
+        type=Path,
+        default=None,
+        help="known-deviations TOML (default conformance/deviations/<backend>.toml)",
+    )
+    parser.add_argument(
+        "--job-margin",
+        type=float,
+        default=None,
+        help="seconds past the per-test deadline before the runner ends a silent job "
+        "(default 30 + timeout/2)",
+    )
+    parser.add_argument(
+        "--rootdir",
+        type=Path,
+        default=None,
+        help="pytest rootdir of the jobs (default: the directory holding the conformance package)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "paths", nargs="*", help="test files or node ids (default: the installed spec)"
+    )
+    parser.add_argument(
+        "--pytest-arg",
+        dest="pytest_args",
+        action="append",
+        default=[],
+        help="extra argument for pytest (repeatable)",
+    )
+    return parser
+
+
+def _absolute(path: str) -> str:
+    # Jobs run in the rootdir, so a path relative to the caller's directory must be made absolute
+    # (keeping any ::test suffix).
+    file_part, sep, rest = path.partition("::")
+    if Path(file_part).exists():
+        return str(Path(file_part).resolve()) + sep + rest
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m conformance run``."""
+    args = build_parser().parse_args(argv)
+    try:
+        nps = parse_nps(args.np)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = RunOptions(
+        backend=args.backend,
+        nps=nps,
+        timeout=args.timeout,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        keyword=args.keyword,
+        markers=args.markers,
+        paths=[_absolute(p) for p in args.paths],
+        rootdir=args.rootdir.resolve() if args.rootdir else None,
+        report_dir=args.report_dir.resolve(),
+        mpiexec=args.mpiexec,
+        deviations=args.deviations,
+        pytest_args=args.pytest_args,
+        margin=args.job_margin,
+        quiet=args.quiet,
+    )
+    try:
+        return run(opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
