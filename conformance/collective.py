@@ -32,7 +32,13 @@ ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 
 class CollectiveDesync(pytest.fail.Exception):  # type: ignore[misc, name-defined]
-    """The ranks called different collective helpers (or the same ones in another order)."""
+    """The ranks called different collective helpers (or the same ones in another order);
+    ``failing_ranks`` are the ranks that were elsewhere."""
+
+    def __init__(self, message: str, failing_ranks: list[int] | None = None) -> None:
+        super().__init__(message)
+        if failing_ranks:
+            self.failing_ranks = failing_ranks
 
 
 class CollectiveFailure(AssertionError):
@@ -58,9 +64,11 @@ def exchange(kind: str, value: Any) -> list[Any]:
         return plane.allgather(label, value)
     except control.Desync as exc:
         plane.desynced = True
+        elsewhere = [rank for rank, other in enumerate(exc.labels) if other != label]
         raise CollectiveDesync(
-            f"{kind} (collective helper #{label[2]}) was not reached by every rank: {exc}. "
-            "Every rank must call the same collective helpers in the same order."
+            f"{kind} (collective helper #{label[2]}) was not reached by ranks {elsewhere}: "
+            f"{exc}. Every rank must call the same collective helpers in the same order.",
+            elsewhere,
         ) from None
 
 
@@ -81,7 +89,10 @@ def _per_rank(messages: dict[int, str]) -> str:
     distinct = set(messages.values()) - {""}
     if not distinct:
         return ""
-    if len(distinct) == 1 and len(messages) > 1:
+    if len(messages) == 1:
+        rank, text = next(iter(messages.items()))
+        return f": rank {rank}: {text}"
+    if len(distinct) == 1:
         return f": {distinct.pop()}"
     return "".join(f"\n  rank {rank}: {text}" for rank, text in messages.items() if text)
 

@@ -63,11 +63,20 @@ def load_profile() -> None:
 
 
 class LockstepFailure(AssertionError):
-    """An example failed on some rank; raised identically on every rank."""
+    """An example failed on ``failing_ranks``; raised identically on every rank."""
+
+    def __init__(self, message: str, failing_ranks: list[int]) -> None:
+        super().__init__(message)
+        self.failing_ranks = failing_ranks
 
 
 class DivergentDraws(pytest.fail.Exception):  # type: ignore[misc, name-defined]
-    """The ranks drew different examples: the Hypothesis search is not in step."""
+    """The ranks drew different examples: the Hypothesis search is not in step.
+    ``failing_ranks`` drew differently from rank 0."""
+
+    def __init__(self, message: str, failing_ranks: list[int]) -> None:
+        super().__init__(message)
+        self.failing_ranks = failing_ranks
 
 
 def canonical(value: Any) -> Any:
@@ -98,7 +107,8 @@ def _check_draws(kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
         raise DivergentDraws(
             f"divergent draws: ranks {divergent} drew a different example than rank 0 "
             f"(Hypothesis is not in step: use the '{PROFILE}' profile, draw per-rank data from "
-            f"the seed and the rank, not from the rank's own randomness):{shown}"
+            f"the seed and the rank, not from the rank's own randomness):{shown}",
+            divergent,
         )
 
 
@@ -131,7 +141,9 @@ def lockstep(test: F) -> F:
             detail = "".join(f"\n--- rank {rank} ---\n{text}" for rank, text in failed.items())
             # Same type, same line, no cause on every rank: Hypothesis keys distinct bugs on
             # (type, location, cause chain), and shrinking must not differ between ranks.
-            raise LockstepFailure(f"example failed on ranks {sorted(failed)}{detail}")
+            raise LockstepFailure(
+                f"example failed on ranks {sorted(failed)}{detail}", sorted(failed)
+            )
         if any(kind == "rejected" for kind, _ in verdicts):
             raise UnsatisfiedAssumption()
 

@@ -29,6 +29,9 @@ class RankOutcome:
     longrepr: str = ""
     duration: float = 0.0
     wasxfail: str = ""
+    # The ranks a collective failure blames (collective_assert names the ranks where the condition
+    # was false, though it fails everywhere); None: this rank itself.
+    blamed: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class CollectiveRepr:
         return self.text
 
 
-def local_outcome(report: pytest.TestReport) -> RankOutcome:
-    """This rank's outcome of one phase, from pytest's report."""
+def local_outcome(report: pytest.TestReport, error: BaseException | None = None) -> RankOutcome:
+    """This rank's outcome of one phase, from pytest's report and the exception it caught (an
+    exception with a ``failing_ranks`` attribute blames those ranks rather than this one)."""
     wasxfail = getattr(report, "wasxfail", None)
     if wasxfail is not None:
         outcome = XFAILED if report.skipped else XPASSED if report.passed else FAILED
@@ -80,7 +84,15 @@ def local_outcome(report: pytest.TestReport) -> RankOutcome:
         longrepr=report.longreprtext if outcome == FAILED else "",
         duration=float(report.duration),
         wasxfail=wasxfail or "",
+        blamed=_blamed(error) if outcome == FAILED else None,
     )
+
+
+def _blamed(error: BaseException | None) -> tuple[int, ...] | None:
+    ranks = getattr(error, "failing_ranks", None)
+    if not isinstance(ranks, (list, tuple)) or not ranks:
+        return None
+    return tuple(int(rank) for rank in ranks)
 
 
 def _one_line(report: pytest.TestReport) -> str:
@@ -103,11 +115,12 @@ def combine(outcomes: list[RankOutcome]) -> Verdict:
     kinds = [o.outcome for o in outcomes]
     failed = [rank for rank, kind in enumerate(kinds) if kind == FAILED]
     if failed:
+        blamed = sorted({r for rank in failed for r in (outcomes[rank].blamed or (rank,))})
         return Verdict(
             FAILED,
-            failed,
-            _failure_message(outcomes, failed),
-            _failure_text(outcomes, failed, size),
+            blamed,
+            _failure_message(outcomes, failed, blamed),
+            _failure_text(outcomes, failed, blamed),
             duration,
         )
     skipped = [rank for rank, kind in enumerate(kinds) if kind == SKIPPED]
@@ -128,20 +141,38 @@ def combine(outcomes: list[RankOutcome]) -> Verdict:
     return Verdict(PASSED, [], "", "", duration)
 
 
-def _failure_message(outcomes: list[RankOutcome], failed: list[int]) -> str:
+def _headline(failed: list[int], blamed: list[int], size: int) -> str:
+    text = f"failed on ranks {blamed} of {size}"
+    if blamed != failed:
+        text += f" (raised on ranks {failed})"
+    return text
+
+
+def _failure_message(outcomes: list[RankOutcome], failed: list[int], blamed: list[int]) -> str:
     first = outcomes[failed[0]].message
     if len(outcomes) == 1:
         return first
-    return f"failed on ranks {failed} of {len(outcomes)}: {first}"
+    return f"{_headline(failed, blamed, len(outcomes))}: {first}"
 
 
-def _failure_text(outcomes: list[RankOutcome], failed: list[int], size: int) -> str:
+def _failure_text(outcomes: list[RankOutcome], failed: list[int], blamed: list[int]) -> str:
+    size = len(outcomes)
     if size == 1:
         return outcomes[0].longrepr
-    sections = [f"failed on ranks {failed} of {size}"]
+    # A collective failure raises the same error on every rank: show its traceback once, for the
+    # first of the ranks that share its message.
+    groups: dict[str, list[int]] = {}
     for rank in failed:
-        sections.append(f"{'-' * 30} rank {rank} {'-' * 30}")
-        sections.append(outcomes[rank].longrepr.rstrip() or outcomes[rank].message)
+        groups.setdefault(outcomes[rank].message, []).append(rank)
+    sections = [_headline(failed, blamed, size)]
+    for ranks in groups.values():
+        shown = (
+            f"rank {ranks[0]}"
+            if len(ranks) == 1
+            else f"ranks {ranks} (same error; rank {ranks[0]} shown)"
+        )
+        sections.append(f"{'-' * 30} {shown} {'-' * 30}")
+        sections.append(outcomes[ranks[0]].longrepr.rstrip() or outcomes[ranks[0]].message)
     return "\n".join(sections)
 
 

@@ -288,7 +288,8 @@ class Harness:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        local = outcomes.local_outcome(report)
+        error = call.excinfo.value if call.excinfo is not None else None
+        local = outcomes.local_outcome(report, error)
         self.log.write(
             f"{item.nodeid} {call.when}: {local.outcome}"
             + (f"\n{local.longrepr}" if local.longrepr else "")
