@@ -253,19 +253,22 @@ class MLXRingBackend:
             raise KeyError(f"unknown dtype name {name!r}; expected one of {DTYPE_NAMES}") from None
 
     def asarray(self, a: Any) -> Any:
-        """numpy -> ``mx.array`` with the same shape, dtype and values.
+        """numpy (any layout) -> ``mx.array`` with the same shape, dtype and values.
 
         dtypes outside the 14 go through MLX's own conversion unchanged (so the suite sees what
         MLX does with them, e.g. complex128 silently becoming complex64).
         """
         a = np.asarray(a)
+        if not a.flags.c_contiguous:
+            # MLX takes numpy input through DLPack and rejects negative strides outright
+            # ("Cannot convert DLPack arrays with negative strides"); any layout is the spec's.
+            a = np.array(a, order="C", copy=True)
         name = _dtype_name(a.dtype)
         if name is None:
             return self.mx.array(a)
         if name == "bfloat16":
             # Goes through the raw bits: numpy's buffer protocol has no bfloat16 format.
-            # (Not np.ascontiguousarray: it turns a 0-d array into shape (1,).)
-            bits = np.array(a, order="C", copy=True).view(np.uint16)
+            bits = a.view(np.uint16)
             return self.mx.array(bits).view(self.mx.bfloat16)
         # MLX narrows float64 to float32 unless told the dtype.
         return self.mx.array(a, dtype=self._dtypes[name])
