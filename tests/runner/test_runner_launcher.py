@@ -1,0 +1,163 @@
+"""The launcher: flavor detection, command lines, environment, clear errors without MPI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conformance import launcher
+from conformance.launcher import MPICH, OPENMPI, UNKNOWN, Launcher
+
+# The launcher's command line on 2 ranks, up to the --timeout value.
+LAUNCH = (sys.executable, "-m", "conformance.launcher", "-n", "2", "--timeout")
+
+
+@pytest.mark.parametrize(
+    "text, flavor",
+    [
+        ("MPICH Version:      5.0.2\nMPICH Release date: ...", MPICH),
+        ("Open MPI v5.0.5, package: Open MPI ...", OPENMPI),
+        ("Intel(R) MPI Library 2021.10 for Linux* OS", MPICH),
+        ("Some Vendor MPI 1.0", UNKNOWN),
+    ],
+)
+def test_library_flavor(text: str, flavor: str) -> None:
+    assert launcher.flavor_of_library(text) == flavor
+
+
+def test_openmpi_gets_oversubscribe_and_root_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "_is_root", lambda: True)
+    cmd = Launcher("/opt/ompi/bin/mpiexec", OPENMPI).command(3, ["python", "x.py"])
+    assert cmd == [
+        "/opt/ompi/bin/mpiexec",
+        "--oversubscribe",
+        "--allow-run-as-root",
+        "-n",
+        "3",
+        "python",
+        "x.py",
+    ]
+    monkeypatch.setattr(launcher, "_is_root", lambda: False)
+    assert "--allow-run-as-root" not in Launcher("m", OPENMPI).command(3, [])
+
+
+def test_mpich_command_has_no_openmpi_flags() -> None:
+    assert Launcher("mpiexec", MPICH).command(2, ["a"]) == ["mpiexec", "-n", "2", "a"]
+
+
+def test_rank_count_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Launcher("mpiexec", MPICH).command(0, [])
+
+
+def test_yield_settings_only_when_ranks_outnumber_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "cpu_count", lambda: 2)
+    mpich = Launcher("mpiexec", MPICH)
+    assert "MPIR_CVAR_POLLS_BEFORE_YIELD" not in mpich.environment(2, base={})
+    assert mpich.environment(3, base={})["MPIR_CVAR_POLLS_BEFORE_YIELD"] == "1"
+    # A user's own setting wins.
+    assert (
+        mpich.environment(3, base={"MPIR_CVAR_POLLS_BEFORE_YIELD": "50"})[
+            "MPIR_CVAR_POLLS_BEFORE_YIELD"
+        ]
+        == "50"
+    )
+    ompi = Launcher("mpiexec", OPENMPI).environment(4, base={})
+    assert ompi["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert "MPIR_CVAR_POLLS_BEFORE_YIELD" not in ompi
+
+
+def test_missing_mpi4py_gives_install_instructions(tmp_path: Path) -> None:
+    # A bare virtualenv-less interpreter without mpi4py: make one by hiding site-packages.
+    python = sys.executable
+    with pytest.raises(launcher.LauncherError, match=r"pip install"):
+        launcher.find_launcher(python=_python_without_mpi4py(tmp_path, python))
+
+
+def _python_without_mpi4py(tmp_path: Path, python: str) -> str:
+    # A wrapper interpreter whose mpi4py import fails, independent of what is installed.
+    shim = tmp_path / "mpi4py"
+    shim.mkdir()
+    (shim / "__init__.py").write_text("raise ImportError('mpi4py hidden for the test')\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path} exec {python} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_explicit_missing_mpiexec_is_an_error() -> None:
+    pytest.importorskip("mpi4py")
+    with pytest.raises(launcher.LauncherError, match="does not exist"):
+        launcher.find_launcher("/nonexistent/mpiexec")
+
+
+def test_finds_the_launcher_matching_mpi4py() -> None:
+    pytest.importorskip("mpi4py")
+    found = launcher.find_launcher()
+    assert os.access(found.path, os.X_OK)
+    version = launcher.library_version()
+    assert version is not None
+    if launcher.flavor_of_library(version) != UNKNOWN:
+        assert found.flavor == launcher.flavor_of_library(version)
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
+def test_cli_runs_a_command_on_n_ranks() -> None:
+    out = subprocess.run(
+        [*LAUNCH, "60", "--", sys.executable, "-c", "print('rank-ran')"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("rank-ran") == 2
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
+def test_cli_timeout_kills_every_rank(tmp_path: Path) -> None:
+    marker = tmp_path / "pids"
+    marker.mkdir()
+    script = (
+        "import os, signal, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # only SIGKILL can end this rank
+        f"pathlib.Path({str(marker)!r}, str(os.getpid())).touch()\n"
+        "time.sleep(300)\n"
+    )
+    start = time.monotonic()
+    out = subprocess.run(
+        [*LAUNCH, "5", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 124
+    assert time.monotonic() - start < 60
+    pids = [int(p.name) for p in marker.iterdir()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    # A killed rank may linger briefly as a zombie until its parent (or init) reaps it.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
