@@ -21,6 +21,7 @@ from typing import Any
 
 from conformance.bench import launch
 from conformance.bench.formulas import DEFAULT_OPS, OPS
+from conformance.bench.machine import load_average
 from conformance.bench.measure import Settings, measure
 from conformance.bench.ops import MAX_WINDOW, make_cases
 from conformance.bench.output import make_report, read_json, render_table, write_json
@@ -200,7 +201,34 @@ def _meta(args: argparse.Namespace, argv: Sequence[str], backend: Any, n: int) -
         "mpi": MPI.Get_library_version().splitlines()[0].strip(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("MPIR_CVAR_", "REFERENCE_"))},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": load_average(),
+        "source": _source_revision(),
     }
+
+
+def _source_revision() -> str | None:
+    """The git commit of this checkout (``+dirty`` when it has local changes), if it is one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "reference", "conformance"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from conformance.bench.formulas import algbw, busbw
+from conformance.bench.machine import others_runnable
 from conformance.bench.ops import Case
 from conformance.bench.stats import Summary, paired_ratios, summarize
 
@@ -70,6 +71,8 @@ class CaseResult:
     baseline: SideResult | None
     ratio: Summary | None = None
     check: str | None = None
+    # Other runnable tasks on the machine, sampled by rank 0 before each repetition.
+    busy: Summary | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class CaseResult:
             "baseline": None if self.baseline is None else self.baseline.as_dict(),
             "ratio": None if self.ratio is None else self.ratio.as_dict(),
             "check": self.check,
+            "busy": None if self.busy is None else self.busy.as_dict(),
         }
 
 
@@ -177,7 +181,13 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
     if backend_ok:
         sides.append(("backend", case.run_backend))
     local: dict[str, list[float]] = {name: [] for name, _ in sides}
+    busy: list[int] = []
+    rank = ctl.Get_rank()
     for rep in range(settings.reps):
+        if rank == 0:
+            others = others_runnable(ctl.Get_size())
+            if others is not None:
+                busy.append(others)
         ordered = sides if rep % 2 == 0 else sides[::-1]
         for name, run in ordered:
             prof = profiler if name == "backend" else None
@@ -205,6 +215,7 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
         baseline=baseline,
         ratio=ratio,
         check=check,
+        busy=summarize(busy) if busy else None,
     )
 
 

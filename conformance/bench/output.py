@@ -73,16 +73,19 @@ def render_table(report: Mapping[str, Any]) -> str:
     lines = [
         f"backend {meta.get('backend')} {meta.get('backend_version', '')} vs raw mpi4py "
         f"baseline: {meta.get('np')} ranks, {meta.get('dtype')}, "
-        f"{meta.get('reps')} interleaved repetitions per size",
+        f"{meta.get('reps')} interleaved repetitions per size; source {meta.get('source')}, "
+        f"host {meta.get('host')} ({meta.get('cpus')} cpus), load {meta.get('loadavg')}",
         "ratio = backend throughput / baseline throughput, paired per repetition "
-        "(1.00 = as fast as raw MPI)",
+        "(1.00 = as fast as raw MPI); busy = other runnable tasks on the machine while "
+        "measuring (median)",
     ]
     blocks: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for result in report["results"]:
         blocks.setdefault((result["op"], result["mode"]), []).append(result)
     header = (
         f"{'size':>6} {'iters':>6} | {'time(us)':>10} {'spread':>6} {'algbw':>7} {'busbw':>7} "
-        f"| {'base(us)':>10} {'spread':>6} {'busbw':>7} | {'ratio':>6} {'[p25, p75]':>13}"
+        f"| {'base(us)':>10} {'spread':>6} {'busbw':>7} | {'ratio':>6} {'[p25, p75]':>13} "
+        f"{'busy':>4}"
     )
     for (op, mode), rows in blocks.items():
         lines += ["", f"{op} ({_UNITS.get(mode, mode)}; GB/s)", header, "-" * len(header)]
@@ -109,9 +112,11 @@ def _row(row: Mapping[str, Any]) -> str:
         ratio_text = f"{ratio['median']:6.2f} [{ratio['p25']:5.2f}, {ratio['p75']:5.2f}]"
     else:
         ratio_text = f"{'-':>6} {'':>13}"
+    busy = row.get("busy")
+    busy_text = f"{busy['median']:4.0f}" if busy else f"{'-':>4}"
     return (
         f"{format_size(row['nbytes']):>6} {row['iters']:>6} | {_num(t, 10)} {_pct(spread)} "
         f"{_num(back.get('algbw_GBps'), 7)} {_num(back.get('busbw_GBps'), 7)} | "
         f"{_num(bt, 10)} {_pct(bspread)} {_num(base.get('busbw_GBps') if base else None, 7)} | "
-        f"{ratio_text}"
+        f"{ratio_text} {busy_text}"
     )

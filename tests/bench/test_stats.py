@@ -31,3 +31,18 @@ def test_paired_ratio_is_baseline_over_backend():
     assert paired_ratios([1.0, 2.0], [2.0, 4.0]) == [0.5, 0.5]
     with pytest.raises(ValueError):
         paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_machine_load_probe_counts_others():
+    import sys
+
+    from conformance.bench import machine
+
+    count = machine.runnable_tasks()
+    if not sys.platform.startswith("linux"):
+        assert count is None
+        return
+    # This process is running, so at least one task is runnable.
+    assert count >= 1
+    assert machine.others_runnable(10_000) == 0
+    assert len(machine.load_average()) == 3
