@@ -160,6 +160,7 @@ class Harness:
             on_hang=self._on_hang,
             describe_state=self._describe_state,
             log=self.log.write,
+            end_job=_end_job,
         )
         self._previous_watchdog = set_current_watchdog(self.watchdog)
         self.log.write(f"session start: {runinfo.describe_world(self.size)}")
@@ -370,6 +371,17 @@ class Harness:
         self.log.write(message)
         if self._terminal_fd is not None:
             os.write(self._terminal_fd, f"\n{message}\n".encode())
+
+
+def _end_job(status: int) -> None:
+    """End every rank of the job with ``status``: MPI_Abort makes mpiexec exit with it."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        os._exit(status)
+    if MPI.COMM_WORLD.Get_size() == 1:
+        os._exit(status)
+    MPI.COMM_WORLD.Abort(status)
 
 
 def _quiet_pytest_mpi(config: pytest.Config) -> None:

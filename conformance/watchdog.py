@@ -10,8 +10,10 @@ milliseconds of one another, right after agreeing on the previous test):
 2. rank 0 waits up to ``grace`` seconds for the other ranks' stack files, hands all stacks to
    ``on_hang`` (which records the test as hung and tells the user), then writes
    ``<stack_dir>/done``;
-3. every rank exits with status ``EXIT_HUNG`` (3); the other ranks first wait for ``done``, so
-   rank 0 is not killed by the launcher before it has written the record.
+3. rank 0 ends the job with ``end_job(EXIT_HUNG)`` (status 3; the plugin passes MPI_Abort, the
+   one way that makes ``mpiexec`` itself exit 3 and also ends ranks stuck in native code). The
+   other ranks wait for that; should it never come (rank 0 itself stuck without its watchdog),
+   they exit with status 3 on their own.
 
 Stacks travel through files, not MPI (MPI may be what is stuck), so ``stack_dir`` must be visible to
 all ranks: true on one machine; across machines it must be on a shared file system.
@@ -58,7 +60,7 @@ class Watchdog:
         describe_state: Callable[[], str] = lambda: "",
         log: Callable[[str], None] = lambda text: None,
         grace: float | None = None,
-        exit: Callable[[int], None] = os._exit,
+        end_job: Callable[[int], None] = os._exit,
     ) -> None:
         self.rank = rank
         self.size = size
@@ -68,7 +70,7 @@ class Watchdog:
         self._on_hang = on_hang
         self._describe_state = describe_state
         self._log = log
-        self._exit = exit
+        self._end_job = end_job
         self._cond = threading.Condition()
         self._label: str | None = None
         self._deadline = 0.0
@@ -137,11 +139,14 @@ class Watchdog:
                 self._on_hang(label, stacks)
             finally:
                 _write_atomic(self.stack_dir / "done", label)
+                _flush_stdio()
+                self._end_job(EXIT_HUNG)
         else:
             self._wait_for(self.stack_dir / "done", self.grace + 10)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self._exit(EXIT_HUNG)
+            # Rank 0's end_job normally ends this process; leave it the time to do so.
+            time.sleep(self.grace)
+            _flush_stdio()
+            os._exit(EXIT_HUNG)
 
     def _collect_stacks(self) -> dict[int, str]:
         stacks: dict[int, str] = {}
@@ -167,6 +172,14 @@ class Watchdog:
         deadline = time.monotonic() + seconds
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or redirected streams are not worth a failure
+            pass
 
 
 def _write_atomic(path: Path, text: str) -> None:

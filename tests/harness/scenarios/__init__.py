@@ -1,0 +1,1 @@
+"""Test modules run inside MPI jobs by the harness tests (not collected directly)."""
