@@ -17,6 +17,7 @@ its call and its error text; every rank saw the same headers, so every rank take
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -72,6 +73,22 @@ class HeaderExchange:
             self.requests.append(comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER))
             self.requests.append(comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER))
         self.start = MPI.Prequest.Startall
+        self._stacked: dict[tuple[np.dtype, tuple[int, ...]], np.ndarray] = {}
+
+    def stacked(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """Every rank's inline payload as one (size, *shape) array viewing the slots.
+
+        Views are kept per (dtype, shape): a loop of small collectives builds its view once.
+        """
+        key = (dtype, shape)
+        view = self._stacked.get(key)
+        if view is None:
+            if len(self._stacked) > 64:
+                self._stacked.clear()
+            nbytes = math.prod(shape) * dtype.itemsize
+            payloads = self.slots[:, HEADER.size : HEADER.size + nbytes]
+            view = self._stacked[key] = payloads.view(dtype).reshape((len(self.slots), *shape))
+        return view
 
 
 def agree(
@@ -107,8 +124,7 @@ def agree(
             raise _shared_failure(group, op, array, error, headers)
     inline = None
     if array is not None and nbytes <= INLINE_BYTES:
-        payloads = exchange.slots[:, HEADER.size : HEADER.size + nbytes]
-        inline = payloads.view(array.dtype).reshape((group._size, *array.shape))
+        inline = exchange.stacked(array.dtype, array.shape)
     return Agreement(inline, headers)
 
 
@@ -139,7 +155,8 @@ def _pack(
         *arguments,
     )
     if 0 < nbytes <= INLINE_BYTES:
-        slot[HEADER.size : HEADER.size + nbytes] = array.reshape(-1).view(np.uint8)
+        # Through bytes: for a few hundred bytes this is several times cheaper than numpy views.
+        memoryview(slot)[HEADER.size : HEADER.size + nbytes] = array.tobytes()
     return nbytes
 
 

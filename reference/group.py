@@ -132,6 +132,11 @@ def is_available(backend: str = "any") -> bool:
 _groups: dict[str, Group] = {}
 
 
+def cached_default() -> Group | None:
+    """The global group if ``init()`` already formed one: the fast path of ``group=None``."""
+    return _groups.get("any")
+
+
 def init(strict: bool = False, backend: str = "any") -> Group:
     """The global group of ``backend``, formed once and then returned again (cached).
 
