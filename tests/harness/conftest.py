@@ -1,95 +1,10 @@
-"""Shared helpers of the harness tests: fake backends on sys.path, small MPI jobs."""
+"""Harness tests: pytester, and the fake backends importable by module name."""
 
-from __future__ import annotations
-
-import os
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from conformance.records import read_records
-
-HERE = Path(__file__).resolve().parent
-FAKES = HERE / "fakes"
-SCENARIOS = HERE / "scenarios"
-REPO = HERE.parent.parent
+from .jobs import FAKES
 
 pytest_plugins = ["pytester"]
 
 if str(FAKES) not in sys.path:
     sys.path.insert(0, str(FAKES))
-
-
-@dataclass
-class Job:
-    """A finished MPI job of the suite: exit status, rank 0's terminal, results, log directory."""
-
-    returncode: int
-    output: str
-    records: dict[str, dict[str, Any]]
-    log_dir: Path
-
-    def record(self, name: str) -> dict[str, Any]:
-        """The record of the test whose node id ends with ``::name``."""
-        matches = [r for nodeid, r in self.records.items() if nodeid.endswith(f"::{name}")]
-        assert len(matches) == 1, f"no single record for {name}: {sorted(self.records)}"
-        return matches[0]
-
-
-def _mpiexec() -> str:
-    found = shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("mpiexec not on PATH")
-    return found
-
-
-@pytest.fixture
-def mpi_job(tmp_path: Path):
-    """Run ``mpiexec -n N python -m pytest --with-mpi ARGS`` with the fakes importable, bounded by
-    a timeout; returns a Job."""
-
-    def run(n: int, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> Job:
-        results = tmp_path / "results.jsonl"
-        log_dir = tmp_path / "logs"
-        environment = dict(os.environ)
-        environment.update(
-            PYTHONPATH=os.pathsep.join([str(FAKES), str(REPO), environment.get("PYTHONPATH", "")]),
-            MPIR_CVAR_POLLS_BEFORE_YIELD="1",
-        )
-        environment.update(env or {})
-        command = [
-            _mpiexec(),
-            "-n",
-            str(n),
-            sys.executable,
-            "-m",
-            "pytest",
-            "--with-mpi",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "addopts=",
-            f"--conformance-results={results}",
-            f"--conformance-log-dir={log_dir}",
-            *args,
-        ]
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        records = (
-            {r["nodeid"]: r for r in read_records(results)} if results.exists() else {}
-        )
-        return Job(done.returncode, done.stdout + done.stderr, records, log_dir)
-
-    return run
