@@ -52,6 +52,7 @@ __all__ = [
     "configure_ring",
     "make_backend",
     "ring_capabilities",
+    "world_size",
 ]
 
 DTYPE_NAMES: tuple[str, ...] = (
@@ -104,12 +105,14 @@ def _import_mlx() -> Any:
     return mx
 
 
-def ring_capabilities() -> Capabilities:
-    """What MLX 0.32's ring backend really supports, as measured at 2..4 ranks on Linux.
+def ring_capabilities(world_size: int = 2) -> Capabilities:
+    """What MLX 0.32 really supports in a world of ``world_size`` ranks (measured on Linux).
 
-    Every op accepts all 14 dtypes (bool reductions are OR/OR/AND). Point-to-point reaches only
-    the two ring neighbours; ``split``, ``sum_scatter`` and sending to oneself raise RuntimeError.
-    MLX has no timeouts.
+    Several ranks (the ring): every op accepts all 14 dtypes (bool reductions are OR/OR/AND).
+    Point-to-point reaches only the two ring neighbours; ``split``, ``sum_scatter`` and sending
+    to oneself raise RuntimeError. One rank: MLX's singleton group, where ``sum_scatter`` is the
+    identity like every collective, so it is declared supported; ``split`` raises and
+    point-to-point has no peer. MLX has no timeouts.
     """
     all_dtypes = frozenset(DTYPE_NAMES)
     return Capabilities(
@@ -117,10 +120,24 @@ def ring_capabilities() -> Capabilities:
         dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
         p2p_topology="neighbours",
         split=False,
-        sum_scatter=False,
+        sum_scatter=world_size == 1,
         send_to_self=False,
         timeouts=False,
     )
+
+
+def world_size() -> int:
+    """How many ranks the ring will have: the hostfile's entries if the caller configured MLX,
+    else the size of ``MPI.COMM_WORLD`` (1 without mpi4py)."""
+    hostfile = os.environ.get(ENV_HOSTFILE)
+    if os.environ.get(ENV_RANK) and hostfile:
+        with open(hostfile, encoding="utf-8") as fh:
+            return len(json.load(fh))
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return 1
+    return int(MPI.COMM_WORLD.Get_size())
 
 
 def _pick_free_port(host: str) -> int:
@@ -220,7 +237,7 @@ class MLXRingBackend:
         self.distributed = self.mx.distributed
         self.version: str = str(self.mx.__version__)
         self.lazy = os.environ.get(ENV_LAZY, "") not in ("", "0") if lazy is None else lazy
-        self.capabilities = ring_capabilities()
+        self.capabilities = ring_capabilities(world_size())
         self.Group = self.distributed.Group
         self.is_available = self.distributed.is_available
         self._configured = False

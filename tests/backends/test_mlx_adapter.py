@@ -83,7 +83,8 @@ def test_import_without_mlx_is_lazy_and_explains() -> None:
 
 
 def test_capabilities_are_the_rings() -> None:
-    caps = adapter.ring_capabilities()
+    assert adapter.ring_capabilities(1).sum_scatter
+    caps = adapter.ring_capabilities(3)
     assert isinstance(caps, Capabilities)
     assert not caps.split and not caps.sum_scatter and not caps.send_to_self
     assert caps.p2p_topology == "neighbours" and not caps.timeouts
