@@ -65,7 +65,8 @@ def _hash(shape: Sequence[int], rank: int, salt: int) -> np.ndarray:
     p = _positions(shape)
     with np.errstate(over="ignore"):
         h = (p + np.uint64(1)) * _POSITION_MIX
-        h = h ^ (np.uint64(rank + 1) * _RANK_MIX) ^ (np.uint64(salt + 1) * _SALT_MIX)
+        salt_bits = np.uint64((salt + 1) % 2**64)
+        h = h ^ (np.uint64(rank + 1) * _RANK_MIX) ^ (salt_bits * _SALT_MIX)
         h = h ^ (h >> np.uint64(29))
         return h * _POSITION_MIX
 
