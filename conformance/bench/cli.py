@@ -24,7 +24,13 @@ from conformance.bench.formulas import DEFAULT_OPS, OPS
 from conformance.bench.machine import load_average
 from conformance.bench.measure import Settings, measure
 from conformance.bench.ops import MAX_WINDOW, make_cases
-from conformance.bench.output import make_report, read_json, render_table, write_json
+from conformance.bench.output import (
+    make_report,
+    read_json,
+    render_markdown,
+    render_table,
+    write_json,
+)
 from conformance.bench.units import DEFAULT_SIZES, parse_sizes
 
 PROG = "python -m conformance bench"
@@ -70,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Time the backend's collectives and send/recv against raw mpi4py calls on "
         "the same buffers (nccl-tests bus bandwidth, OSU latency/bandwidth). "
-        f"Also: '{PROG} plot REPORT.json [...] -o FIG.png'.",
+        f"Also: '{PROG} plot REPORT.json [...] -o FIG.png' and "
+        f"'{PROG} table REPORT.json [...] [--markdown]'.",
     )
     parser.add_argument(
         "--backend",
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plot"]:
         return _plot_main(argv[1:])
+    if argv[:1] == ["table"]:
+        return _table_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.np is not None and not launch.is_child():
         return launch.launch(args.np, argv, args.timeout, args.mpiexec)
@@ -172,6 +181,23 @@ def _plot_main(argv: list[str]) -> int:
         for report in reports:
             print(render_table(report) + "\n")
     print(f"wrote {args.output}")
+    return 0
+
+
+def _table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} table", description="Print saved benchmark reports as tables."
+    )
+    parser.add_argument("reports", nargs="+", help="JSON reports written by --json")
+    parser.add_argument("--markdown", action="store_true", help="Markdown instead of text")
+    args = parser.parse_args(argv)
+    try:
+        reports = [read_json(path) for path in args.reports]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    render = render_markdown if args.markdown else render_table
+    print("\n\n".join(render(report) for report in reports))
     return 0
 
 

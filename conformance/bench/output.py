@@ -120,3 +120,54 @@ def _row(row: Mapping[str, Any]) -> str:
         f"{_num(bt, 10)} {_pct(bspread)} {_num(base.get('busbw_GBps') if base else None, 7)} | "
         f"{ratio_text} {busy_text}"
     )
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: one table per (op, mode) with the backend's and the baseline's
+    median time (microseconds) and busbw (GB/s), the paired ratio and the machine's load."""
+    meta = report["meta"]
+    lines = [
+        f"`{meta.get('command')}` — {meta.get('backend')} {meta.get('backend_version', '')}, "
+        f"{meta.get('np')} ranks, {meta.get('dtype')}, {meta.get('reps')} repetitions, "
+        f"started {meta.get('started')}, source {meta.get('source')}, "
+        f"{meta.get('cpus')} cpus, load average at the end {meta.get('loadavg')}",
+    ]
+    blocks: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for result in report["results"]:
+        blocks.setdefault((result["op"], result["mode"]), []).append(result)
+    for (op, mode), rows in blocks.items():
+        lines += [
+            "",
+            f"**{op}** ({_UNITS.get(mode, mode)})",
+            "",
+            "| size | time (us) | spread | busbw (GB/s) | mpi4py time (us) | mpi4py busbw | "
+            "ratio [p25, p75] | busy |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for row in rows:
+            lines.append(_markdown_row(row))
+    return "\n".join(lines)
+
+
+def _markdown_row(row: Mapping[str, Any]) -> str:
+    def side(s: Mapping[str, Any] | None) -> list[str]:
+        if not s or not s.get("time"):
+            error = (s or {}).get("error")
+            return [f"failed: {error}" if error else "-", "-", "-"]
+        t = s["time"]
+        return [
+            _num(t["median"] * 1e6, 0).strip(),
+            _pct(t["spread"]).strip(),
+            _num(s["busbw_GBps"], 0).strip(),
+        ]
+
+    back = side(row["backend"])
+    base = side(row.get("baseline"))
+    ratio = row.get("ratio")
+    ratio_text = f"{ratio['median']:.2f} [{ratio['p25']:.2f}, {ratio['p75']:.2f}]" if ratio else "-"
+    busy = row.get("busy")
+    busy_text = f"{busy['median']:.0f}" if busy else "-"
+    if row.get("check"):
+        ratio_text += f" (wrong result: {row['check']})"
+    cells = [format_size(row["nbytes"]), *back, base[0], base[2], ratio_text, busy_text]
+    return "| " + " | ".join(cells) + " |"

@@ -101,3 +101,15 @@ def test_plot_subcommand(tmp_path, capsys):
     assert main(["plot", str(path), str(path), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", str(tmp_path / "missing.json"), "-o", str(png)]) == 2
+
+
+def test_table_subcommand_prints_text_and_markdown(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    write_json(_report(), path)
+    assert main(["table", str(path)]) == 0
+    assert "all_sum (time per op" in capsys.readouterr().out
+    assert main(["table", "--markdown", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1M | 2000.00 | 0% | 0.50 | 1000.00 | 1.00 | 0.50 [0.45, 0.55] (wrong result: " in out
+    assert "failed: rank 0: RuntimeError: nope" in out
+    assert main(["table", str(tmp_path / "missing.json")]) == 2
