@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -53,8 +54,12 @@ class Launcher:
     library_version: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
-    def command(self, np: int, argv: Sequence[str]) -> list[str]:
-        """Argument list that runs ``argv`` on ``np`` ranks."""
+    def command(self, np: int, argv: Sequence[str], label_output: bool = False) -> list[str]:
+        """Argument list that runs ``argv`` on ``np`` ranks.
+
+        ``label_output`` prefixes every line a rank prints with its rank (MPICH ``[r] ``,
+        Open MPI ``[job,r]<stdout>:``), so :func:`split_by_rank` can attribute the output.
+        """
         if np < 1:
             raise ValueError(f"rank count must be >= 1, got {np}")
         cmd = [self.path]
@@ -64,6 +69,10 @@ class Launcher:
             cmd.append("--oversubscribe")
             if _is_root():
                 cmd.append("--allow-run-as-root")
+            if label_output:
+                cmd.append("--tag-output")
+        elif self.flavor == MPICH and label_output:
+            cmd.append("-prepend-rank")
         cmd += ["-n", str(np), *argv]
         return cmd
 
@@ -86,6 +95,27 @@ class Launcher:
         """Shell text of the settings :meth:`environment` adds, for reproduction commands."""
         added = {k: v for k, v in self.environment(np, base={}).items() if os.environ.get(k) != v}
         return " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(added.items()))
+
+
+_RANK_LABEL = re.compile(r"\[(?:\d+,)?(\d+)\](?:<std(?:out|err)>:)? ?")
+
+
+def split_by_rank(text: str) -> dict[int, list[str]]:
+    """Lines of labelled job output (see :meth:`Launcher.command`) grouped by rank, in order.
+
+    A rank's chunk can land after another rank's unterminated line (pytest's progress dots), so
+    labels are also recognised inside a line that itself starts with one. Text before the first
+    label of a line (the launcher's own messages) is left out.
+    """
+    out: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        if not _RANK_LABEL.match(line):
+            continue
+        labels = list(_RANK_LABEL.finditer(line))
+        for i, label in enumerate(labels):
+            end = labels[i + 1].start() if i + 1 < len(labels) else len(line)
+            out.setdefault(int(label.group(1)), []).append(line[label.end() : end])
+    return out
 
 
 def cpu_count() -> int:

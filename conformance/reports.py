@@ -186,7 +186,12 @@ def _failure_section(record: dict[str, Any]) -> list[str]:
     if detail:
         lines += ["<details><summary>details</summary>", "", "```", detail, "```", "</details>"]
         lines.append("")
-    for title, texts in (("stacks", record.get("stacks")), ("rank logs", record.get("rank_logs"))):
+    sections = (
+        ("what each rank printed", record.get("rank_output")),
+        ("stacks", record.get("stacks")),
+        ("rank logs", record.get("rank_logs")),
+    )
+    for title, texts in sections:
         if texts:
             lines += [f"<details><summary>{title}</summary>", ""]
             for rank, text in sorted(texts.items(), key=lambda kv: str(kv[0])):
@@ -218,6 +223,7 @@ def json_report(summary: RunSummary) -> dict[str, Any]:
         "longrepr",
         "stacks",
         "output",
+        "rank_output",
         "rank_logs",
     )
     records = []

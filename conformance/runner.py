@@ -269,6 +269,9 @@ def run_job(
         "pytest",
         "-p",
         "no:cacheprovider",
+        # Tests' prints still reach the job's output, so a rank that dies mid-test leaves
+        # what it printed (fd-level capture would take it down with the process).
+        "--capture=tee-sys",
         "--rootdir",
         str(opts.root),
         "--conformance-results",
@@ -278,7 +281,7 @@ def run_job(
         *extra_args,
         *pytest_args(opts),
     ]
-    cmd = launcher.command(np, argv)
+    cmd = launcher.command(np, argv, label_output=True)
     env = launcher.environment(np)
     env.update(job_environment(opts))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +459,8 @@ def run_rank_count(
             elif remaining and not new:
                 problems.append(f"np={np}: no tests ran; see {job.output_path}")
             break
-        if not job.killed and job.returncode == EXIT_HUNG and new:
+        hung_recorded = any(r.get("outcome") == "hung" and r["nodeid"] in new for r in records)
+        if not job.killed and job.returncode == EXIT_HUNG and hung_recorded:
             barren = 0
             if not remaining:
                 break
@@ -486,10 +490,17 @@ def run_rank_count(
                 "world_size": np,
                 "backend": opts.backend,
                 "output": tail(job.output_path),
+                "rank_output": {
+                    str(rank): "\n".join(lines[-TAIL_LINES:])
+                    for rank, lines in sorted(
+                        launcher_mod.split_by_rank(tail(job.output_path, 10 * TAIL_LINES)).items()
+                    )
+                },
                 "rank_logs": rank_logs(job.log_dir),
                 "source": "runner",
             }
         )
+        progress.update(np, current(), len(collected))
         if barren >= 2:
             # Two jobs in a row died before finishing anything: the job itself is broken
             # (backend fails to load, MPI cannot start); don't burn one job per test.

@@ -51,6 +51,13 @@ def test_mpich_command_has_no_openmpi_flags() -> None:
     assert Launcher("mpiexec", MPICH).command(2, ["a"]) == ["mpiexec", "-n", "2", "a"]
 
 
+def test_labelled_output_is_split_by_rank() -> None:
+    assert "-prepend-rank" in Launcher("mpiexec", MPICH).command(2, [], label_output=True)
+    assert "--tag-output" in Launcher("mpiexec", OPENMPI).command(2, [], label_output=True)
+    text = "[0] a\n[1] b\nlauncher noise [1] e\n[1,0]<stdout>: c\n[0] [x] d\n[0] ..[1] f\n"
+    assert launcher.split_by_rank(text) == {0: ["a", "c", "[x] d", ".."], 1: ["b", "f"]}
+
+
 def test_rank_count_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Launcher("mpiexec", MPICH).command(0, [])

@@ -1,0 +1,252 @@
+"""The runner end to end on tiny self-made suites: real MPI jobs at 1 and 2 ranks.
+
+Each scenario writes a test module into a temporary rootdir, runs ``conformance.runner.run``
+on it, and checks the reports: failures with reproduction commands that reproduce, crashes and
+hangs recorded with what the ranks printed, resumption past them, deviations, exit status.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import runner
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec"),
+]
+
+HEADER = """
+import os, re, sys, time
+import pytest
+from mpi4py import MPI
+
+RANK = MPI.COMM_WORLD.Get_rank()
+SIZE = MPI.COMM_WORLD.Get_size()
+"""
+
+
+def write_suite(tmp_path: Path, body: str) -> Path:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    path = suite / "test_tiny.py"
+    path.write_text(HEADER + textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def run_suite(
+    tmp_path: Path, path: Path, nps: list[int], **kw: Any
+) -> tuple[int, dict[str, Any], str]:
+    opts = runner.RunOptions(
+        backend="reference",
+        nps=nps,
+        paths=[str(path)],
+        rootdir=path.parent,
+        report_dir=tmp_path / "reports",
+        **{"timeout": 20.0, "startup_allowance": 60.0, **kw},
+    )
+    out = io.StringIO()
+    status = runner.run(opts, stream=out)
+    report = json.loads((tmp_path / "reports" / "report.json").read_text())
+    return status, report, out.getvalue()
+
+
+def by_test(report: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["nodeid"].split("::")[-1], r["np"]): r for r in report["records"]}
+
+
+def test_failures_are_reported_with_a_command_that_reproduces_them(tmp_path: Path) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_ok():
+            assert SIZE >= 1
+
+        def test_bad_on_last_rank():
+            assert RANK != SIZE - 1, f"rank {RANK} disagrees"
+
+        def test_skip():
+            pytest.skip("not here")
+        """,
+    )
+    status, report, progress = run_suite(tmp_path, path, [1, 2])
+    assert status == 1
+    records = by_test(report)
+    assert len(records) == 6
+    assert records[("test_ok", 1)]["outcome"] == "passed"
+    assert records[("test_ok", 2)]["outcome"] == "passed"
+    assert records[("test_skip", 2)]["outcome"] == "skipped"
+    bad = records[("test_bad_on_last_rank", 2)]
+    assert bad["outcome"] == "failed"
+    assert bad["failing_ranks"] == [1]
+    assert "mpiexec" in bad["reproduce"] and "-n 2" in bad["reproduce"]
+    assert "np=2 2/3 tests done" in progress or "np=2 3/3 tests done" in progress
+    assert "FAILED" in progress
+    markdown = (tmp_path / "reports" / "report.md").read_text()
+    assert bad["reproduce"] in markdown
+    assert (tmp_path / "reports" / "junit.xml").exists()
+    # The command reproduces the failure alone: exactly one test runs, and it fails.
+    again = subprocess.run(
+        bad["reproduce"], shell=True, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "1 failed" in again.stdout
+    assert "passed" not in again.stdout.splitlines()[-1]
+
+
+def test_a_crash_is_recorded_with_rank_output_and_the_run_resumes(tmp_path: Path) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_before():
+            pass
+
+        def test_crash():
+            if RANK == SIZE - 1:
+                print(f"rank {RANK} going down", flush=True)
+                os._exit(3)  # the plugin's "hung" status: the runner must not be fooled
+            time.sleep(30)  # the survivors wait; MPI ends them when the job aborts
+
+        def test_after():
+            pass
+        """,
+    )
+    start = time.monotonic()
+    status, report, progress = run_suite(tmp_path, path, [1, 2])
+    assert status == 1
+    records = by_test(report)
+    for np in (1, 2):
+        assert records[("test_before", np)]["outcome"] == "passed"
+        assert records[("test_after", np)]["outcome"] == "passed"
+        crash = records[("test_crash", np)]
+        assert crash["outcome"] == "crashed"
+        assert f"rank {np - 1} going down" in crash["rank_output"][str(np - 1)]
+    assert "resuming" in progress
+    assert time.monotonic() - start < 120
+
+
+def test_a_hang_caught_by_the_plugin_is_recorded_and_the_run_resumes(tmp_path: Path) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_hang():
+            if RANK == 0:
+                time.sleep(600)
+
+        def test_after():
+            pass
+        """,
+    )
+    start = time.monotonic()
+    status, report, _ = run_suite(tmp_path, path, [2], timeout=3.0)
+    records = by_test(report)
+    assert status == 1
+    assert records[("test_hang", 2)]["outcome"] == "hung"
+    assert records[("test_after", 2)]["outcome"] == "passed"
+    assert time.monotonic() - start < 90
+
+
+def test_the_job_watchdog_ends_a_job_the_plugin_cannot_end(tmp_path: Path) -> None:
+    # A catastrophic regex holds the GIL, so no Python thread of that rank (the plugin's
+    # watchdog included) runs again: only the runner can end the job.
+    path = write_suite(
+        tmp_path,
+        """
+        def test_first():
+            pass
+
+        def test_stuck():
+            if RANK == 0:
+                re.match(r"(a+)+$", "a" * 60 + "b")
+
+        def test_after():
+            pass
+        """,
+    )
+    start = time.monotonic()
+    status, report, _ = run_suite(tmp_path, path, [1], timeout=2.0, margin=3.0)
+    records = by_test(report)
+    assert status == 1
+    stuck = records[("test_stuck", 1)]
+    assert stuck["outcome"] == "hung"
+    assert "runner ended the job" in stuck["message"]
+    assert records[("test_after", 1)]["outcome"] == "passed"
+    assert time.monotonic() - start < 90
+
+
+def test_known_deviations_excuse_failures_and_unmatched_entries_are_warned(
+    tmp_path: Path,
+) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_ok():
+            pass
+
+        def test_bad():
+            assert False, "known"
+        """,
+    )
+    deviations = tmp_path / "dev.toml"
+    deviations.write_text(
+        textwrap.dedent(
+            """
+            [[deviation]]
+            test = "test_tiny.py::test_bad"
+            reason = "known bug"
+            upstream = "https://example.org/1"
+
+            [[deviation]]
+            test = "test_tiny.py::test_ok"
+            np = [2]
+            reason = "was broken once"
+
+            [[deviation]]
+            test = "test_tiny.py::test_renamed"
+            reason = "stale entry"
+            """
+        )
+    )
+    status, report, progress = run_suite(tmp_path, path, [2], deviations=deviations)
+    assert status == 0, progress
+    records = by_test(report)
+    assert records[("test_bad", 2)]["deviation"] == "known bug (https://example.org/1)"
+    assert records[("test_bad", 2)]["class"] == "expected"
+    assert records[("test_ok", 2)]["class"] == "xpassed"
+    assert any("test_renamed" in w for w in report["warnings"])
+    assert "matches no test" in progress
+
+
+def test_cli_selection_and_exit_status(tmp_path: Path) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_ok():
+            pass
+
+        def test_bad():
+            assert False
+        """,
+    )
+    reports = tmp_path / "cli-reports"
+    argv = ["--np", "1", "-k", "ok", "--report-dir", str(reports), "--rootdir", str(path.parent)]
+    assert runner.main([*argv, "-q", str(path)]) == 0
+    data = json.loads((reports / "report.json").read_text())
+    assert [r["nodeid"].split("::")[-1] for r in data["records"]] == ["test_ok"]
+    assert runner.main(["--np", "0", str(path)]) == 2
+
+
+def test_parse_nps() -> None:
+    assert runner.parse_nps("1,2,3,4") == [1, 2, 3, 4]
+    assert runner.parse_nps("3,1-2,3") == [1, 2, 3]
+    with pytest.raises(ValueError):
+        runner.parse_nps("0")
