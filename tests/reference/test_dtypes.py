@@ -121,7 +121,11 @@ def test_as_array_int_outside_int32_is_a_value_error(value):
         dtypes.as_array(value, "all_sum")
 
 
-@pytest.mark.parametrize("bad", ["text", b"bytes", [1, 2], None, object()], ids=repr)
+@pytest.mark.parametrize(
+    "bad",
+    ["text", b"bytes", [1, 2], None, object()],
+    ids=["str", "bytes", "list", "None", "object"],
+)
 def test_as_array_rejects_non_arrays(bad):
     """Anything but a numpy array, numpy scalar or Python number is a TypeError."""
     with pytest.raises(TypeError, match="all_gather"):
