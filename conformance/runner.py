@@ -367,10 +367,16 @@ class Progress:
         self._last_print = 0.0
         self._reported: set[tuple[int, str]] = set()
 
-    def update(self, np: int, records: list[dict[str, Any]], total: int, final: bool = False):
+    def update(
+        self, np: int, records: list[dict[str, Any]], collected: Sequence[str], final: bool = False
+    ) -> None:
+        """Show the state of rank count ``np``; print each new failure once."""
         if self.quiet:
             return
-        done = len({r["nodeid"] for r in records})
+        finished = {r["nodeid"] for r in records}
+        done = len(finished)
+        # Tests that appeared after collection (files edited during the run) still count.
+        total = len(finished.union(collected))
         bad = [r for r in records if r.get("outcome") in BAD_OUTCOMES]
         for r in bad:
             key = (np, r["nodeid"])
@@ -444,7 +450,7 @@ def run_rank_count(
             results_path,
             base / "logs" / f"attempt{attempt}",
             base / f"attempt{attempt}.out",
-            on_progress=lambda: progress.update(np, current(), len(collected)),
+            on_progress=lambda: progress.update(np, current(), collected),
         )
         records = current()
         finished = {r["nodeid"] for r in records}
@@ -500,7 +506,7 @@ def run_rank_count(
                 "source": "runner",
             }
         )
-        progress.update(np, current(), len(collected))
+        progress.update(np, current(), collected)
         if barren >= 2:
             # Two jobs in a row died before finishing anything: the job itself is broken
             # (backend fails to load, MPI cannot start); don't burn one job per test.
@@ -514,7 +520,7 @@ def run_rank_count(
             problems.append(f"np={np}: giving up after {attempt} attempts")
             break
     records = current()
-    progress.update(np, records, len(collected), final=True)
+    progress.update(np, records, collected, final=True)
     for record in records:
         record["np"] = np
         record.setdefault("order", order.get(record["nodeid"], len(order)))

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The matrix driver CI runs: every check of the project, in the current Python environment,
+# each step bounded in time, with a summary table at the end.
+#
+#   bash ci/test.sh                      all steps at ranks 1,2,3,4
+#   bash ci/test.sh --np 1,2 --only lint,spec
+#   bash ci/test.sh --skip machinery --reports /tmp/reports
+#
+# Steps: lint (ruff), machinery (tests of plugin/runner/adapters/bench), reference (the
+# reference's own tests under mpiexec -n N for each N), spec (python -m conformance run: the
+# spec against the reference, reports in <reports>/spec), selftest (faulty backends must be
+# caught; skipped when that command is not installed).
+# Needs: pip install -e ".[test]" (see README). Exit status 0 only when every step passed.
+set -u
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+nps="1,2,3,4"
+reports="$root/ci-reports"
+only=""
+skip=""
+python="${PYTHON:-python}"
+
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --np) nps="$2"; shift 2 ;;
+        --reports) reports="$2"; shift 2 ;;
+        --only) only="$2"; shift 2 ;;
+        --skip) skip="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+# shellcheck source=ci/mpi-env.sh
+. "$here/mpi-env.sh"
+cd "$root" || exit 2
+mkdir -p "$reports"
+
+# Minutes each step may take before it is killed (2-core CI runner, 4 ranks oversubscribed).
+declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=10)
+
+bounded() {
+    # bounded MINUTES CMD...: run CMD, killed after MINUTES (when coreutils timeout exists).
+    local minutes="$1"; shift
+    if command -v timeout >/dev/null 2>&1; then
+        timeout --kill-after=30 "$((minutes * 60))" "$@"
+    else
+        "$@"
+    fi
+}
+
+wanted() {
+    local step="$1"
+    if [ -n "$only" ] && [[ ",$only," != *",$step,"* ]]; then return 1; fi
+    if [ -n "$skip" ] && [[ ",$skip," == *",$step,"* ]]; then return 1; fi
+    return 0
+}
+
+step_lint() {
+    "$python" -m ruff check . && "$python" -m ruff format --check .
+}
+
+step_machinery() {
+    "$python" -m pytest -q -p no:cacheprovider tests --ignore=tests/reference \
+        --junitxml="$reports/machinery.xml"
+}
+
+step_reference() {
+    local n status=0
+    for n in ${nps//,/ }; do
+        echo "--- tests/reference on $n rank(s)"
+        "$python" -m conformance.launcher -n "$n" --timeout 600 -- \
+            "$python" -m pytest -q -p no:cacheprovider --with-mpi tests/reference \
+            --junitxml="$reports/reference-np$n.xml" || status=1
+    done
+    return $status
+}
+
+step_spec() {
+    "$python" -m conformance run --np "$nps" --report-dir "$reports/spec"
+}
+
+step_selftest() {
+    if ! "$python" -c "import conformance.selftest" 2>/dev/null; then
+        echo "conformance.selftest is not installed: skipped"
+        return 0
+    fi
+    "$python" -m conformance selftest --report-dir "$reports/selftest"
+}
+
+summary=()
+failed=0
+for step in lint machinery reference spec selftest; do
+    wanted "$step" || continue
+    echo
+    echo "=== $step (budget ${budget[$step]} min)"
+    start=$(date +%s)
+    bounded "${budget[$step]}" "step_$step"
+    status=$?
+    elapsed=$(( $(date +%s) - start ))
+    if [ $status -eq 0 ]; then verdict="ok"; else verdict="FAILED ($status)"; failed=1; fi
+    [ $status -eq 124 ] && verdict="TIMED OUT after ${budget[$step]} min"
+    summary+=("$(printf '%-10s %-28s %5ds' "$step" "$verdict" "$elapsed")")
+done
+
+echo
+echo "=== summary (reports in $reports)"
+printf '%s\n' "${summary[@]}"
+if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+    {
+        echo '```'
+        printf '%s\n' "${summary[@]}"
+        echo '```'
+        [ -f "$reports/spec/report.md" ] && cat "$reports/spec/report.md"
+    } >> "$GITHUB_STEP_SUMMARY"
+fi
+exit $failed
