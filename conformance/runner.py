@@ -465,8 +465,23 @@ def run_rank_count(
             elif remaining and not new:
                 problems.append(f"np={np}: no tests ran; see {job.output_path}")
             break
-        hung_recorded = any(r.get("outcome") == "hung" and r["nodeid"] in new for r in records)
-        if not job.killed and job.returncode == EXIT_HUNG and hung_recorded:
+        hung = [r["nodeid"] for r in records if r.get("outcome") == "hung" and r["nodeid"] in new]
+        if not job.killed and job.returncode in (2, 4) and not new:
+            # Usage error, interruption, or ranks that collected different tests (status 4):
+            # no test is to blame and a relaunch would end the same way.
+            problems.append(
+                f"np={np}: the job could not run tests (status {job.returncode}); "
+                f"see {job.output_path}:\n{tail(job.output_path, 15)}"
+            )
+            break
+        if not job.killed and job.returncode == EXIT_HUNG and hung:
+            if not set(hung) & set(order):
+                # Hung outside any test (the plugin's nodeid "collection"): nothing to skip.
+                problems.append(
+                    f"np={np}: the job hung outside a test ({', '.join(hung)}); "
+                    f"see {job.output_path}"
+                )
+                break
             barren = 0
             if not remaining:
                 break
