@@ -23,7 +23,7 @@ except ImportError:  # single-process runs work without MPI
 Label = tuple[Hashable, ...]
 
 _POLL_START = 0.0002
-_POLL_MAX = 0.01
+_POLL_MAX = 0.002
 
 
 class Desync(Exception):
@@ -134,6 +134,11 @@ def current() -> ControlPlane:
     global _current
     if _current is None:
         _current = ControlPlane.from_world()
+    return _current
+
+
+def active() -> ControlPlane | None:
+    """The current control plane if one is installed, without creating one."""
     return _current
 
 

@@ -91,7 +91,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "with_mpi"):
         config.stash[USER_WITH_MPI] = bool(config.option.with_mpi)
         config.option.with_mpi = True
-    plane = control_plane.ControlPlane.from_world()
+    # A session inside a running one (pytester's in-process runs) is a world of one: each rank
+    # runs it on its own, and a collective Dup there would pair with unrelated outer exchanges.
+    nested = control_plane.active() is not None
+    plane = control_plane.ControlPlane(None) if nested else control_plane.ControlPlane.from_world()
     if plane.rank != 0 and hasattr(config.option, "xmlpath"):
         config.option.xmlpath = None  # JUnit XML from rank 0 only
     harness = Harness(config, plane)
@@ -160,7 +163,7 @@ class Harness:
             on_hang=self._on_hang,
             describe_state=self._describe_state,
             log=self.log.write,
-            end_job=_end_job,
+            end_job=_end_job if self.size > 1 else os._exit,
         )
         self._previous_watchdog = set_current_watchdog(self.watchdog)
         self.log.write(f"session start: {runinfo.describe_world(self.size)}")
@@ -375,12 +378,8 @@ class Harness:
 
 def _end_job(status: int) -> None:
     """End every rank of the job with ``status``: MPI_Abort makes mpiexec exit with it."""
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        os._exit(status)
-    if MPI.COMM_WORLD.Get_size() == 1:
-        os._exit(status)
+    from mpi4py import MPI
+
     MPI.COMM_WORLD.Abort(status)
 
 

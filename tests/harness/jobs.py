@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conformance import control
 from conformance.records import read_records
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +45,9 @@ def run_job(
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         pytest.skip("mpiexec not on PATH")
+    if control.current().size > 1:
+        # Every rank would launch its own job: run these tests from a single process.
+        pytest.skip("MPI jobs are launched from a single-process pytest run")
     results = tmp_path / "results.jsonl"
     log_dir = tmp_path / "logs"
     environment = dict(os.environ)

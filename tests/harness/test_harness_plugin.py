@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from conformance import control
+
+# Under mpiexec the nested session's backend and pytest-mpi see the real MPI world.
+one_process = pytest.mark.skipif(
+    control.current().size > 1, reason="about a pytest run in a single process"
+)
+
 REFERENCE_TEST = """
 import os
 
@@ -28,6 +37,7 @@ def test_backend_default_env_and_option(pytester, monkeypatch):
     pytester.runpytest("--backend", "fake_adapter").assert_outcomes(failed=1)
 
 
+@one_process
 def test_fixtures_in_a_world_of_one(pytester):
     pytester.makepyfile(
         """
@@ -139,6 +149,7 @@ def test_spec_tests_need_exactly_one_level(pytester):
     result.stdout.fnmatch_lines(["*test_two has several level markers*"])
 
 
+@one_process
 def test_mpi_marker_is_honoured_without_with_mpi(pytester):
     pytester.makepyfile(
         """
