@@ -43,3 +43,16 @@ def encode(rank: int, shape, dtype, salt: int = 0) -> np.ndarray:
     else:
         flat = (position + salt) % 16 + 17 * rank
     return np.asarray(flat).astype(dtype).reshape(shape)
+
+
+def attempt(fn, *args, **kwargs):
+    """``("ok", result)`` or ``(error type name, message)``: outcomes to compare across ranks."""
+    try:
+        return "ok", fn(*args, **kwargs)
+    except Exception as error:
+        return type(error).__name__, str(error)
+
+
+def world_data(size: int, shape, dtype, salt: int = 0) -> list[np.ndarray]:
+    """Every rank's ``encode`` input, to compute expected results independently."""
+    return [encode(r, shape, dtype, salt) for r in range(size)]
