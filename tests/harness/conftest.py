@@ -1,10 +1,9 @@
-"""Harness tests: pytester, and the fake backends importable by module name."""
+"""Harness tests: the fake backends importable by module name (pytester comes from
+``tests/conftest.py``)."""
 
 import sys
 
 from .jobs import FAKES
-
-pytest_plugins = ["pytester"]
 
 if str(FAKES) not in sys.path:
     sys.path.insert(0, str(FAKES))

@@ -1,0 +1,3 @@
+"""Project tests: pytester is declared here, where pytest accepts ``pytest_plugins``."""
+
+pytest_plugins = ["pytester"]
