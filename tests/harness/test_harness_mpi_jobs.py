@@ -191,3 +191,11 @@ def test_hanging_rank_ends_the_job_with_status_3_and_all_stacks(tmp_path):
     assert not any(nodeid.endswith("test_never_reached") for nodeid in job.records)
     for rank in (0, 1):
         assert "watchdog: deadline passed" in (job.log_dir / f"rank{rank}.log").read_text()
+
+
+def test_ranks_that_collect_different_tests_end_the_job(tmp_path):
+    job = run_job(tmp_path, 2, "tests/harness/scenarios/scenario_collection.py")
+    assert job.returncode == 4, job.output[-3000:]
+    assert "the ranks collected different tests" in job.output
+    assert "rank 0: 1 tests" in job.output and "rank 1: 2 tests" in job.output
+    assert job.records == {}
