@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -167,23 +168,23 @@ def reproduce_command(
     if launcher is not None:
         prefix = launcher.env_prefix(np)
         launch = launcher.command(np, [])
-        launch[0] = mpiexec if _is_default_mpiexec(launcher.path) else launcher.path
+        launch[0] = _shortest("mpiexec", launcher.path)
     else:
         launch = [mpiexec, "-n", str(np)]
-    cmd = [*launch, "python", "-m", "pytest", *cleaned]
-    if opts.backend != "reference" and "CONFORMANCE_BACKEND" in os.environ:
-        env.pop("CONFORMANCE_BACKEND", None)
+    cmd = [*launch, _shortest("python", sys.executable), "-m", "pytest", *cleaned]
     env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
     parts = [p for p in (prefix, env_text) if p]
     return f"cd {shlex.quote(str(root))} && " + " ".join([*parts, *(shlex.quote(c) for c in cmd)])
 
 
-def _is_default_mpiexec(path: str) -> bool:
-    # Show the short name when it is what PATH (in the activated environment) resolves anyway.
-    import shutil
-
-    found = shutil.which("mpiexec")
-    return found is not None and os.path.realpath(found) == os.path.realpath(path)
+def _shortest(name: str, path: str) -> str:
+    """``name`` when PATH resolves it to ``path`` (the environment is active), else ``path``."""
+    found = shutil.which(name)
+    # No realpath: a virtualenv's python is a symlink to the base interpreter, but only the
+    # virtualenv's path has the suite installed.
+    if found is not None and os.path.abspath(found) == os.path.abspath(path):
+        return name
+    return path
 
 
 # -- collection ------------------------------------------------------------------------------

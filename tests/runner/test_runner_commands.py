@@ -1,0 +1,49 @@
+"""Command lines the runner builds: pytest arguments, reproduction commands, node-id ordering."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from conformance import runner
+from conformance.launcher import MPICH, Launcher
+
+
+def test_pytest_args_pass_every_option() -> None:
+    opts = runner.RunOptions(
+        backend="mlx", timeout=12.5, seed=9, keyword="sum", markers="core", paths=["a.py"]
+    )
+    args = runner.pytest_args(opts)
+    assert args[:4] == ["--backend", "mlx", "--conformance-timeout", "12.5"]
+    assert ["--conformance-seed", "9"] == args[4:6]
+    assert args[-5:] == ["-k", "sum", "-m", "core", "a.py"]
+    assert runner.job_environment(runner.RunOptions(max_examples=3)) == {
+        "CONFORMANCE_MAX_EXAMPLES": "3"
+    }
+
+
+def test_reproduce_command_runs_one_test_without_selection_filters(tmp_path: Path) -> None:
+    opts = runner.RunOptions(
+        backend="faulty:drop", keyword="not slow", markers="core", seed=4, rootdir=tmp_path
+    )
+    launcher = Launcher("/opt/elsewhere/mpiexec", MPICH)
+    nodeid = "conformance/specs/test_all_sum.py::test_values[int8-(3,)]"
+    command = runner.reproduce_command(opts, launcher, 3, nodeid)
+    assert command.startswith(f"cd {tmp_path} && ")
+    words = shlex.split(command.split(" && ", 1)[1])
+    words = [w for w in words if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
+    assert words[:3] == ["/opt/elsewhere/mpiexec", "-n", "3"]
+    assert words[3] in ("python", sys.executable)
+    assert words[-1] == nodeid
+    pytest_words = words[words.index("pytest") + 1 :]
+    assert "-k" not in pytest_words and "-m" not in pytest_words
+    assert words[words.index("--backend") + 1] == "faulty:drop"
+    assert words[words.index("--conformance-seed") + 1] == "4"
+
+
+def test_absolute_keeps_test_suffix(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "test_x.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert runner._absolute("test_x.py::test_a[1]") == f"{tmp_path}/test_x.py::test_a[1]"
+    assert runner._absolute("missing.py::t") == "missing.py::t"
