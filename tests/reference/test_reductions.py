@@ -272,3 +272,32 @@ def test_mpi_ops_are_created_once():
         for kind in KINDS:
             dtype = NUMPY_DTYPES[name]
             assert reductions.mpi_op(kind, dtype) is reductions.mpi_op(kind, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+@pytest.mark.parametrize("nan", [complex(1, np.nan), complex(np.nan, 1)], ids=["imag", "real"])
+def test_complex_nan_propagates_whatever_the_order(kind, nan):
+    """A NaN in either part of a complex value wins max/min from either side of the comparison,
+    so the result does not depend on which rank holds it (the NaN rule the reference chose)."""
+    other = np.array([4.25 + 6j if kind == "max" else -3 + 0j], np.complex64)
+    with_nan = np.array([nan], np.complex64)
+    results = {
+        "combine(nan, other)": reductions.combine(kind, with_nan, other),
+        "combine(other, nan)": reductions.combine(kind, other, with_nan),
+        "local_reduce([nan, other])": reductions.local_reduce(kind, np.stack([with_nan, other])),
+        "local_reduce([other, nan])": reductions.local_reduce(kind, np.stack([other, with_nan])),
+        "local_reduce([other, other, nan])": reductions.local_reduce(
+            kind, np.stack([other, other, with_nan])
+        ),
+    }
+    inout = other.copy()
+    datatype = reductions.mpi_datatype(with_nan.dtype)
+    reductions.mpi_op(kind, with_nan.dtype).Reduce_local(
+        [with_nan, 1, datatype], [inout, 1, datatype]
+    )
+    results["mpi op, nan incoming"] = inout
+    inout = with_nan.copy()
+    reductions.mpi_op(kind, with_nan.dtype).Reduce_local([other, 1, datatype], [inout, 1, datatype])
+    results["mpi op, nan in inout"] = inout
+    lost = [where for where, r in results.items() if not (np.isnan(r.real) | np.isnan(r.imag))[0]]
+    assert lost == []

@@ -56,3 +56,58 @@ def attempt(fn, *args, **kwargs):
 def world_data(size: int, shape, dtype, salt: int = 0) -> list[np.ndarray]:
     """Every rank's ``encode`` input, to compute expected results independently."""
     return [encode(r, shape, dtype, salt) for r in range(size)]
+
+
+def is_nan(array: np.ndarray) -> np.ndarray:
+    """Element-wise NaN test for any dtype (complex: NaN in either part; others: never for ints)."""
+    if array.dtype.kind in "biu":
+        return np.zeros(array.shape, bool)
+    if array.dtype.kind == "c":
+        return np.isnan(array.real) | np.isnan(array.imag)
+    return np.isnan(array.astype(np.float64))
+
+
+def expected_reduction(op: str, data: list[np.ndarray]) -> np.ndarray:
+    """What ``op`` (all_sum, all_max, all_min) must return for these per-rank inputs.
+
+    Computed without the reference: integers in Python ints wrapped to the dtype's width, floats in
+    float64 (exact on the tests' data), complex max/min by sorting (real, imag), NaN propagating.
+    """
+    dtype = data[0].dtype
+    shape = data[0].shape
+    flat = np.stack([d.reshape(-1) for d in data])
+    if dtype == np.bool_:
+        result = flat.all(axis=0) if op == "all_min" else flat.any(axis=0)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        span = info.max - info.min + 1
+        as_ints = flat.astype(object)
+        if op == "all_sum":
+            total = as_ints.sum(axis=0)
+            result = np.array([(int(v) - info.min) % span + info.min for v in total], dtype)
+        else:
+            result = (as_ints.max(axis=0) if op == "all_max" else as_ints.min(axis=0)).astype(dtype)
+    elif dtype.kind == "c":
+        wide = flat.astype(np.complex128)
+        if op == "all_sum":
+            result = wide.sum(axis=0)
+        else:
+            order = np.lexsort((wide.imag, wide.real), axis=0)
+            pick = order[-1] if op == "all_max" else order[0]
+            result = wide[pick, np.arange(wide.shape[1])]
+            result[is_nan(wide).any(axis=0)] = complex("nan+nanj")
+        result = result.astype(dtype)
+    else:
+        wide = flat.astype(np.float64)
+        reduce = {"all_sum": np.sum, "all_max": np.max, "all_min": np.min}[op]
+        with np.errstate(over="ignore"):
+            result = reduce(wide, axis=0).astype(dtype)
+    return result.reshape(shape)
+
+
+def same_values(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Same dtype and shape, and equal values with NaN matching NaN at the same positions."""
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        return False
+    nan_a, nan_e = is_nan(actual), is_nan(expected)
+    return bool(np.array_equal(nan_a, nan_e) and np.array_equal(actual[~nan_a], expected[~nan_e]))
