@@ -11,8 +11,10 @@ Contract:
   any other early end (a crash, a kill, the job-level watchdog) the runner records the test that
   was running (the first collected test without a record) as ``crashed``, or ``hung`` if the
   job-level watchdog ended it, with the tail of what the job and each rank printed.
-- The job-level watchdog ends a job (its whole process tree) when no test finishes within the
-  per-test deadline plus a margin (plus a start-up allowance before the first test).
+- The job-level watchdog ends a job (its whole process tree) when it shows no sign of progress
+  (a results line, a change to its output or to a file in its log dir) for the per-test deadline
+  plus a margin (plus a start-up allowance before the first test). It is the last resort for
+  hangs the plugin's own watchdog cannot end (a rank stuck holding the GIL).
 - Records of every rank count are merged, known deviations applied, and the Markdown, JSON and
   JUnit reports written (``conformance.reports``). Exit status 0 only when no test failed, hung,
   crashed or errored without a matching deviation, and every job could run.
@@ -301,6 +303,7 @@ def run_job(
             start_new_session=True,
         )
         seen = _line_count(results_path)
+        signs = _life_signs(log_dir, output_path)
         last_progress = time.monotonic()
         allowance = opts.startup_allowance
         try:
@@ -312,11 +315,18 @@ def run_job(
                     last_progress = time.monotonic()
                     allowance = 0.0
                     on_progress()
-                if time.monotonic() - last_progress > opts.timeout + opts.job_margin + allowance:
+                now_signs = _life_signs(log_dir, output_path)
+                if now_signs != signs:
+                    # Rank logs, a heartbeat file or printed output changed: the job is alive
+                    # (a long lockstep Hypothesis test writes no record for many deadlines).
+                    signs = now_signs
+                    last_progress = time.monotonic()
+                silent = time.monotonic() - last_progress
+                if silent > opts.timeout + opts.job_margin + allowance:
                     killed = True
                     out.write(
-                        f"\n[conformance runner] no test finished for "
-                        f"{time.monotonic() - last_progress:.0f} s; ending the job\n"
+                        f"\n[conformance runner] no sign of progress for {silent:.0f} s; "
+                        "ending the job\n"
                     )
                     out.flush()
                     launcher_mod.kill_process_group(proc)
@@ -326,6 +336,18 @@ def run_job(
             raise
         on_progress()
     return JobOutcome(proc.returncode, killed, output_path, log_dir, time.monotonic() - start)
+
+
+def _life_signs(log_dir: Path, output_path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Size and modification time of every file a job writes besides the results file."""
+    signs = []
+    for path in [output_path, *log_dir.rglob("*")]:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        signs.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(signs))
 
 
 def _line_count(path: Path) -> int:
@@ -499,7 +521,7 @@ def run_rank_count(
                 "outcome": "hung" if hung_in_job else "crashed",
                 "failing_ranks": [],
                 "message": (
-                    f"no test finished for {opts.timeout + opts.job_margin:g} s; "
+                    f"no sign of progress for {opts.timeout + opts.job_margin:g} s; "
                     "the runner ended the job"
                     if hung_in_job
                     else f"the MPI job ended with status {job.returncode} during this test"
