@@ -15,11 +15,12 @@ set -u
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-nps="1,2,3,4"
-reports="$root/ci-reports"
+nps="${CI_TEST_NPS:-1,2,3,4}"
+reports="${CI_TEST_REPORTS:-$root/ci-reports}"
 only=""
 skip=""
 python="${PYTHON:-python}"
+step_to_run=""
 
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -29,6 +30,7 @@ while [ $# -gt 0 ]; do
         --reports) reports="$2"; shift 2 ;;
         --only) only="$2"; shift 2 ;;
         --skip) skip="$2"; shift 2 ;;
+        --run-step) step_to_run="$2"; shift 2 ;;  # internal: one step, in a bounded child
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -43,12 +45,15 @@ mkdir -p "$reports"
 declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=10)
 
 bounded() {
-    # bounded MINUTES CMD...: run CMD, killed after MINUTES (when coreutils timeout exists).
-    local minutes="$1"; shift
+    # bounded MINUTES STEP: run the step in a child of this script, killed after MINUTES
+    # (when coreutils timeout exists; timeout cannot run shell functions directly).
+    local minutes="$1" step="$2"
+    local child=(env CI_TEST_NPS="$nps" CI_TEST_REPORTS="$reports" bash "${BASH_SOURCE[0]}"
+                 --run-step "$step")
     if command -v timeout >/dev/null 2>&1; then
-        timeout --kill-after=30 "$((minutes * 60))" "$@"
+        timeout --kill-after=30 "$((minutes * 60))" "${child[@]}"
     else
-        "$@"
+        "${child[@]}"
     fi
 }
 
@@ -91,6 +96,11 @@ step_selftest() {
     "$python" -m conformance selftest --report-dir "$reports/selftest"
 }
 
+if [ -n "$step_to_run" ]; then
+    "step_$step_to_run"
+    exit $?
+fi
+
 summary=()
 failed=0
 for step in lint machinery reference spec selftest; do
@@ -98,7 +108,7 @@ for step in lint machinery reference spec selftest; do
     echo
     echo "=== $step (budget ${budget[$step]} min)"
     start=$(date +%s)
-    bounded "${budget[$step]}" "step_$step"
+    bounded "${budget[$step]}" "$step"
     status=$?
     elapsed=$(( $(date +%s) - start ))
     if [ $status -eq 0 ]; then verdict="ok"; else verdict="FAILED ($status)"; failed=1; fi
