@@ -30,7 +30,7 @@ FLOATS = ["float16", "bfloat16", "float32", "float64"]
 LARGE = 3001  # elements: above INLINE_BYTES for every dtype, and not a multiple of anything
 
 
-def special_input(rank: int, size: int, name: str, op: str) -> np.ndarray:
+def special_input(rank: int, size: int, name: str, op: str, complex_nan=False) -> np.ndarray:
     """Rank- and position-encoding data plus the cases the MPI ops must get right:
     integer wrap-around, float16/bfloat16 overflow, NaN from one rank, complex real-part ties."""
     dtype = NUMPY_DTYPES[name]
@@ -55,7 +55,7 @@ def special_input(rank: int, size: int, name: str, op: str) -> np.ndarray:
         real = np.where(pos % 2 == 0, (pos % 5).astype(float), x.real)
         imag = ((rank * 5 + pos) % 7).astype(float)
         x = (real + 1j * imag).astype(dtype)
-        if op != "all_sum":
+        if complex_nan:
             x[(pos % (size + 3)) == rank + 1] = (
                 complex(np.nan, 1) if rank % 2 else complex(1, np.nan)
             )
@@ -66,7 +66,7 @@ def special_input(rank: int, size: int, name: str, op: str) -> np.ndarray:
 @pytest.mark.parametrize("op", REDUCTIONS)
 def test_large_reductions_of_every_dtype(world, comm, op, name):
     """Every dtype through the MPI data phase (predefined and user-defined ops) gives the rule's
-    result, bit-identical on every rank, without numpy warnings."""
+    result, bit-identical on every rank, without numpy warnings (complex: no NaN here)."""
     x = special_input(comm.rank, comm.size, name, op)
     assert x.nbytes > agreement.INLINE_BYTES
     with warnings.catch_warnings():
@@ -213,3 +213,15 @@ def test_python_scalars_travel_as_mlx_dtypes(world, comm):
     gathered = reference.all_gather(complex(comm.rank, 1), group=world)
     assert gathered.dtype == np.complex64
     assert gathered.tolist() == [complex(r, 1) for r in range(n)]
+
+
+@pytest.mark.parametrize("op", ["all_max", "all_min"])
+def test_large_complex_max_min_propagate_nan_from_any_rank(world, comm, op):
+    """A NaN in the real or imaginary part on any one rank makes that element NaN on every rank
+    through the MPI user op, whichever rank holds it."""
+    x = special_input(comm.rank, comm.size, "complex64", op, complex_nan=True)
+    result = getattr(reference, op)(x, group=world)
+    everyone = allgather(comm, result.tobytes())
+    data = [special_input(r, comm.size, "complex64", op, True) for r in range(comm.size)]
+    assert same_values(result, expected_reduction(op, data))
+    assert all(other == everyone[0] for other in everyone)
