@@ -33,9 +33,11 @@ def _lexicographic(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
         take_a = (a.real > b.real) | ((a.real == b.real) & (a.imag >= b.imag))
     else:
         take_a = (a.real < b.real) | ((a.real == b.real) & (a.imag <= b.imag))
-    # A NaN in either part makes both comparisons false; propagate it like the float rule.
+    # A NaN in either part of either operand wins, like the float rule: the comparisons above
+    # can be decided by the real parts alone and would otherwise drop an imaginary NaN.
     nan_a = np.isnan(a.real) | np.isnan(a.imag)
-    return np.where(take_a | nan_a, a, b)
+    nan_b = np.isnan(b.real) | np.isnan(b.imag)
+    return np.where(nan_a | (take_a & ~nan_b), a, b)
 
 
 def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
