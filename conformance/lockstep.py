@@ -7,10 +7,11 @@ examples and sees the same outcome for each. So:
   deadline and no example database (timings and per-rank databases would make ranks diverge), and
   suppresses the timing-based health check;
 - ``lockstep`` (placed under ``@given``) compares the drawn arguments across ranks before running
-  an example (a divergence fails as such on every rank, naming what each rank drew), then agrees on
-  the example's outcome before Hypothesis sees it: if any rank failed, every rank raises the same
-  ``LockstepFailure`` from the same place, so shrinking proceeds identically everywhere. It also
-  restarts the per-test watchdog for each example.
+  an example, and every ``data.draw`` of ``st.data()`` inside it (a divergence fails as such on
+  every rank, naming what each rank drew); then it agrees on the example's outcome before
+  Hypothesis sees it: if any rank failed, every rank raises the same ``LockstepFailure`` from the
+  same place, so shrinking proceeds identically everywhere. It also restarts the per-test
+  watchdog for each example.
 
     @given(dtype=dtype_names(), shape=shapes(), seed=seeds())
     @lockstep
@@ -82,13 +83,15 @@ class DivergentDraws(pytest.fail.Exception):  # type: ignore[misc, name-defined]
 def canonical(value: Any) -> Any:
     """A rank-independent description of a drawn value: plain data as is, arrays by content,
     anything else (fixtures such as the backend or the group) by type name only."""
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+    if value is None or isinstance(value, (bool, int, str, bytes)):
         return value
+    if isinstance(value, (float, complex)):
+        return (type(value).__name__, repr(value))  # repr: NaN must equal NaN here
     if isinstance(value, np.ndarray):
         digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]
         return ("ndarray", str(value.dtype), value.shape, digest)
     if isinstance(value, np.generic):
-        return ("scalar", str(value.dtype), value.item())
+        return ("scalar", str(value.dtype), repr(value.item()))
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, *(canonical(v) for v in value))
     if isinstance(value, dict):
@@ -98,18 +101,37 @@ def canonical(value: Any) -> Any:
     return ("object", type(value).__qualname__)
 
 
-def _check_draws(kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
-    mine = canonical((args, kwargs))
-    drawn = collective.exchange("lockstep draws", mine)
+def _compare(kind: str, value: Any) -> None:
+    drawn = collective.exchange(kind, canonical(value))
     divergent = [rank for rank, theirs in enumerate(drawn) if theirs != drawn[0]]
     if divergent:
         shown = "".join(f"\n  rank {rank}: {drawn[rank]!r}" for rank in range(len(drawn)))
         raise DivergentDraws(
-            f"divergent draws: ranks {divergent} drew a different example than rank 0 "
+            f"divergent draws ({kind}): ranks {divergent} drew differently from rank 0 "
             f"(Hypothesis is not in step: use the '{PROFILE}' profile, draw per-rank data from "
             f"the seed and the rank, not from the rank's own randomness):{shown}",
             divergent,
         )
+
+
+class _LockstepData:
+    """Wraps Hypothesis's ``st.data()`` object so draws made inside the test are compared across
+    ranks too."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    def draw(self, strategy: Any, label: Any = None) -> Any:
+        value = self._data.draw(strategy, label=label)
+        _compare("lockstep inner draw", value)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+
+def _is_data_object(value: Any) -> bool:
+    return type(value).__name__ == "DataObject" and callable(getattr(value, "draw", None))
 
 
 def _verdict(exc: BaseException | None) -> tuple[str, str]:
@@ -129,7 +151,8 @@ def lockstep(test: F) -> F:
         dog = watchdog.current()
         if dog is not None:
             dog.pet()
-        _check_draws(kwargs, args)
+        _compare("lockstep draws", (args, kwargs))
+        kwargs = {k: _LockstepData(v) if _is_data_object(v) else v for k, v in kwargs.items()}
         error: Exception | None = None
         try:
             test(*args, **kwargs)

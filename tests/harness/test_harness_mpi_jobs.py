@@ -37,7 +37,7 @@ def test_scenarios_exist():
 def test_job_fails_and_records_every_test(ranks_job):
     n, job, _ = ranks_job
     assert job.returncode == 1, job.output[-3000:]
-    assert len(job.records) == 19
+    assert len(job.records) == 20
     assert {r["world_size"] for r in job.records.values()} == {n}
     assert {r["seed"] for r in job.records.values()} == {7}
     assert {r["backend"] for r in job.records.values()} == {"fake_adapter"}
@@ -110,6 +110,9 @@ def test_divergent_draws_are_reported_as_such(ranks_job):
     assert record["outcome"] == "failed"
     assert record["failing_ranks"] == list(range(1, n))
     assert "divergent draws" in record["message"]
+    inner = job.record("test_divergent_inner_draw")
+    assert inner["outcome"] == "failed" and inner["failing_ranks"] == list(range(1, n))
+    assert "divergent draws" in inner["message"] and "lockstep inner draw" in inner["longrepr"]
 
 
 def test_lockstep_failure_on_one_rank_shrinks_in_step(ranks_job):
@@ -167,8 +170,8 @@ def test_junit_from_rank_0_only(ranks_job):
     _, _, tmp = ranks_job
     suite = ET.parse(tmp / "junit.xml").getroot().find("testsuite")
     assert suite is not None
-    assert int(suite.get("tests")) == 19
-    assert int(suite.get("failures")) == 10 and int(suite.get("errors")) == 1
+    assert int(suite.get("tests")) == 20
+    assert int(suite.get("failures")) == 11 and int(suite.get("errors")) == 1
 
 
 def test_hanging_rank_ends_the_job_with_status_3_and_all_stacks(tmp_path):

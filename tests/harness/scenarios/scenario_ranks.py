@@ -79,6 +79,13 @@ def test_divergent_draws(world, value):
     pass
 
 
+@given(data=st.data())
+@lockstep
+def test_divergent_inner_draw(world, data):
+    data.draw(st.integers(0, 10))
+    data.draw(st.just(RANK))
+
+
 @given(seed=seeds())
 @lockstep
 def test_lockstep_fails_on_rank_1(world, seed):
