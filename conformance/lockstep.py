@@ -37,24 +37,24 @@ from hypothesis.errors import UnsatisfiedAssumption
 from conformance import collective, watchdog
 
 PROFILE = "conformance"
-DEFAULT_MAX_EXAMPLES = 25
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_profile() -> None:
     """Register the ``conformance`` Hypothesis profile (``CONFORMANCE_MAX_EXAMPLES`` sets its
-    example count)."""
+    example count; otherwise Hypothesis's default)."""
+    examples = os.environ.get("CONFORMANCE_MAX_EXAMPLES")
     settings.register_profile(
         PROFILE,
         derandomize=True,
         database=None,
         deadline=None,
         print_blob=False,
-        max_examples=int(os.environ.get("CONFORMANCE_MAX_EXAMPLES", DEFAULT_MAX_EXAMPLES)),
         suppress_health_check=[HealthCheck.too_slow],
-        # explain re-runs examples with timing-free but extra work; the report does not need it.
+        # explain re-runs examples with extra work; the report does not need it.
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        **({"max_examples": int(examples)} if examples else {}),
     )
 
 
