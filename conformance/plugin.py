@@ -153,6 +153,7 @@ class Harness:
         results = config.getoption("conformance_results")
         self.results = ResultsFile(results) if results and self.rank == 0 else None
         self._terminal_fd = os.dup(2) if self.rank == 0 else None
+        self._current_item: pytest.Item | None = None
         self._backend: Backend | None = None
         self._backend_error: Exception | None = None
         self.watchdog = Watchdog(
@@ -273,12 +274,14 @@ class Harness:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, Any]:
         self.control.begin_test(item.nodeid)
+        self._current_item = item
         item.stash[VERDICTS] = {}
         self.watchdog.arm(item.nodeid)
         try:
             return (yield)
         finally:
             self.watchdog.disarm()
+            self._current_item = None
             self._record(item)
 
     @pytest.hookimpl(tryfirst=True)
@@ -347,6 +350,9 @@ class Harness:
     def _on_hang(self, label: str, stacks: dict[int, str]) -> None:
         """Rank 0's watchdog thread: record the hang and tell the user (the main thread is stuck,
         and the terminal may be captured, hence the saved terminal descriptor)."""
+        item = self._current_item
+        if item is not None and item.nodeid != label:
+            item = None
         stuck = [rank for rank, text in stacks.items() if runinfo.WAITING not in text[:400]]
         message = (
             f"conformance: {label} hung: no progress within {self.timeout:g} s; "
@@ -363,8 +369,8 @@ class Harness:
                     "message": message,
                     "longrepr": "\n\n".join(stacks[rank] for rank in sorted(stacks)),
                     "duration": self.timeout,
-                    "level": None,
-                    "area": _area_from_nodeid(label),
+                    "level": levels.level_of(item) if item is not None else None,
+                    "area": levels.area_of(item) if item is not None else None,
                     "seed": self.seed,
                     "world_size": self.size,
                     "backend": self.backend_spec,
@@ -389,13 +395,6 @@ def _quiet_pytest_mpi(config: pytest.Config) -> None:
     for plugin in config.pluginmanager.get_plugins():
         if type(plugin).__name__ == "MPIPlugin" and hasattr(plugin, "_is_testing_mpi"):
             plugin._is_testing_mpi = False
-
-
-def _area_from_nodeid(nodeid: str) -> str | None:
-    path = nodeid.partition("::")[0]
-    if not path.endswith(".py"):
-        return None
-    return Path(path).stem.removeprefix("test_")
 
 
 # -- fixtures ------------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def test_hanging_rank_ends_the_job_with_status_3_and_all_stacks(tmp_path):
     assert job.record("test_before")["outcome"] == "passed"
     record = job.record("test_hangs_on_rank_1")
     assert record["outcome"] == "hung"
+    assert (record["level"], record["area"]) == ("core", "scenario_hang")
     assert sorted(record["stacks"]) == ["0", "1"]
     assert "fake_hanging.py" in record["stacks"]["1"] and "time.sleep" in record["stacks"]["1"]
     assert "hung: no progress within 3 s" in job.output
