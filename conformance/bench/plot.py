@@ -1,4 +1,5 @@
-"""PNG plot of bus bandwidth and time against size, one row per op, one line per backend.
+"""PNG plot against size, one row per op, one line per backend: bus bandwidth, median time, and
+the paired throughput ratio to the raw mpi4py baseline (median, bars from p25 to p75).
 
 Needs matplotlib (the ``bench`` extra). Several reports (e.g. the reference's and MLX's) go on
 one figure; each report's raw mpi4py baseline is drawn dashed.
@@ -25,6 +26,19 @@ def _series(report: Mapping[str, Any], key: tuple[str, str], side: str) -> tuple
     return sizes, busbw, times
 
 
+def _ratios(report: Mapping[str, Any], key: tuple[str, str]) -> tuple[list, list, list, list]:
+    sizes, medians, low, high = [], [], [], []
+    for row in report["results"]:
+        ratio = row.get("ratio")
+        if (row["op"], row["mode"]) != key or not ratio:
+            continue
+        sizes.append(row["nbytes"])
+        medians.append(ratio["median"])
+        low.append(max(0.0, ratio["median"] - ratio["p25"]))
+        high.append(max(0.0, ratio["p75"] - ratio["median"]))
+    return sizes, medians, low, high
+
+
 def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     """Write a PNG to ``path`` from one or more reports. ImportError names the extra to install
     when matplotlib is missing."""
@@ -45,8 +59,8 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | Path) -> None
                 keys.append((row["op"], row["mode"]))
     if not keys:
         raise ValueError("nothing to plot: the reports have no results")
-    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.2 * len(keys)), squeeze=False)
-    for (op, mode), (ax_bw, ax_t) in zip(keys, axes, strict=True):
+    fig, axes = plt.subplots(len(keys), 3, figsize=(16, 3.2 * len(keys)), squeeze=False)
+    for (op, mode), (ax_bw, ax_t, ax_r) in zip(keys, axes, strict=True):
         for report in reports:
             meta = report["meta"]
             label = f"{meta.get('backend')} ({meta.get('np')} ranks)"
@@ -58,13 +72,21 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | Path) -> None
                     name = f"mpi4py (job of {meta.get('backend')})"
                 ax_bw.plot(sizes, bw, style, label=name, markersize=3)
                 ax_t.plot(sizes, times, style, label=name, markersize=3)
+            sizes, medians, low, high = _ratios(report, (op, mode))
+            if sizes:
+                ax_r.errorbar(
+                    sizes, medians, yerr=[low, high], fmt="-o", markersize=3, capsize=2, label=label
+                )
         title = f"{op}{_TITLES.get(mode, mode)}"
         ax_bw.set_title(f"{title}: bus bandwidth")
         ax_bw.set_ylabel("GB/s")
         ax_t.set_title(f"{title}: median time per op")
         ax_t.set_ylabel("microseconds")
         ax_t.set_yscale("log")
-        for ax in (ax_bw, ax_t):
+        ax_r.set_title(f"{title}: throughput / mpi4py's")
+        ax_r.axhline(1.0, color="grey", linewidth=0.8)
+        ax_r.set_ylim(bottom=0)
+        for ax in (ax_bw, ax_t, ax_r):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("size (bytes)")
             ax.grid(True, which="both", alpha=0.3)
