@@ -1,0 +1,121 @@
+"""Deadlines in the transport: a peer that never arrives gives TimeoutError, not a hang.
+
+Each test breaks a fresh ``world.split(0)`` subgroup on purpose, so the world group stays usable.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+from transport_helpers import attempt, sync
+
+import reference
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+SHORT = 0.5
+
+
+def absent_ranks(pattern: str, size: int) -> set[int]:
+    return {
+        "last": {size - 1},
+        "first": {0},
+        "odd": {r for r in range(size) if r % 2},
+    }[pattern]
+
+
+def call(op: str, group, size: int):
+    x = np.arange(size * 300, dtype=np.float32)  # large enough for the MPI data phase
+    if op == "split":
+        return group.split(0)
+    return getattr(reference, op)(x, group=group)
+
+
+def assert_world_works(world, comm):
+    total = reference.all_sum(np.int64(comm.rank), group=world)
+    assert int(total) == comm.size * (comm.size - 1) // 2
+
+
+@pytest.mark.parametrize("op", ["all_sum", "all_gather", "sum_scatter", "split"])
+@pytest.mark.parametrize("pattern", ["last", "first", "odd"])
+def test_collective_with_absent_ranks_times_out_naming_them(world, comm, op, pattern):
+    """Ranks that call a collective the others skip raise TimeoutError within the deadline,
+    naming exactly the absent ranks; the group is then unusable (RuntimeError)."""
+    sub = world.split(0)
+    absent = absent_ranks(pattern, comm.size)
+    outcome = after = None
+    elapsed = 0.0
+    if comm.rank not in absent:
+        previous = reference.set_timeout(SHORT)
+        start = time.monotonic()
+        try:
+            outcome = attempt(call, op, sub, comm.size)
+        finally:
+            elapsed = time.monotonic() - start
+            reference.set_timeout(previous)
+        after = attempt(reference.all_sum, np.ones(3, np.float32), group=sub)
+    sync(comm)
+    assert_world_works(world, comm)
+    if comm.rank in absent:
+        return
+    kind, message = outcome
+    assert kind == "TimeoutError", outcome
+    assert SHORT * 0.9 <= elapsed < SHORT + 10
+    named = re.search(r"waiting for rank\(s\) ([\d, ]+) to call", message)
+    assert named is not None, message
+    assert {int(r) for r in named.group(1).split(",")} == absent
+    assert op in message and "split(color=0)" in message
+    assert after[0] == "RuntimeError" and "timed out" in after[1]
+
+
+def test_large_send_nobody_receives_times_out(world, comm):
+    """A large send whose receiver never calls recv raises TimeoutError naming the receiver;
+    that group is then unusable for sends, receives and collectives."""
+    sub = world.split(0)
+    src, dst = 0, comm.size - 1
+    outcome = later = None
+    if comm.rank == src:
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.send, np.zeros(1 << 20, np.uint8), dst, group=sub)
+        finally:
+            reference.set_timeout(previous)
+        later = [
+            attempt(reference.send, np.zeros(2, np.uint8), dst, group=sub),
+            attempt(reference.recv, (2,), "uint8", dst, group=sub),
+            attempt(reference.all_max, np.zeros(2, np.uint8), group=sub),
+        ]
+    sync(comm)
+    assert_world_works(world, comm)
+    if comm.rank != src:
+        return
+    kind, message = outcome
+    assert kind == "TimeoutError"
+    assert f"to rank {dst}" in message and "uint8 (1048576,)" in message
+    for kind, message in later:
+        assert kind == "RuntimeError" and "unusable" in message
+
+
+def test_a_timed_out_subgroup_does_not_affect_a_sibling(world, comm):
+    """After one split subgroup breaks, a new split of the world works normally."""
+    broken = world.split(0)
+    if comm.rank == 0:
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.all_sum, np.int32(1), group=broken)
+        finally:
+            reference.set_timeout(previous)
+    else:
+        outcome = None
+    sync(comm)
+    fresh = world.split(comm.rank % 2, comm.size - comm.rank)
+    total = reference.all_sum(np.int32(comm.rank), group=fresh)
+    members = [r for r in range(comm.size) if r % 2 == comm.rank % 2]
+    assert int(total) == sum(members)
+    # key = size - rank orders the new group by descending world rank.
+    assert fresh.rank() == sorted(members, reverse=True).index(comm.rank)
+    if comm.rank == 0:
+        assert outcome[0] == "TimeoutError"
