@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plane = control_plane.ControlPlane(None) if nested else control_plane.ControlPlane.from_world()
     if plane.rank != 0 and hasattr(config.option, "xmlpath"):
         config.option.xmlpath = None  # JUnit XML from rank 0 only
-    harness = Harness(config, plane)
+    harness = Harness(config, plane, nested=nested)
     config.stash[HARNESS] = harness
     config.pluginmanager.register(harness, "conformance-harness")
     _load_hypothesis_profile(config)
@@ -130,8 +130,11 @@ def _option_or_env(config: pytest.Config, option: str, env: str, default: Any) -
 class Harness:
     """Per-session state and the hooks that need it (registered as a plugin by pytest_configure)."""
 
-    def __init__(self, config: pytest.Config, plane: control_plane.ControlPlane) -> None:
+    def __init__(
+        self, config: pytest.Config, plane: control_plane.ControlPlane, *, nested: bool = False
+    ) -> None:
         self.config = config
+        self.nested = nested
         self.control = plane
         self._previous_plane = control_plane.set_current(plane)
         self.rank, self.size = plane.rank, plane.size
@@ -176,7 +179,10 @@ class Harness:
         chosen = self.config.getoption("conformance_log_dir")
         temporary = chosen is None
         if temporary:
-            chosen = tempfile.mkdtemp(prefix="conformance-logs-")
+            # A nested session (pytester) keeps its logs in its own working directory, which
+            # pytest's tmp_path retention cleans up.
+            where = Path.cwd() if self.nested else None
+            chosen = tempfile.mkdtemp(prefix="conformance-logs-", dir=where)
         return str(Path(chosen).resolve()), uuid.uuid4().hex[:12], temporary
 
     def close(self) -> None:
@@ -230,7 +236,7 @@ class Harness:
 
     def _discard_logs(self) -> bool:
         """A temporary log directory is removed after a clean run; anything else is kept."""
-        return self._log_dir_is_temporary and self.exitstatus in (0, 5)
+        return self._log_dir_is_temporary and self.exitstatus in (None, 0, 5)
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         self.exitstatus = int(exitstatus)
