@@ -249,10 +249,18 @@ class MLXRingBackend:
             fn = getattr(self.distributed, op)
             setattr(self, op, fn if self.lazy else _eager(self.mx, fn))
 
-    def init(self, *args: Any, **kwargs: Any) -> Any:
+        def init(*args: Any, **kwargs: Any) -> Any:
+            return self._init(*args, **kwargs)
+
+        # The suite reads signatures from MLX's docstrings (nanobind functions have no
+        # inspect.signature), so the wrapper carries MLX's name and docstring.
+        self.init = functools.wraps(self.distributed.init)(init)
+
+    def _init(self, *args: Any, **kwargs: Any) -> Any:
         """``mx.distributed.init`` after configuring the ring from the MPI rank (first call only).
 
-        Collective on the first call: every MPI rank must call it.
+        Collective on the first call: every MPI rank must call it. Exposed as ``init``, with
+        MLX's own name, docstring and so signature.
         """
         with self._lock:
             if not self._configured:

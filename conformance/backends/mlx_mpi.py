@@ -111,7 +111,7 @@ class MLXMPIBackend(MLXRingBackend):
         super().__init__(lazy=lazy)
         self.capabilities = mpi_capabilities(group.size())
 
-    def init(self, *args: Any, **kwargs: Any) -> Any:
+    def _init(self, *args: Any, **kwargs: Any) -> Any:
         """``mx.distributed.init`` unchanged (``any`` finds the mpi group MLX already formed)."""
         return self.distributed.init(*args, **kwargs)
 

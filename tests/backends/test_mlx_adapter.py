@@ -156,3 +156,12 @@ def test_evaluate_ignores_non_arrays(ring: adapter.MLXRingBackend) -> None:
     x = ring.mx.arange(3) * 2
     ring.evaluate(x, None, 3, np.arange(2))
     assert ring.to_numpy(x).tolist() == [0, 2, 4]
+
+
+def test_wrappers_carry_mlx_signatures(ring: adapter.MLXRingBackend) -> None:
+    # The spec reads nanobind signatures from the first docstring line.
+    from conformance.specs import signatures
+
+    for op in ("init", "all_sum", "send", "recv", "recv_like"):
+        want = signatures.parameters(getattr(ring.mx.distributed, op))
+        assert want is not None and signatures.parameters(getattr(ring, op)) == want, op
