@@ -9,9 +9,11 @@ contribution and are attained, and every rank gets the identical result.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from conformance.specs import data, reductions
 from conformance.specs.calls import call_everywhere, differing, settle
@@ -19,6 +21,10 @@ from conformance.specs.tolerance import mismatch, sum_tolerance
 from conformance.strategies import dtype_names, lockstep, rank_array, seeds, shapes
 
 pytestmark = pytest.mark.core
+
+# Each example costs several control-plane exchanges on every rank; on two oversubscribed cores
+# 25 examples of each property took a minute at 4 ranks. CONFORMANCE_MAX_EXAMPLES raises it.
+EXAMPLES = settings(max_examples=int(os.environ.get("CONFORMANCE_MAX_EXAMPLES", "10")))
 
 
 def _blocks_of(gathered: np.ndarray, size: int, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -28,6 +34,7 @@ def _blocks_of(gathered: np.ndarray, size: int, shape: tuple[int, ...]) -> list[
 
 
 @pytest.mark.spec("all_sum", rule="values")
+@EXAMPLES
 @given(dtype=dtype_names(), shape=shapes(max_dims=2), seed=seeds())
 @lockstep
 def test_all_sum_is_sum_of_gathered_blocks(backend, world, control, dtype, shape, seed):
@@ -56,6 +63,7 @@ def test_all_sum_is_sum_of_gathered_blocks(backend, world, control, dtype, shape
 
 
 @pytest.mark.spec("sum_scatter", rule="slice-of-sum")
+@EXAMPLES
 @given(dtype=dtype_names(), seed=seeds(), rows=shapes(max_dims=1))
 @lockstep
 def test_sum_scatter_is_slice_of_all_sum(backend, world, control, capabilities, dtype, seed, rows):
@@ -81,6 +89,7 @@ def test_sum_scatter_is_slice_of_all_sum(backend, world, control, capabilities, 
 
 
 @pytest.mark.spec("all_max", rule="values")
+@EXAMPLES
 @given(dtype=dtype_names(exclude=["complex64"]), shape=shapes(max_dims=2), seed=seeds())
 @lockstep
 def test_max_and_min_bound_every_contribution(backend, world, control, dtype, shape, seed):
@@ -113,6 +122,7 @@ def test_max_and_min_bound_every_contribution(backend, world, control, dtype, sh
 
 
 @pytest.mark.spec("all_gather", rule="rank-order")
+@EXAMPLES
 @given(dtype=dtype_names(), shape=shapes(min_dims=1, max_dims=3), seed=seeds())
 @lockstep
 def test_gather_identical_everywhere_in_rank_order(backend, world, control, dtype, shape, seed):
