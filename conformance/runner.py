@@ -479,14 +479,10 @@ def run_rank_count(
         finished = {r["nodeid"] for r in records}
         new = finished - before
         remaining = [nodeid for nodeid in collected if nodeid not in finished]
-        if not job.killed and job.returncode in COMPLETED_STATUSES:
-            if remaining and job.returncode != 5:
-                problems.append(
-                    f"np={np}: the job ended normally but {len(remaining)} collected tests have "
-                    f"no record (first: {remaining[0]}); see {job.output_path}"
-                )
-            elif remaining and not new:
-                problems.append(f"np={np}: no tests ran; see {job.output_path}")
+        if not job.killed and job.returncode in COMPLETED_STATUSES and not remaining:
+            break
+        if not job.killed and job.returncode == 5 and not new:
+            problems.append(f"np={np}: the job collected no tests; see {job.output_path}")
             break
         hung = [r["nodeid"] for r in records if r.get("outcome") == "hung" and r["nodeid"] in new]
         if not job.killed and job.returncode in (2, 4) and not new:
@@ -509,7 +505,8 @@ def run_rank_count(
             if not remaining:
                 break
             continue
-        # The job ended early and the plugin could not say why: blame the running test.
+        # The job ended early and the plugin could not say why (a crash, MPI_Abort -- whose
+        # status may well be 0 or 1 -- or the job-level watchdog): blame the running test.
         if not remaining:
             break
         broken = remaining[0]
