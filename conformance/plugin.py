@@ -37,8 +37,9 @@ from conformance.watchdog import set_current as set_current_watchdog
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_BACKEND = "reference"
-# Steps outside tests (collection, session start) may import heavy packages on a loaded machine.
-MIN_SESSION_TIMEOUT = 120.0
+# Collection imports every test module (and maybe heavy packages) on a loaded machine: it gets
+# this many per-test deadlines.
+COLLECTION_DEADLINES = 2
 
 HARNESS = pytest.StashKey["Harness"]()
 VERDICTS = pytest.StashKey[dict[str, outcomes.Verdict]]()
@@ -248,7 +249,7 @@ class Harness:
     # -- collection ----------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_collection(self, session: pytest.Session) -> Generator[None, Any, Any]:
-        self.watchdog.arm("collection", max(self.timeout, MIN_SESSION_TIMEOUT))
+        self.watchdog.arm("collection", self.timeout * COLLECTION_DEADLINES)
         try:
             return (yield)
         finally:

@@ -203,3 +203,18 @@ def test_ranks_that_collect_different_tests_end_the_job(tmp_path):
     assert "the ranks collected different tests" in job.output
     assert "rank 0: 1 tests" in job.output and "rank 1: 2 tests" in job.output
     assert job.records == {}
+
+
+def test_hang_during_collection_is_recorded_as_such(tmp_path):
+    job = run_job(
+        tmp_path,
+        2,
+        "tests/harness/scenarios/scenario_collection_hang.py",
+        "--conformance-timeout",
+        "2",
+    )
+    assert job.returncode == 3, job.output[-3000:]
+    record = job.records["collection"]
+    assert record["outcome"] == "hung" and record["failing_ranks"] == [1]
+    assert "scenario_collection_hang.py" in record["stacks"]["1"]
+    assert "waiting at control exchange" in record["stacks"]["0"]
