@@ -225,3 +225,21 @@ def test_large_complex_max_min_propagate_nan_from_any_rank(world, comm, op):
     data = [special_input(r, comm.size, "complex64", op, True) for r in range(comm.size)]
     assert same_values(result, expected_reduction(op, data))
     assert all(other == everyone[0] for other in everyone)
+
+
+def test_subgroups_run_different_collectives_at_once(world, comm):
+    """Two split subgroups run different collectives concurrently; each involves only its own
+    members, in subgroup rank order."""
+    color = comm.rank % 2
+    sub = world.split(color)
+    members = [r for r in range(comm.size) if r % 2 == color]
+    if color == 0:
+        x = encode(comm.rank, (700,), np.float32)
+        result = reference.all_sum(x, group=sub)
+        expected = expected_reduction("all_sum", [encode(r, (700,), np.float32) for r in members])
+    else:
+        x = encode(comm.rank, (3, 300), np.int16)
+        result = reference.all_gather(x, group=sub)
+        expected = np.concatenate([encode(r, (3, 300), np.int16) for r in members])
+    assert sub.size() == len(members) and sub.rank() == members.index(comm.rank)
+    assert result.tobytes() == expected.tobytes()

@@ -335,3 +335,29 @@ def test_payload_rides_in_the_header_up_to_the_inline_limit(world, comm, monkeyp
         assert (
             array.tobytes() == payload(src, comm.rank, array.shape, np.uint8, array.size).tobytes()
         )
+
+
+def test_callers_own_mpi_traffic_does_not_reach_the_reference(world, comm):
+    """A message the caller sends on COMM_WORLD with the reference's own tags is not taken for a
+    reference message (every group has its own communicator)."""
+    from mpi4py import MPI
+
+    got = None
+    stray = None
+    for src, dst in ring_pairs(comm.size):
+        if comm.rank == src:
+            decoy = np.full(64, 255, np.uint8)
+            requests = [
+                MPI.COMM_WORLD.Isend(decoy, dst, p2p.TAG_HEADER),
+                MPI.COMM_WORLD.Isend(decoy, dst, p2p.TAG_PAYLOAD),
+            ]
+            reference.send(payload(src, dst, (5000,), np.float32, 9), dst, group=world)
+            MPI.Request.Waitall(requests)
+        elif comm.rank == dst:
+            got = (src, reference.recv((5000,), np.float32, src, group=world))
+            stray = np.zeros((2, 64), np.uint8)
+            MPI.COMM_WORLD.Recv(stray[0], src, p2p.TAG_HEADER)
+            MPI.COMM_WORLD.Recv(stray[1], src, p2p.TAG_PAYLOAD)
+    src, array = got
+    assert array.tobytes() == payload(src, comm.rank, (5000,), np.float32, 9).tobytes()
+    assert (stray == 255).all()
