@@ -387,6 +387,7 @@ class Progress:
         self.tty = stream.isatty()
         self.quiet = quiet
         self._last_line = ""
+        self._shown = ""
         self._last_print = 0.0
         self._reported: set[tuple[int, str]] = set()
 
@@ -410,10 +411,16 @@ class Progress:
         hung = sum(r.get("outcome") in ("hung", "crashed") for r in records)
         line = f"np={np} {done}/{total or '?'} tests done, {failed} failed, {hung} hung or crashed"
         now = time.monotonic()
-        if final or self.tty or now - self._last_print > 15:
-            if line != self._last_line or final:
-                self._emit(line, newline=final or not self.tty)
-                self._last_print = now
+        if self.tty:
+            # Rewritten in place; the final state ends the line (even if unchanged).
+            if line != self._shown or final:
+                self._emit(line, newline=final)
+        elif line != self._shown and (final or now - self._last_print > 15):
+            self._emit(line, newline=True)
+        else:
+            return
+        self._shown = line
+        self._last_print = now
 
     def _emit(self, line: str, newline: bool) -> None:
         if self.tty:
