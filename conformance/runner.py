@@ -719,7 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="pytest_args",
         action="append",
         default=[],
-        help="extra argument for pytest (repeatable)",
+        help="extra argument for pytest, repeatable; write --pytest-arg=-pPLUGIN for values "
+        "that start with '-'",
     )
     return parser
 
