@@ -350,3 +350,47 @@ def test_send_to_self(backend, world, capabilities):
         return
     got, error = attempt(exchanges.recv, backend, (4,), "float32", rank, world)
     settle([describe_error(error) if error else mismatch(got, message, None, "message to self")])
+
+
+@pytest.mark.core
+@pytest.mark.spec("send", rule="keyword-only")
+def test_default_group_is_world_for_p2p(backend, world, capabilities):
+    """A message sent with ``group=world`` is received by a recv without ``group``, and back.
+
+    SEMANTICS.md, Signatures: "`group=None` means the global group (`init()`)." So the default
+    group and the world are one channel, not two. With a backend deadline the check cannot hang
+    on a backend that gets this wrong. Manifest: send / keyword-only.
+    """
+    require_size(world, 2)
+    rank, size = world.rank(), world.size()
+    previous = backend.set_timeout(10.0) if capabilities.timeouts else None
+    mine = _message(rank, (rank + 1) % size, (5,), "uint16")
+    theirs = _message((rank - 1) % size, rank, (5,), "uint16")
+    problems: list[str | None] = []
+
+    def send_explicit():
+        _, error = attempt(exchanges.send, backend, mine, (rank + 1) % size, world)
+        problems.append(error and f"send(group=world) raised {describe_error(error)}")
+
+    def recv_default():
+        def go():
+            out = backend.recv((5,), backend.dtype("uint16"), (rank - 1) % size)
+            backend.evaluate(out)
+            return backend.to_numpy(out)
+
+        got, error = attempt(go)
+        problems.append(
+            f"recv without group raised {describe_error(error)}"
+            if error
+            else mismatch(got, theirs, None, "recv without group")
+        )
+
+    try:
+        for step in (
+            (send_explicit, recv_default) if rank % 2 == 0 else (recv_default, send_explicit)
+        ):
+            step()
+    finally:
+        if previous is not None:
+            backend.set_timeout(previous)
+    settle(problems)

@@ -69,7 +69,7 @@ def test_same_colour_same_subgroup(backend, world, capabilities, scheme):
 
 @pytest.mark.core
 @pytest.mark.spec(OP, rule="key-order")
-@pytest.mark.parametrize("keys", ["reversed", "tied", "negative", "mixed"])
+@pytest.mark.parametrize("keys", ["reversed", "tied", "negative", "mixed", "negative-last"])
 def test_key_orders_new_ranks(backend, world, capabilities, keys):
     """New ranks follow the key, ties broken by old rank; a negative key means the old rank.
 
@@ -84,6 +84,8 @@ def test_key_orders_new_ranks(backend, world, capabilities, keys):
         "tied": lambda r: (size - r) // 2,  # pairs share a key, in reverse order of pairs
         "negative": lambda r: -1,
         "mixed": lambda r: -1 if r % 2 else size - r,
+        # The last rank's -1 means key size-1 (after everyone else), not "first".
+        "negative-last": lambda r: -1 if r == size - 1 else r + 1,
     }[keys]
     colour_of = lambda r: r % 2 if size > 3 else 0  # noqa: E731
     sub = call("split", world.split, colour_of(rank), key_of(rank))
