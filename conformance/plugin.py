@@ -169,6 +169,7 @@ class Harness:
             describe_state=self._describe_state,
             log=self.log.write,
             end_job=_end_job if self.size > 1 else os._exit,
+            heartbeat=self.log_dir / "heartbeat" if self.rank == 0 else None,
         )
         self._previous_watchdog = set_current_watchdog(self.watchdog)
         self.log.write(f"session start: {runinfo.describe_world(self.size)}")

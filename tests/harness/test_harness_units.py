@@ -226,6 +226,26 @@ class TestWatchdog:
         assert "test_deadline_dumps_stacks_and_ends_the_job" in stacks[0]
         assert (tmp_path / "stacks" / "done").exists()
 
+    def test_heartbeat_on_arm_and_pet(self, tmp_path):
+        beat = tmp_path / "heartbeat"
+        dog = Watchdog(
+            rank=0,
+            size=1,
+            timeout=30,
+            stack_dir=tmp_path,
+            on_hang=lambda label, stacks: None,
+            heartbeat=beat,
+        )
+        try:
+            dog.arm("first")
+            assert beat.read_text().split()[1] == "first"
+            first = beat.read_text()
+            time.sleep(1.1)
+            dog.pet()
+            assert beat.read_text() != first
+        finally:
+            dog.stop()
+
     def test_disarm_and_pet_keep_it_quiet(self, tmp_path):
         hung, ended = [], []
         dog = self._dog(tmp_path, hung, ended, timeout=0.4)
