@@ -6,6 +6,7 @@ with the reference's datatypes and ops; expected results are computed from every
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -177,11 +178,12 @@ def test_non_contiguous_inputs(world, comm, name, large, layout):
     assert np.array_equal(x, before)
 
 
-@pytest.mark.parametrize("count", [5, LARGE], ids=["inline", "large"])
+@pytest.mark.parametrize("count", [5, LARGE, 20000], ids=["inline", "large", "cached"])
 @pytest.mark.parametrize("op", [*REDUCTIONS, "all_gather", "sum_scatter"])
 def test_results_survive_later_calls(world, comm, op, count):
-    """A result keeps its values after later calls of the same shape (no slot or buffer reuse
-    while it is alive), and is never a view of the input."""
+    """A result keeps its values after later calls of the same shape (no slot or recycled-buffer
+    reuse while it is alive, 'cached' being above the buffer cache's threshold), and is never a
+    view of the input."""
     shape = (comm.size * count,)
     fn = getattr(reference, op)
     inputs = [encode(comm.rank, shape, np.int32, salt=s) for s in (0, 1, 2)]
@@ -243,3 +245,51 @@ def test_subgroups_run_different_collectives_at_once(world, comm):
         expected = np.concatenate([encode(r, (3, 300), np.int16) for r in members])
     assert sub.size() == len(members) and sub.rank() == members.index(comm.rank)
     assert result.tobytes() == expected.tobytes()
+
+
+HUGE = 262147  # above MPICH's short-message limits, so its segmented large-message algorithms run
+
+
+@pytest.mark.parametrize(
+    ("op", "name"),
+    [
+        ("all_sum", "float16"),
+        ("all_sum", "bfloat16"),
+        ("all_sum", "int8"),
+        ("all_max", "float32"),
+        ("all_min", "float16"),
+        ("all_max", "complex64"),
+        ("all_min", "bool"),
+    ],
+)
+def test_very_large_reductions(world, comm, op, name):
+    """Reductions of a quarter million elements (user ops under MPI's segmented algorithms)
+    give the rule's result on every rank, bit for bit."""
+    dtype = NUMPY_DTYPES[name]
+
+    def make(rank):
+        x = encode(rank, (HUGE,), dtype, salt=rank)
+        if name in FLOATS and op != "all_sum":
+            x[rank :: comm.size + 5] = np.nan
+        if name == "int8":
+            x[::3] = 127
+        return x
+
+    result = getattr(reference, op)(make(comm.rank), group=world)
+    everyone = allgather(comm, hashlib.sha256(result.tobytes()).hexdigest())
+    assert same_values(result, expected_reduction(op, [make(r) for r in range(comm.size)]))
+    assert len(set(everyone)) == 1
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "int32", "bool"])
+def test_very_large_sum_scatter_and_all_gather(world, comm, name):
+    """sum_scatter and all_gather of large inputs (segmented MPI algorithms) are exact."""
+    dtype = NUMPY_DTYPES[name]
+    rows = 4099
+    shape = (comm.size * rows, 16)
+    data = [encode(r, shape, dtype, salt=2 * r) for r in range(comm.size)]
+    scattered = reference.sum_scatter(data[comm.rank], group=world)
+    gathered = reference.all_gather(data[comm.rank][:rows], group=world)
+    total = expected_reduction("all_sum", data)
+    assert same_values(scattered, total[comm.rank * rows : (comm.rank + 1) * rows])
+    assert gathered.tobytes() == np.concatenate([d[:rows] for d in data]).tobytes()

@@ -361,3 +361,21 @@ def test_callers_own_mpi_traffic_does_not_reach_the_reference(world, comm):
     src, array = got
     assert array.tobytes() == payload(src, comm.rank, (5000,), np.float32, 9).tobytes()
     assert (stray == 255).all()
+
+
+def test_large_received_arrays_stay_valid_while_held(world, comm):
+    """Large received arrays (recycled buffers) keep their values while held, and a buffer freed
+    by dropping one result is reused without corrupting what is still held."""
+    count = 40000  # 160 KB of float32, above the buffer cache's threshold
+    kept = []
+    for src, dst in ring_pairs(comm.size):
+        for index in range(4):
+            if comm.rank == src:
+                reference.send(payload(src, dst, (count,), np.float32, index), dst, group=world)
+            elif comm.rank == dst:
+                got = reference.recv((count,), np.float32, src, group=world)
+                if index != 1:
+                    kept.append((src, index, got))
+                del got
+    for src, index, array in kept:
+        assert array.tobytes() == payload(src, comm.rank, (count,), np.float32, index).tobytes()
