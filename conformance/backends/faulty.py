@@ -126,7 +126,7 @@ def _size_rank(group: Any, op: str) -> tuple[int, int]:
 
 def _gather_rows(x: np.ndarray, group: Any) -> np.ndarray:
     """Every rank's ``x`` stacked on a new axis 0 (through the reference's all_gather)."""
-    return reference.all_gather(np.ascontiguousarray(x)[None], group=group)
+    return reference.all_gather(np.array(x, order="C")[None], group=group)
 
 
 def _adopt(group: reference.Group, cls: type) -> reference.Group:
@@ -185,7 +185,7 @@ def _float16_sum_as_bfloat16() -> dict[str, Any]:
         array = as_array(x, "all_sum")
         if array.dtype != np.float16 or _size_rank(group, "all_sum")[0] == 1:
             return reference.all_sum(array, group=group, stream=stream)
-        bits = np.ascontiguousarray(array).view(ml_dtypes.bfloat16)
+        bits = np.array(array, order="C").view(ml_dtypes.bfloat16)
         with np.errstate(all="ignore"):
             out = reference.all_sum(bits, group=group, stream=stream)
         return out.view(np.float16)
@@ -205,7 +205,7 @@ def _bool_sum_as_integer() -> dict[str, Any]:
         if array.dtype != np.bool_ or _size_rank(group, "all_sum")[0] == 1:
             return reference.all_sum(array, group=group, stream=stream)
         # bool mapped to MPI_UINT8_T with MPI_SUM: the bytes add up (and wrap at 256 ranks).
-        counts = reference.all_sum(np.ascontiguousarray(array).view(np.uint8), group=group)
+        counts = reference.all_sum(np.array(array, order="C").view(np.uint8), group=group)
         return counts.view(np.bool_)
 
     return {"all_sum": all_sum}
