@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from transport_helpers import attempt, sync
+from transport_helpers import allgather, attempt, sync
 
 import reference
 
@@ -119,3 +119,44 @@ def test_a_timed_out_subgroup_does_not_affect_a_sibling(world, comm):
     assert fresh.rank() == sorted(members, reverse=True).index(comm.rank)
     if comm.rank == 0:
         assert outcome[0] == "TimeoutError"
+
+
+LATE_REASON = (
+    "lead to decide: the waiting ranks' header sends were already delivered when they gave up, "
+    "so a late rank completes a small (inline) collective with their data and returns a result "
+    "while every other rank raised TimeoutError"
+)
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        pytest.param(
+            4, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=LATE_REASON)
+        ),
+        5000,
+    ],
+    ids=["inline", "large"],
+)
+def test_a_rank_arriving_after_the_others_gave_up_gets_no_result(world, comm, count):
+    """When the other ranks timed out waiting for rank 1, rank 1 calling the collective later
+    must not get a result the others never got (it should raise)."""
+    sub = world.split(0)
+    late = 1
+    outcome = None
+    if comm.rank != late:
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.all_sum, np.full(count, comm.rank, np.int32), group=sub)
+        finally:
+            reference.set_timeout(previous)
+    sync(comm)
+    if comm.rank == late:
+        previous = reference.set_timeout(1.0)
+        try:
+            outcome = attempt(reference.all_sum, np.full(count, comm.rank, np.int32), group=sub)
+        finally:
+            reference.set_timeout(previous)
+    outcomes = allgather(comm, (outcome[0], outcome[1] if outcome[0] != "ok" else None))
+    assert all(kind == "TimeoutError" for r, (kind, _) in enumerate(outcomes) if r != late)
+    assert outcomes[late][0] != "ok", "the late rank got a result"
