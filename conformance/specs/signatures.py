@@ -90,3 +90,19 @@ def expected(entry: dict[str, Any]) -> list[Param]:
         (p["name"], p["kind"], _normalise_default(p["default"]) if "default" in p else None)
         for p in entry["params"]
     ]
+
+
+def optional_names(entry: dict[str, Any]) -> set[str]:
+    """Parameters the manifest marks ``optional``: a backend may have them or not."""
+    return {p["name"] for p in entry["params"] if p.get("optional")}
+
+
+def difference(got: list[Param], entry: dict[str, Any]) -> str | None:
+    """How ``got`` departs from the manifest entry, or None. Optional parameters may be absent;
+    when present they must match too."""
+    optional = optional_names(entry)
+    present = {name for name, _, _ in got}
+    want = [p for p in expected(entry) if p[0] not in optional or p[0] in present]
+    if got == want:
+        return None
+    return f"parameters are {got}, manifest says {want}"
