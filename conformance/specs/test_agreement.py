@@ -48,7 +48,7 @@ def _same_error_everywhere(control, error, exc_type, what):
     return problems
 
 
-def _still_works(backend, group, world_rank):
+def _still_works(backend, group):
     """Findings from one correct all_sum on ``group`` after a failed call."""
     size = group.size()
     blocks = [data.contribution(r, (4,), "int32", salt=99) for r in range(size)]
@@ -83,6 +83,7 @@ def test_shape_mismatch_raises_everywhere(backend, world, control, capabilities,
     problems = _same_error_everywhere(control, error, ValueError, op)
     if error is not None and not re.search(r"\brank", str(error)):
         problems.append(f"{op}: message does not name the ranks: {error}")
+    problems += _still_works(backend, group)
     settle(problems)
 
 
@@ -105,6 +106,7 @@ def test_dtype_mismatch_raises_everywhere(backend, world, control, capabilities,
     problems = _same_error_everywhere(control, error, ValueError, op)
     if error is not None and not ("float32" in str(error) and "int32" in str(error)):
         problems.append(f"{op}: message does not name both dtypes: {error}")
+    problems += _still_works(backend, group)
     settle(problems)
 
 
@@ -181,7 +183,7 @@ def test_group_usable_after_disagreement(backend, world, control, capabilities):
     x = data.contribution(group.rank(), (group.rank() + 1,), "float64")
     _, error = attempt(_run_raw, backend, "all_sum", x, group)
     problems = _same_error_everywhere(control, error, ValueError, "all_sum")
-    problems += _still_works(backend, group, world.rank())
+    problems += _still_works(backend, group)
     settle(problems)
 
 
