@@ -293,3 +293,24 @@ def test_very_large_sum_scatter_and_all_gather(world, comm, name):
     total = expected_reduction("all_sum", data)
     assert same_values(scattered, total[comm.rank * rows : (comm.rank + 1) * rows])
     assert gathered.tobytes() == np.concatenate([d[:rows] for d in data]).tobytes()
+
+
+@pytest.mark.parametrize("count", [6, LARGE], ids=["inline", "large"])
+def test_read_only_and_broadcast_inputs(world, comm, count):
+    """Read-only inputs are read in place and zero-stride broadcasts are copied; both reduce,
+    gather and scatter like ordinary arrays."""
+    n = comm.size * count
+    readonly = encode(comm.rank, (n,), np.int32, salt=4)
+    readonly.flags.writeable = False
+    broadcast = np.broadcast_to(np.float32(comm.rank + 1), (n,))
+    summed = reference.all_sum(readonly, group=world)
+    gathered = reference.all_gather(readonly, group=world)
+    scattered = reference.sum_scatter(readonly, group=world)
+    biggest = reference.all_max(broadcast, group=world)
+    data = world_data(comm.size, (n,), np.int32, salt=4)
+    total = expected_reduction("all_sum", data)
+    assert np.array_equal(summed, total)
+    assert gathered.tobytes() == np.concatenate(data).tobytes()
+    assert np.array_equal(scattered, total[comm.rank * count : (comm.rank + 1) * count])
+    assert biggest.tolist() == [float(comm.size)] * n
+    assert summed.flags.writeable and biggest.flags.writeable
