@@ -132,7 +132,8 @@ def test_different_collectives_raise_everywhere(backend, world, control, capabil
 @pytest.mark.spec("agreement", rule="rank-local-error")
 @pytest.mark.parametrize("case", ["sum_scatter-shape", "split-colour", "unsupported-dtype"])
 def test_rank_local_argument_error_fails_everywhere(backend, world, control, capabilities, case):
-    """An invalid argument on rank 0 only fails the collective on every rank (nobody waits).
+    """An invalid argument on rank 0 only fails the collective on every rank (nobody waits),
+    and the group still works afterwards.
 
     SEMANTICS.md, Cross-rank agreement: "A rank-local argument error in a collective (bad shape
     for sum_scatter on one rank only, a negative split color) therefore fails on every rank,
@@ -168,6 +169,7 @@ def test_rank_local_argument_error_fails_everywhere(backend, world, control, cap
         problems.append(f"{case}: expected {expected_type.__name__}, got {error!r}")
     if len(set(kinds)) > 1:
         problems.append(f"{case}: ranks raised different error types: {kinds}")
+    problems += _still_works(backend, group)
     settle(problems)
 
 
