@@ -25,6 +25,7 @@ import dataclasses
 import io
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -116,7 +117,8 @@ def judge(
     if caught:
         tests = [short_id(r["nodeid"]) for r in caught]
         first = caught[0]
-        detail = f"{first.get('outcome')}: {(first.get('message') or '').splitlines()[0][:200]}"
+        message = (first.get("message") or "").strip().splitlines()
+        detail = f"{first.get('outcome')}: {message[0][:200] if message else ''}"
         return CAUGHT, tests, detail
     if killed:
         return CAUGHT, ["(job ended by the watchdog)"], "no test finished before the job watchdog"
@@ -348,6 +350,7 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
     )
     stream.flush()
     started = time.monotonic()
+    cpu_before = _children_cpu()
     results = {f.name: FaultResult(f.name, f.fault, f.rule) for f in faults}
     reference = ReferenceResult(None, detail="skipped (--skip-reference)")
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
@@ -368,6 +371,7 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
         if ref_future is not None:
             reference = ref_future.result()
     wall = time.monotonic() - started
+    cpu = _children_cpu() - cpu_before
     ordered = [results[f.name] for f in faults]
     table = format_table(ordered, opts.nps)
     ref_line = (
@@ -383,9 +387,16 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
         if not missed
         else f"{len(missed)} fault(s) NOT caught: {', '.join(missed)}"
     )
-    stream.write(f"\n{table}\n\n{ref_line}\n{verdict}; wall time {wall:.1f}s\n")
-    _write_reports(opts, ordered, reference, wall, status)
+    stream.write(f"\n{table}\n\n{ref_line}\n{verdict}; wall time {wall:.1f}s, CPU {cpu:.1f}s\n")
+    _write_reports(opts, ordered, reference, wall, cpu, status)
     return status
+
+
+def _children_cpu() -> float:
+    # CPU seconds of finished child processes: a measure of cost that does not depend on how
+    # busy the machine was (wall time does).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _write_reports(
@@ -393,6 +404,7 @@ def _write_reports(
     results: list[FaultResult],
     reference: ReferenceResult,
     wall: float,
+    cpu: float,
     status: int,
 ) -> None:
     ref = "skipped" if reference.status is None else ("passed" if reference.ok else "FAILED")
@@ -400,7 +412,7 @@ def _write_reports(
         "# Selftest: does the suite catch faulty backends?",
         "",
         f"Ranks {', '.join(map(str, opts.nps))}; per-test deadline {opts.timeout:g} s; "
-        f"wall time {wall:.1f} s; exit status {status}.",
+        f"wall time {wall:.1f} s (CPU {cpu:.1f} s); exit status {status}.",
         "",
         f"Reference: {ref} {reference.detail}",
         "",
@@ -412,6 +424,7 @@ def _write_reports(
         "nps": opts.nps,
         "ok": status == 0,
         "wall_time": wall,
+        "cpu_time": cpu,
         "reference": dataclasses.asdict(reference),
         "faults": [
             {

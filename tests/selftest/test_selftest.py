@@ -1,0 +1,241 @@
+"""Tests of the selftest machinery: the fault registry, verdicts, the table and the exit status.
+
+The end-to-end tests launch real MPI jobs (one fault that is no fault, one real fault) at two
+ranks; the rest runs in this process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reference
+from conformance import runner, selftest
+from conformance.backend import BackendLoadError, load_backend
+from conformance.backends import faulty
+
+# Every fault issue 7 lists, mapped to the backend that implements it.
+ISSUE_FAULTS = {
+    "all_sum drops one rank's contribution": "all_sum_drops_last_rank",
+    "all_sum wrong for one dtype: int8 saturating": "int8_sum_saturates",
+    "all_sum wrong for one dtype: float16 accumulated in the wrong type": "float16_sum_as_bfloat16",
+    "all_max returns min for one dtype": "all_max_is_min_for_int16",
+    "complex max compares by magnitude": "complex_max_by_magnitude",
+    "all_gather permutes rank order": "all_gather_rotated",
+    "all_gather returns only the local block at size > 2": "all_gather_local_above_2",
+    "sum_scatter returns the wrong rank's slice": "sum_scatter_next_slice",
+    "recv returns data from the wrong source": "recv_any_source",
+    "recv_like ignores dtype": "recv_like_ignores_dtype",
+    "send returns None": "send_returns_none",
+    "split orders by colour, not key": "split_orders_by_colour",
+    "split ignores negative key": "split_negative_key_literal",
+    "rank() off by one in subgroups": "subgroup_rank_off_by_one",
+    "init(strict=True) returns a singleton instead of raising": "strict_init_singleton",
+    "init caches nothing": "init_not_cached",
+    "a collective that hangs on one rank": "hang_all_min",
+    "an op that raises on one rank only": "all_max_raises_on_last_rank",
+    "bool all_sum as integer addition": "bool_sum_as_integer",
+    "a 0-d all_gather returning 0-d at size > 1": "all_gather_0d_stays_0d",
+}
+
+SPECS = Path(runner.default_paths()[0])
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+def test_registry_covers_every_fault_of_the_issue():
+    missing = {text: name for text, name in ISSUE_FAULTS.items() if name not in faulty.FAULTS}
+    assert not missing
+    assert set(faulty.FAULTS) == set(ISSUE_FAULTS.values()), "a fault the issue does not list?"
+
+
+@pytest.mark.parametrize("name", sorted(faulty.FAULTS))
+def test_every_fault_is_described_and_loads(name):
+    fault = faulty.FAULTS[name]
+    assert fault.fault and fault.rule and fault.specs
+    assert fault.min_np >= 2
+    for module in fault.specs:
+        assert (SPECS / module).is_file(), f"{name} names a missing spec module {module}"
+    backend = load_backend(f"faulty:{name}")
+    assert backend.name == f"faulty:{name}"
+    assert backend.capabilities.timeouts  # the robust deadline specs apply, as to the reference
+    # Each fault replaces at least one API name; the rest is the reference's.
+    replaced = [a for a in faulty._API if getattr(backend, a) is not getattr(reference, a)]
+    assert replaced, f"{name} changes nothing"
+
+
+def test_unknown_fault_is_a_load_error_naming_the_known_ones():
+    with pytest.raises(BackendLoadError, match="all_sum_drops_last_rank"):
+        load_backend("faulty:no_such_fault")
+
+
+def test_control_is_the_reference():
+    backend = load_backend("faulty:none")
+    assert all(getattr(backend, a) is getattr(reference, a) for a in faulty._API)
+    assert "none" not in faulty.FAULTS  # never run by default
+
+
+def test_strict_init_fault_shows_in_a_world_of_one():
+    # Needs no peers: init(strict=True) of an unavailable backend.
+    good, bad = load_backend("reference"), load_backend("faulty:strict_init_singleton")
+    with pytest.raises(RuntimeError):
+        good.init(strict=True, backend="ring")
+    group = bad.init(strict=True, backend="ring")
+    assert (group.rank(), group.size()) == (0, 1)
+
+
+def test_faults_keep_size_one_groups_intact():
+    # Below min_np (and in any singleton group) a fault must not change anything: the suite's
+    # size-1 specs would otherwise blame the wrong rule.
+    x = np.arange(6, dtype=np.int8).reshape(3, 2)
+    for name in faulty.FAULTS:
+        if name == "strict_init_singleton":
+            continue
+        backend = load_backend(f"faulty:{name}")
+        group = backend.init(backend="ring")  # unavailable: a singleton group
+        for op in ("all_sum", "all_max", "all_gather", "sum_scatter"):
+            got = getattr(backend, op)(x, group=group)
+            np.testing.assert_array_equal(got, x, err_msg=f"{name} {op}")
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+
+def _record(nodeid, outcome, message=""):
+    return {"nodeid": f"conformance/specs/{nodeid}", "outcome": outcome, "message": message}
+
+
+def test_judge_failed_test_catches():
+    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2[x]", "failed", "boom")]
+    status, tests, detail = selftest.judge(records, 1, False)
+    assert (status, tests) == (selftest.CAUGHT, ["test_a.py::t2[x]"])
+    assert "boom" in detail
+
+
+@pytest.mark.parametrize("outcome", ["error", "hung", "crashed"])
+def test_judge_other_bad_outcomes_catch(outcome):
+    status, tests, _ = selftest.judge([_record("test_a.py::t", outcome)], 3, False)
+    assert status == selftest.CAUGHT and tests == ["test_a.py::t"]
+
+
+def test_judge_all_passed_is_missed():
+    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2", "skipped")]
+    status, tests, detail = selftest.judge(records, 0, False)
+    assert (status, tests) == (selftest.MISSED, [])
+    assert "2 tests ran" in detail
+
+
+def test_judge_backend_that_does_not_load_is_a_problem_not_a_catch():
+    records = [_record("test_a.py::t", "error", "BackendLoadError: cannot import")]
+    assert selftest.judge(records, 1, False)[0] == selftest.PROBLEM
+
+
+def test_judge_job_that_could_not_run_is_a_problem():
+    assert selftest.judge([], 4, False)[0] == selftest.PROBLEM
+
+
+def test_judge_job_that_died_mid_test_catches():
+    assert selftest.judge([_record("test_a.py::t", "passed")], 134, False)[0] == selftest.CAUGHT
+    assert selftest.judge([], None, True)[0] == selftest.CAUGHT
+
+
+# -- table and exit status ---------------------------------------------------------------------
+
+
+def _result(name, *attempts):
+    result = selftest.FaultResult(name, f"{name} is broken", "some rule")
+    for a in attempts:
+        result.attempts[a.np] = a
+    return result
+
+
+CAUGHT2 = selftest.Attempt(2, selftest.CAUGHT, ["test_a.py::t[x]"], 1.5)
+CAUGHT3 = selftest.Attempt(3, selftest.CAUGHT, ["test_a.py::t[x]", "test_b.py::u"], 2.0)
+MISSED3 = selftest.Attempt(3, selftest.MISSED, [], 4.0, "12 tests ran, none failed")
+NA2 = selftest.Attempt(2, selftest.NOT_SHOWN, detail="shows only with 3+ ranks")
+
+
+def test_verdicts():
+    assert _result("f", CAUGHT2, CAUGHT3).verdict == "yes"
+    assert _result("f", CAUGHT2, MISSED3).verdict == "no"
+    assert _result("f", NA2, CAUGHT3).verdict == "yes"
+    assert _result("f", NA2).verdict == "n/a"
+    assert _result("f", CAUGHT2, CAUGHT3).duration == pytest.approx(3.5)
+
+
+def test_table_lists_status_per_rank_count_and_catching_tests():
+    results = [_result("good_fault", CAUGHT2, CAUGHT3), _result("sneaky", NA2, MISSED3)]
+    lines = selftest.format_table(results, [2, 3]).splitlines()
+    assert lines[0].split() == ["fault", "np=2", "np=3", "caught", "time", "caught", "by"]
+    good, sneaky = lines[1].split(None, 5), lines[2].split(None, 5)
+    assert good[:5] == ["good_fault", "caught", "caught", "yes", "3.5s"]
+    assert good[5] == "test_a.py::t[x]; test_b.py::u"  # each test once
+    assert sneaky[:5] == ["sneaky", "n/a", "missed", "no", "4.0s"]
+    assert "np=3: 12 tests ran, none failed" in sneaky[5]
+    # Columns line up: every row starts its verdict where the header's does.
+    column = lines[0].index("caught ")
+    assert all(line[column:].split()[0] in ("caught", "yes", "no") for line in lines)
+
+
+def test_markdown_table_has_a_row_per_fault():
+    md = selftest.markdown_table([_result("a", CAUGHT2), _result("b", MISSED3)], [2, 3])
+    rows = md.splitlines()
+    assert len(rows) == 4 and rows[1].startswith("|---")
+    assert "`test_a.py::t[x]`" in rows[2] and "| no |" in rows[3]
+
+
+def test_exit_status():
+    passed, failed = selftest.ReferenceResult(0), selftest.ReferenceResult(1)
+    skipped = selftest.ReferenceResult(None)
+    good = [_result("a", CAUGHT2, CAUGHT3), _result("b", NA2)]
+    assert selftest.exit_status(passed, good) == 0
+    assert selftest.exit_status(skipped, good) == 0
+    assert selftest.exit_status(failed, good) == 1
+    assert selftest.exit_status(passed, [*good, _result("c", CAUGHT2, MISSED3)]) == 1
+
+
+def test_select_and_usage_errors(capsys):
+    assert [f.name for f in selftest.select([])] == list(faulty.FAULTS)
+    assert [f.name for f in selftest.select(["none", "none"])] == ["none"]
+    with pytest.raises(ValueError, match="unknown fault"):
+        selftest.select(["bogus"])
+    assert selftest.main(["--fault", "bogus", "--skip-reference"]) == 2
+    assert selftest.main(["--np", "0"]) == 2
+    assert selftest.main(["--list"]) == 0
+    assert "all_sum_drops_last_rank" in capsys.readouterr().out
+
+
+# -- end to end (MPI) --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec")
+def test_a_fault_that_is_no_fault_is_reported_missed(tmp_path):
+    out = io.StringIO()
+    opts = selftest.SelftestOptions(
+        nps=[2],
+        faults=["none", "send_returns_none"],
+        timeout=60,
+        report_dir=tmp_path,
+        reference=False,
+    )
+    assert selftest.selftest(opts, stream=out) == 1
+    text = out.getvalue()
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert rows["none"][1:3] == ["missed", "no"], text
+    assert rows["send_returns_none"][1:3] == ["caught", "yes"], text
+    assert "test_send_recv.py::" in rows["send_returns_none"][4], text
+    assert "1 fault(s) NOT caught: none" in text
+    report = json.loads((tmp_path / "selftest.json").read_text())
+    assert report["ok"] is False
+    assert {f["name"]: f["caught"] for f in report["faults"]} == {
+        "none": "no",
+        "send_returns_none": "yes",
+    }
+    assert (tmp_path / "selftest.md").read_text().count("\n|") == 4  # header, rule, 2 faults
