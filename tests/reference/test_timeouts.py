@@ -160,3 +160,33 @@ def test_a_rank_arriving_after_the_others_gave_up_gets_no_result(world, comm, co
     outcomes = allgather(comm, (outcome[0], outcome[1] if outcome[0] != "ok" else None))
     assert all(kind == "TimeoutError" for r, (kind, _) in enumerate(outcomes) if r != late)
     assert outcomes[late][0] != "ok", "the late rank got a result"
+
+
+def test_a_timed_out_send_stops_reading_the_senders_buffer(world, comm):
+    """After send raises TimeoutError the caller owns x again: writing to x afterwards must not
+    change what the receiver can get. A later recv may fail or deliver the original bytes, never
+    bytes written after the send gave up."""
+    sub = world.split(0)
+    src, dst = 0, comm.size - 1
+    outcome = None
+    if comm.rank == src:
+        x = np.full(1 << 20, 7, np.uint8)
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.send, x, dst, group=sub)
+        finally:
+            reference.set_timeout(previous)
+        x[...] = 9
+    sync(comm)
+    if comm.rank == dst:
+        previous = reference.set_timeout(2.0)
+        try:
+            outcome = attempt(reference.recv, (1 << 20,), "uint8", src, group=sub)
+        finally:
+            reference.set_timeout(previous)
+    sync(comm)
+    if comm.rank == src:
+        assert outcome[0] == "TimeoutError"
+    if comm.rank == dst and outcome[0] == "ok":
+        values = set(np.unique(outcome[1]).tolist())
+        assert values == {7}, f"the receiver got bytes {sorted(values)}; 9 was written after send"
