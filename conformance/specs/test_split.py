@@ -100,7 +100,7 @@ def test_split_of_split(backend, world, capabilities):
 
     SEMANTICS.md, Group.split: "Split of a split works". Manifest: Group.split / nested.
     """
-    require_size(world, 3)
+    require_size(world, 2)
     require_split(capabilities)
     rank, size = world.rank(), world.size()
     # First reverse the whole world, then split that by parity of the reversed rank.
@@ -138,16 +138,22 @@ def test_collectives_on_subgroups(backend, world, capabilities, scheme):
 @pytest.mark.core
 @pytest.mark.spec(OP, rule="subgroup-p2p")
 def test_point_to_point_on_subgroups(backend, world, capabilities):
-    """send/recv on a subgroup address subgroup ranks: a ring inside each parity subgroup.
+    """send/recv on a subgroup address subgroup ranks: a ring in subgroup-rank order.
 
     SEMANTICS.md, Group.split: "collectives and p2p on a subgroup use subgroup ranks and involve
-    only its members." Manifest: Group.split / subgroup-p2p.
+    only its members." With 4 or more ranks, a ring inside each parity subgroup; with fewer, a
+    ring in the whole world reversed by key (subgroup rank r is world rank N-1-r).
+    Manifest: Group.split / subgroup-p2p.
     """
-    require_size(world, 4)
+    require_size(world, 2)
     require_split(capabilities)
     rank, size = world.rank(), world.size()
-    sub = call("split(rank % 2)", world.split, rank % 2)
-    mates = members("rank-mod-2", rank, size)
+    if size >= 4:
+        sub = call("split(rank % 2)", world.split, rank % 2)
+        mates = members("rank-mod-2", rank, size)
+    else:
+        sub = call("split(0, reversed)", world.split, 0, size - 1 - rank)
+        mates = list(range(size))[::-1]
     me = mates.index(rank)
     src_world = mates[(me - 1) % len(mates)]
     mine = data.contribution(rank, (5,), "float32", salt=3)
