@@ -83,7 +83,11 @@ CONTROLS: dict[str, Fault] = {}
 def _fault(
     name: str, fault: str, rule: str, specs: tuple[str, ...], min_np: int = 2, control=False
 ):
+    """Register the decorated builder as the faulty backend ``name`` (its docstring is set from
+    the fault and the rule it breaks, so ``help()`` on the backend says what is wrong)."""
+
     def register(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        build.__doc__ = f"faulty:{name}: {fault}. Breaks SEMANTICS.md, {rule}."
         table = CONTROLS if control else FAULTS
         table[name] = Fault(name, fault, rule, specs, build, min_np)
         return build
@@ -101,6 +105,7 @@ def make_backend(name: str) -> Backend:
         raise ValueError(f"unknown fault {name!r}; known faults: {', '.join(sorted(FAULTS))}")
     api: dict[str, Any] = {attr: getattr(reference, attr) for attr in _API}
     api.update(fault.build())
+    api["__doc__"] = fault.build.__doc__
     return Backend(
         f"faulty:{name}",
         _Api(api),

@@ -64,6 +64,7 @@ def test_every_fault_is_described_and_loads(name):
         assert (SPECS / module).is_file(), f"{name} names a missing spec module {module}"
     backend = load_backend(f"faulty:{name}")
     assert backend.name == f"faulty:{name}"
+    assert fault.fault in backend.api.__doc__ and fault.rule in backend.api.__doc__
     assert backend.capabilities.timeouts  # the robust deadline specs apply, as to the reference
     # Each fault replaces at least one API name; the rest is the reference's.
     replaced = [a for a in faulty._API if getattr(backend, a) is not getattr(reference, a)]
