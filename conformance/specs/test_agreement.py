@@ -23,6 +23,22 @@ pytestmark = pytest.mark.robust
 
 COLLECTIVES = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter")
 
+# "within the deadline": with a backend deadline, a rank left waiting fails with TimeoutError
+# (a finding) well before the harness's watchdog would end the whole job.
+DEADLINE = 15.0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_waits(backend, capabilities):
+    if not capabilities.timeouts:
+        yield
+        return
+    previous = backend.set_timeout(DEADLINE)
+    try:
+        yield
+    finally:
+        backend.set_timeout(previous)
+
 
 def _fresh(world, capabilities):
     """A new group of every rank (a split), or the world when the backend cannot split."""
