@@ -190,3 +190,51 @@ def test_a_timed_out_send_stops_reading_the_senders_buffer(world, comm):
     if comm.rank == dst and outcome[0] == "ok":
         values = set(np.unique(outcome[1]).tolist())
         assert values == {7}, f"the receiver got bytes {sorted(values)}; 9 was written after send"
+
+
+def test_a_data_phase_timeout_leaves_no_transfer_behind(world, comm, monkeypatch):
+    """When a peer is slow in the data phase (it arrives after the others gave up), the ranks
+    that raised TimeoutError must not have MPI still reading their input or writing into a
+    buffer that the next large result gets; the slow rank must not get a wrong sum."""
+    from reference import buffers, collectives
+
+    sub = world.split(0)
+    slow = 1
+    count = 1 << 16  # float32: 256 KiB, above the buffer cache's threshold
+    outcome = None
+    sentinel_left = None
+    if comm.rank == slow:
+        real = collectives.mpi_op
+
+        def late_op(*args):
+            time.sleep(3 * SHORT)
+            return real(*args)
+
+        monkeypatch.setattr(collectives, "mpi_op", late_op)
+        previous = reference.set_timeout(3.0)
+        try:
+            outcome = attempt(reference.all_sum, np.ones(count, np.float32), group=sub)
+        finally:
+            reference.set_timeout(previous)
+        monkeypatch.undo()
+        sync(comm)
+        sync(comm)
+    else:
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.all_sum, np.ones(count, np.float32), group=sub)
+        finally:
+            reference.set_timeout(previous)
+        # What the next large float32 result of this size would be built on.
+        recycled = buffers.empty((count,), np.dtype(np.float32))
+        recycled[...] = -1
+        sync(comm)  # polling here lets MPI progress anything still pending
+        time.sleep(0.1)
+        sync(comm)
+        sentinel_left = bool((recycled == -1).all())
+    if comm.rank == slow:
+        if outcome[0] == "ok":
+            assert outcome[1].tolist() == [float(comm.size)] * count, "slow rank got a wrong sum"
+    else:
+        assert outcome[0] == "TimeoutError"
+        assert sentinel_left, "a result buffer handed out after the timeout was overwritten"
