@@ -42,7 +42,7 @@ cd "$root" || exit 2
 mkdir -p "$reports"
 
 # Minutes each step may take before it is killed (2-core CI runner, 4 ranks oversubscribed).
-declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=10)
+declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=20)
 
 bounded() {
     # bounded MINUTES STEP: run the step in a child of this script, killed after MINUTES
