@@ -620,31 +620,40 @@ def run(opts: RunOptions, stream: TextIO = sys.stdout) -> int:
     all_records: list[dict[str, Any]] = []
     problems: list[str] = []
     started = time.monotonic()
+
+    def summarize(done: list[int]) -> reports.RunSummary:
+        unmatched = deviations_mod.apply(all_records, known, {np: collected for np in done})
+        warnings = [
+            f"deviation entry matches no test: {d.test!r} (np {sorted(d.np) if d.np else 'any'})"
+            f" in {deviation_path}"
+            for d in unmatched
+        ]
+        pending = [np for np in opts.nps if np not in done]
+        return reports.RunSummary(
+            backend=opts.backend,
+            nps=list(opts.nps),
+            records=all_records,
+            total_per_np=len(collected),
+            problems=[*problems, *(f"np={np}: not run yet" for np in pending)],
+            warnings=warnings,
+            duration=time.monotonic() - started,
+            launcher=f"{launcher.path} ({launcher.flavor}: {launcher.library_version})",
+            deviations_file=str(deviation_path),
+        )
+
+    done: list[int] = []
     for np in opts.nps:
         records, issues = run_rank_count(launcher, opts, np, collected, progress)
         for record in records:
             record["reproduce"] = reproduce_command(opts, launcher, np, record["nodeid"])
         all_records += records
         problems += issues
-    unmatched = deviations_mod.apply(
-        all_records, known, {np: collected for np in opts.nps} if collected else None
-    )
-    warnings = [
-        f"deviation entry matches no test: {d.test!r} (np {sorted(d.np) if d.np else 'any'})"
-        f" in {deviation_path}"
-        for d in unmatched
-    ]
-    summary = reports.RunSummary(
-        backend=opts.backend,
-        nps=list(opts.nps),
-        records=all_records,
-        total_per_np=len(collected),
-        problems=problems,
-        warnings=warnings,
-        duration=time.monotonic() - started,
-        launcher=f"{launcher.path} ({launcher.flavor}: {launcher.library_version})",
-        deviations_file=str(deviation_path),
-    )
+        done.append(np)
+        if len(done) < len(opts.nps):
+            # Reports of the rank counts so far, in case the run is cut short (CI time limits).
+            reports.write_all(summarize(done), opts.report_dir)
+    summary = summarize(done)
+    warnings = summary.warnings
     paths = reports.write_all(summary, opts.report_dir)
     for line in warnings + problems:
         progress.message(f"warning: {line}")
