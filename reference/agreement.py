@@ -176,27 +176,32 @@ def _shared_failure(
     error: Exception | None,
     headers: list[tuple[int, ...]],
 ) -> Exception:
-    """Exchange the details of a failed round and build the error every rank raises."""
+    """Exchange the details of a failed round and build the error every rank raises.
+
+    The text is built from the exchanged details only, so it is the same on every rank.
+    """
     mine = (
+        op,
         _describe_call(op, array, group._calls),
         type(error).__name__ if error else None,
         str(error) if error else None,
     )
     details = exchange_objects(group, mine, TAG_DETAILS, op)
-    failing = [r for r, (_, kind, _) in enumerate(details) if kind is not None]
+    ops = "/".join(sorted({d[0] for d in details}))
+    failing = [r for r, d in enumerate(details) if d[2] is not None]
     if failing:
-        kind = TypeError if details[failing[0]][1] == "TypeError" else ValueError
-        reasons = "; ".join(f"rank {r}: {details[r][2]}" for r in failing)
+        kind = TypeError if details[failing[0]][2] == "TypeError" else ValueError
+        reasons = "; ".join(f"rank {r}: {details[r][3]}" for r in failing)
         return kind(
-            f"{op} failed on every rank of {group._label} because of invalid arguments on "
+            f"{ops} failed on every rank of {group._label} because of invalid arguments on "
             f"rank(s) {_names(failing)}: {reasons}"
         )
     by_call: dict[str, list[int]] = {}
-    for r, (description, _, _) in enumerate(details):
-        by_call.setdefault(description, []).append(r)
+    for r, d in enumerate(details):
+        by_call.setdefault(d[1], []).append(r)
     listing = "; ".join(f"rank(s) {_names(ranks)} called {d}" for d, ranks in by_call.items())
     return ValueError(
-        f"{op}: the ranks of {group._label} disagree on the collective call, so no data was "
+        f"{ops}: the ranks of {group._label} disagree on the collective call, so no data was "
         f"moved: {listing}"
     )
 

@@ -45,8 +45,16 @@ def _flat_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def _wait(group: Group, op: str, request: Any) -> None:
+def _wait(group: Group, op: str, request: Any, *buffers_in_use: np.ndarray) -> None:
+    """Complete the data phase; at the deadline retire the group and keep the buffers alive.
+
+    An MPI collective cannot be cancelled: a late peer can still make MPI read the input and
+    write the output. Holding them in the group keeps the result cache from handing the output
+    buffer to anyone else.
+    """
+
     def stalled(pending: list[int], seconds: float) -> TimeoutError:
+        group._orphans.append((request, buffers_in_use))
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s moving data: a peer stopped "
             "making progress after every rank had arrived"
@@ -70,7 +78,7 @@ def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
         [_flat_bytes(out), out.size, datatype],
         mpi_op(kind, array.dtype),
     )
-    _wait(group, op, request)
+    _wait(group, op, request, array, out)
     return out
 
 
@@ -109,7 +117,7 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
         out[...] = agreement.inline.reshape(shape)
         return out
     request = group._comm.Iallgather(_flat_bytes(array), _flat_bytes(out))
-    _wait(group, "all_gather", request)
+    _wait(group, "all_gather", request, array, out)
     return out
 
 
@@ -147,5 +155,5 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
         [_flat_bytes(out), out.size, datatype],
         mpi_op(SUM, array.dtype),
     )
-    _wait(group, "sum_scatter", request)
+    _wait(group, "sum_scatter", request, array, out)
     return out

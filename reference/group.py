@@ -57,6 +57,9 @@ class Group:
         group._exchange = None
         # Messages a rank sends to itself never touch MPI: they wait here for the matching recv.
         group._to_self = collections.deque()
+        group._message_numbers = collections.Counter()
+        # Sends that stalled mid-transfer: MPI may still read their arrays, so they stay alive.
+        group._orphans = []
         return group
 
     def rank(self) -> int:
@@ -108,6 +111,11 @@ class Group:
                 f"{op}: {self._label} is unusable since an earlier call timed out "
                 f"({self._broken}); make a new group"
             )
+
+    def _next_message_number(self, dst: int) -> int:
+        """Number the messages to ``dst``: a receiver echoes it to clear a payload to send."""
+        self._message_numbers[dst] += 1
+        return self._message_numbers[dst]
 
     def _break(self, reason: str) -> TimeoutError:
         """Record that this group's collective state is lost, and build the TimeoutError."""

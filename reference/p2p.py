@@ -1,14 +1,20 @@
 """Point-to-point: send, recv and recv_like.
 
 SEMANTICS.md, "send / recv / recv_like". Every message starts with a header (dtype, shape, byte
-count); payloads up to ``INLINE_BYTES`` ride in the header message, larger ones follow as a second
-message received straight into the result's buffer. The header lets the receiver check what it
-is given: a recv whose shape or dtype disagrees with what was sent raises ValueError naming both
-sides, after draining the payload, so the pair can go on communicating.
+count, the pair's message number); payloads up to ``INLINE_BYTES`` ride in the header message.
+A larger payload moves only after the receiver has read the header, posted its receive straight
+into the result's buffer and answered "clear to send" with the message number. So:
 
-``send`` is eager, like MPI's standard mode: when it returns the message is on its way or
-delivered and ``x`` may be reused; for large messages it may wait until the matching recv is
-posted. A message to oneself is queued in the group and handed to the matching recv.
+- the header lets the receiver check what it is given: a recv whose shape or dtype disagrees with
+  what was sent raises ValueError naming both sides, after draining the payload, and the pair can
+  go on communicating;
+- a send that times out waiting for its receiver has handed nothing but the header to MPI: the
+  caller owns ``x`` again and may change it; the late receiver then times out on that message
+  (its payload never comes) and a stale "clear to send" is recognised by its number and dropped.
+
+``send`` is eager, like MPI's standard mode: when it returns the message is delivered or on its
+way and ``x`` may be reused; for large messages it waits until the matching recv is posted.
+A message to oneself is queued in the group and handed to the matching recv.
 """
 
 from __future__ import annotations
@@ -31,11 +37,15 @@ from reference.dtypes import (
 from reference.group import Group
 
 TAG_HEADER = 21
-TAG_PAYLOAD = 22
+TAG_CLEAR_TO_SEND = 22
+# Payload tags carry the message number, so a payload can only ever match its own header's
+# receive. MPI guarantees tags up to 32767.
+_PAYLOAD_TAGS = range(1024, 32767)
 INLINE_BYTES = 4096
 
-# dtype code, ndim, nbytes; then ndim dims; then the payload when it is inline
-_FIXED = struct.Struct("<3q")
+# dtype code, ndim, nbytes, message number; then ndim dims; then the payload when inline
+_FIXED = struct.Struct("<4q")
+_NUMBER = struct.Struct("<q")
 
 
 def _byte():
@@ -55,8 +65,12 @@ def _check_peer(group: Group, peer: Any, op: str, role: str) -> int:
     return int(peer)
 
 
-def _header(array: np.ndarray) -> bytes:
-    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, array.nbytes)
+def _payload_tag(number: int) -> int:
+    return _PAYLOAD_TAGS[number % len(_PAYLOAD_TAGS)]
+
+
+def _header(array: np.ndarray, number: int) -> bytes:
+    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, array.nbytes, number)
     dims = struct.pack(f"<{array.ndim}q", *array.shape)
     inline = array.tobytes() if array.nbytes <= INLINE_BYTES else b""
     return fixed + dims + inline
@@ -75,18 +89,50 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
         group._to_self.append(array.copy())
         return _read_only(array)
     comm = group._comm
-    requests = [comm.Isend([_header(array), _byte()], dst, TAG_HEADER)]
+    number = group._next_message_number(dst)
+    header = comm.Isend([_header(array, number), _byte()], dst, TAG_HEADER)
     if array.nbytes > INLINE_BYTES:
-        requests.append(comm.Isend([array.reshape(-1).view(np.uint8), _byte()], dst, TAG_PAYLOAD))
+        _await_clear_to_send(group, dst, number, array)
+        payload = array.reshape(-1).view(np.uint8)
+        requests = [header, comm.Isend([payload, _byte()], dst, _payload_tag(number))]
+    else:
+        requests = [header]
 
-    def unmatched(pending: list[int], seconds: float) -> TimeoutError:
+    def stalled(pending: list[int], seconds: float) -> TimeoutError:
+        # The receiver had posted its receive; MPI may still read x: keep it alive with the
+        # request, and retire the group.
+        group._orphans.append((requests, array))
         return group._break(
-            f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} timed "
-            f"out after {seconds:g} s: rank {dst} never received it"
+            f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} "
+            f"stalled for {seconds:g} s after rank {dst} had posted its receive"
         )
 
-    deadline.wait_all(requests, unmatched)
+    deadline.wait_all(requests, stalled)
     return _read_only(array)
+
+
+def _await_clear_to_send(group: Group, dst: int, number: int, array: np.ndarray) -> None:
+    """Wait for rank ``dst`` to answer message ``number``, dropping answers to older messages."""
+    from mpi4py import MPI
+
+    comm = group._comm
+    answer = bytearray(_NUMBER.size)
+
+    def answered() -> bool | None:
+        message = comm.Improbe(dst, TAG_CLEAR_TO_SEND)
+        if message is None:
+            return None
+        message.Recv([answer, MPI.BYTE])
+        return True if _NUMBER.unpack(answer)[0] == number else None
+
+    def never_received(seconds: float) -> TimeoutError:
+        return TimeoutError(
+            f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} timed "
+            f"out after {seconds:g} s: rank {dst} never posted a matching recv (nothing but the "
+            "header was handed to MPI; x may be reused)"
+        )
+
+    deadline.poll(answered, never_received)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -125,24 +171,28 @@ def recv(
     message = deadline.poll(lambda: comm.Improbe(src, TAG_HEADER, status), nothing_sent)
     header = bytearray(status.Get_count(MPI.BYTE))
     message.Recv([header, MPI.BYTE])
-    code, ndim, nbytes = _FIXED.unpack_from(header)
+    code, ndim, nbytes, number = _FIXED.unpack_from(header)
     sent_shape = struct.unpack_from(f"<{ndim}q", header, _FIXED.size)
     sent_dtype = SUPPORTED_DTYPES[code]
     inline_at = _FIXED.size + 8 * ndim
     matches = sent_dtype == dtype and tuple(sent_shape) == shape
     out = buffers.empty(shape, dtype) if matches else np.empty(nbytes, np.uint8)
+    buffer = out.reshape(-1).view(np.uint8)
     if nbytes <= INLINE_BYTES:
-        out.reshape(-1).view(np.uint8)[...] = np.frombuffer(header, np.uint8, nbytes, inline_at)
+        buffer[...] = np.frombuffer(header, np.uint8, nbytes, inline_at)
     else:
+        requests = [
+            comm.Irecv([buffer, MPI.BYTE], src, _payload_tag(number)),
+            comm.Isend([_NUMBER.pack(number), MPI.BYTE], src, TAG_CLEAR_TO_SEND),
+        ]
 
-        def stalled(pending: list[int], seconds: float) -> TimeoutError:
-            return group._break(
-                f"recv from rank {src} of {group._label} timed out after {seconds:g} s in the "
-                "middle of a message"
+        def sender_gave_up(pending: list[int], seconds: float) -> TimeoutError:
+            return TimeoutError(
+                f"recv from rank {src} of {group._label}: its header arrived but its payload did "
+                f"not within {seconds:g} s (the sender gave up on this message)"
             )
 
-        buffer = out.reshape(-1).view(np.uint8)
-        deadline.wait_all([comm.Irecv([buffer, MPI.BYTE], src, TAG_PAYLOAD)], stalled)
+        deadline.wait_all(requests, sender_gave_up)
     if not matches:
         raise _mismatch(dtype, shape, src, sent_dtype, sent_shape)
     return out

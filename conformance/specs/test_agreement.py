@@ -128,20 +128,21 @@ def test_dtype_mismatch_raises_everywhere(backend, world, control, capabilities,
 
 @pytest.mark.spec("agreement", rule="op-mismatch")
 def test_different_collectives_raise_everywhere(backend, world, control, capabilities):
-    """Rank 0 calling all_sum while the others call all_max is an error on every rank.
+    """Rank 0 calling all_sum while the others call all_max is the same error on every rank.
 
     SEMANTICS.md, Cross-rank agreement: "All ranks of a group must call the same collective with
-    the same shape and dtype." Manifest: agreement / op-mismatch.
+    the same shape and dtype ... all raise the same ValueError naming the ranks and what each
+    passed." Manifest: agreement / op-mismatch.
     """
     require_size(world, 2)
     group = _fresh(world, capabilities)
     op = "all_sum" if group.rank() == 0 else "all_max"
     x = data.contribution(group.rank(), (3,), "int64")
     _, error = attempt(_run_raw, backend, op, x, group)
-    # Each rank may name its own call first, so only the type and content are compared.
-    problems = [] if isinstance(error, ValueError) else [f"expected ValueError, got {error!r}"]
+    problems = _same_error_everywhere(control, error, ValueError, "all_sum/all_max")
     if error is not None and not ("all_sum" in str(error) and "all_max" in str(error)):
         problems.append(f"message does not name both calls: {error}")
+    problems += _still_works(backend, group)
     settle(problems)
 
 

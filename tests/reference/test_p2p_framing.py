@@ -330,8 +330,8 @@ def test_payload_rides_in_the_header_up_to_the_inline_limit(world, comm, monkeyp
                 got.append((src, reference.recv((nbytes,), np.uint8, src, group=world)))
     monkeypatch.undo()
     # Each rank sends on one ring pair and receives on one. Sender: one request inline, two with a
-    # payload message; receiver: a wait only for the payload message.
-    assert sorted(waits) == [1, 1, 2]
+    # payload message; receiver: one wait, for the payload and its clear-to-send together.
+    assert sorted(waits) == [1, 2, 2]
     for src, array in got:
         assert (
             array.tobytes() == payload(src, comm.rank, array.shape, np.uint8, array.size).tobytes()
@@ -350,7 +350,7 @@ def test_callers_own_mpi_traffic_does_not_reach_the_reference(world, comm):
             decoy = np.full(64, 255, np.uint8)
             requests = [
                 MPI.COMM_WORLD.Isend(decoy, dst, p2p.TAG_HEADER),
-                MPI.COMM_WORLD.Isend(decoy, dst, p2p.TAG_PAYLOAD),
+                MPI.COMM_WORLD.Isend(decoy, dst, p2p._payload_tag(1)),
             ]
             reference.send(payload(src, dst, (5000,), np.float32, 9), dst, group=world)
             MPI.Request.Waitall(requests)
@@ -358,7 +358,7 @@ def test_callers_own_mpi_traffic_does_not_reach_the_reference(world, comm):
             got = (src, reference.recv((5000,), np.float32, src, group=world))
             stray = np.zeros((2, 64), np.uint8)
             MPI.COMM_WORLD.Recv(stray[0], src, p2p.TAG_HEADER)
-            MPI.COMM_WORLD.Recv(stray[1], src, p2p.TAG_PAYLOAD)
+            MPI.COMM_WORLD.Recv(stray[1], src, p2p._payload_tag(1))
     src, array = got
     assert array.tobytes() == payload(src, comm.rank, (5000,), np.float32, 9).tobytes()
     assert (stray == 255).all()
