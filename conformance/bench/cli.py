@@ -201,7 +201,9 @@ def _table_main(argv: list[str]) -> int:
     return 0
 
 
-def _meta(args: argparse.Namespace, argv: Sequence[str], backend: Any, n: int) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace, argv: Sequence[str], backend: Any, n: int, started: dict[str, Any]
+) -> dict[str, Any]:
     import mpi4py
     import numpy as np
     from mpi4py import MPI
@@ -226,7 +228,8 @@ def _meta(args: argparse.Namespace, argv: Sequence[str], backend: Any, n: int) -
         "mpi4py": mpi4py.__version__,
         "mpi": MPI.Get_library_version().splitlines()[0].strip(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("MPIR_CVAR_", "REFERENCE_"))},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **started,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg": load_average(),
         "source": _source_revision(),
     }
@@ -290,6 +293,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 2
     settings = Settings(args.warmup, args.reps, args.sample_time, args.max_iters)
+    started = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": load_average(),
+    }
     profiler = None
     if args.profile:
         import cProfile
@@ -312,7 +319,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 say(_progress(result), file=sys.stderr, flush=True)
             del case
 
-    report = make_report(_meta(args, argv, backend, n), results)
+    report = make_report(_meta(args, argv, backend, n, started), results)
     if profiler is not None:
         _dump_profile(profiler, Path(args.profile), rank, ctl, say)
     if rank == 0:

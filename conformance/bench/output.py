@@ -74,7 +74,8 @@ def render_table(report: Mapping[str, Any]) -> str:
         f"backend {meta.get('backend')} {meta.get('backend_version', '')} vs raw mpi4py "
         f"baseline: {meta.get('np')} ranks, {meta.get('dtype')}, "
         f"{meta.get('reps')} interleaved repetitions per size; source {meta.get('source')}, "
-        f"host {meta.get('host')} ({meta.get('cpus')} cpus), load {meta.get('loadavg')}",
+        f"host {meta.get('host')} ({meta.get('cpus')} cpus), load average "
+        f"{meta.get('loadavg_start')} -> {meta.get('loadavg')}",
         "ratio = backend throughput / baseline throughput, paired per repetition "
         "(1.00 = as fast as raw MPI); busy = other runnable tasks on the machine while "
         "measuring (median)",
@@ -130,7 +131,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"`{meta.get('command')}` — {meta.get('backend')} {meta.get('backend_version', '')}, "
         f"{meta.get('np')} ranks, {meta.get('dtype')}, {meta.get('reps')} repetitions, "
         f"started {meta.get('started')}, source {meta.get('source')}, "
-        f"{meta.get('cpus')} cpus, load average at the end {meta.get('loadavg')}",
+        f"{meta.get('cpus')} cpus, load average {meta.get('loadavg_start')} at the start, "
+        f"{meta.get('loadavg')} at the end",
     ]
     blocks: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for result in report["results"]:
