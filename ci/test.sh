@@ -16,7 +16,7 @@ set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 nps="${CI_TEST_NPS:-1,2,3,4}"
-reports="${CI_TEST_REPORTS:-$root/ci-reports}"
+reports="${CI_TEST_REPORTS:-$root/conformance-reports/ci}"
 only=""
 skip=""
 python="${PYTHON:-python}"
