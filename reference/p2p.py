@@ -41,7 +41,8 @@ TAG_CLEAR_TO_SEND = 22
 # Payload tags carry the message number, so a payload can only ever match its own header's
 # receive. MPI guarantees tags up to 32767.
 _PAYLOAD_TAGS = range(1024, 32767)
-INLINE_BYTES = 4096
+# Up to here a payload rides in the header message (copied; one message, no handshake).
+INLINE_BYTES = 16384
 
 # dtype code, ndim, nbytes, message number; then ndim dims; then the payload when inline
 _FIXED = struct.Struct("<4q")
@@ -90,13 +91,12 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
         return _read_only(array)
     comm = group._comm
     number = group._next_message_number(dst)
-    header = comm.Isend([_header(array, number), _byte()], dst, TAG_HEADER)
     if array.nbytes > INLINE_BYTES:
-        _await_clear_to_send(group, dst, number, array)
+        _announce(group, dst, number, array)
         payload = array.reshape(-1).view(np.uint8)
-        requests = [header, comm.Isend([payload, _byte()], dst, _payload_tag(number))]
+        requests = [comm.Isend([payload, _byte()], dst, _payload_tag(number))]
     else:
-        requests = [header]
+        requests = [comm.Isend([_header(array, number), _byte()], dst, TAG_HEADER)]
 
     def stalled(pending: list[int], seconds: float) -> TimeoutError:
         # The receiver had posted its receive; MPI may still read x: keep it alive with the
@@ -111,28 +111,30 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
     return _read_only(array)
 
 
-def _await_clear_to_send(group: Group, dst: int, number: int, array: np.ndarray) -> None:
-    """Wait for rank ``dst`` to answer message ``number``, dropping answers to older messages."""
+def _announce(group: Group, dst: int, number: int, array: np.ndarray) -> None:
+    """Send the header of a large message and wait for rank ``dst``'s clear-to-send for it.
+
+    The answer's receive is posted before the header leaves, so the wait is one round trip.
+    Answers to older, abandoned messages are recognised by their number and dropped.
+    """
     from mpi4py import MPI
 
     comm = group._comm
     answer = bytearray(_NUMBER.size)
+    header = comm.Isend([_header(array, number), MPI.BYTE], dst, TAG_HEADER)
 
-    def answered() -> bool | None:
-        message = comm.Improbe(dst, TAG_CLEAR_TO_SEND)
-        if message is None:
-            return None
-        message.Recv([answer, MPI.BYTE])
-        return True if _NUMBER.unpack(answer)[0] == number else None
-
-    def never_received(seconds: float) -> TimeoutError:
+    def never_received(pending: list[int], seconds: float) -> TimeoutError:
         return TimeoutError(
             f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} timed "
             f"out after {seconds:g} s: rank {dst} never posted a matching recv (nothing but the "
             "header was handed to MPI; x may be reused)"
         )
 
-    deadline.poll(answered, never_received)
+    while True:
+        reply = comm.Irecv([answer, MPI.BYTE], dst, TAG_CLEAR_TO_SEND)
+        deadline.wait_all([reply, header], never_received)
+        if _NUMBER.unpack(answer)[0] == number:
+            return
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
