@@ -113,10 +113,11 @@ def test_float16_overflow_is_inf(backend, world, control, capabilities):
 
 @pytest.mark.spec(OP, rule="bool")
 def test_bool_is_logical_or(backend, world, control, capabilities):
-    """all_sum of bool arrays is element-wise OR, and stays bool.
+    """all_sum of bool arrays is element-wise OR, and stays bool: only the bytes 0 and 1.
 
     SEMANTICS.md, Reductions: "bool: all_sum is logical OR, all_max is OR, all_min is AND."
-    Manifest: all_sum / bool.
+    "Integer and bool results are exact": compared byte by byte, so a sum of the bool bytes as
+    uint8 (True + True = the byte 2, which numpy reads as True) fails. Manifest: all_sum / bool.
     """
     if not _require(capabilities, "bool"):
         pytest.skip("bool all_sum declared unsupported (test_values checks it raises)")

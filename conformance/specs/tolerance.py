@@ -6,8 +6,9 @@ float32/64 tight). Integer and bool results are exact."
 
 A sum of N terms in any order is off by at most about (N - 1) * eps * sum(|term|) (each of the
 N - 1 additions rounds once), so the bound is that, doubled for slack. Shape and dtype are always
-exact. Comparisons never raise: they return a message (or None), so every rank reaches the
-collective check that follows even when its result is malformed.
+exact; bool results are compared byte by byte (only the bytes 0 and 1 are bool values, and
+numpy takes any other byte for True). Comparisons never raise: they return a message (or None),
+so every rank reaches the collective check that follows even when its result is malformed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,16 @@ def mismatch(
     if got.dtype != expected.dtype or got.shape != expected.shape:
         return f"{what} is {describe(got)}, expected {describe(expected)}"
     if tolerance is None or expected.size == 0:
-        exact = got.dtype.kind in "biu"
+        if got.dtype.kind == "b":
+            # Byte-exact: a bool byte other than 0 or 1 (True + True summed as uint8 is 2)
+            # compares equal to True as a bool, yet it is garbage.
+            g, e = got.view(np.uint8), expected.view(np.uint8)
+            bad_mask = g != e
+            if not bad_mask.any():
+                return None
+            bad = _first_bad(bad_mask)
+            return f"{what} differs at {bad}: got the byte {g[bad]}, expected {e[bad]} (bool)"
+        exact = got.dtype.kind in "iu"
         bad_mask = (got != expected) if exact else ~_close(got, expected, 0.0)
         if not bad_mask.any():
             return None
