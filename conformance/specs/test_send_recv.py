@@ -394,3 +394,42 @@ def test_default_group_is_world_for_p2p(backend, world, capabilities):
         if previous is not None:
             backend.set_timeout(previous)
     settle(problems)
+
+
+@pytest.mark.core
+@pytest.mark.spec("recv", rule="shape-dtype")
+def test_recv_takes_src_among_pending_messages(backend, world, control, capabilities):
+    """With messages from several senders pending (itself included), recv(src) takes src's.
+
+    SEMANTICS.md, send / recv / recv_like: "`recv(shape, dtype, src)` returns an array of
+    exactly that shape and dtype holding what `src` sent." Every rank first sends a small
+    message to every rank the topology allows (itself too when ``send_to_self``), then all
+    messages are pending; each rank then receives from each allowed sender in turn, peers in
+    ascending order and itself last, so a recv that takes whichever message is pending (the
+    highest or lowest sender, or its own) gets a wrong one. Run under a short backend deadline
+    when the backend has one, and last in this module: a wrong pick leaves a message unread.
+    Manifest: recv / shape-dtype.
+    """
+    require_size(world, 2)
+    rank, size = world.rank(), world.size()
+    senders = [s for s in range(size) if capabilities.p2p_allowed(s, rank, size)]
+    targets = [d for d in range(size) if capabilities.p2p_allowed(rank, d, size)]
+    previous = backend.set_timeout(10.0) if capabilities.timeouts else None
+    problems: list[str | None] = []
+    try:
+        for dst in targets:  # small messages: sent eagerly, none waits for its recv
+            message = _message(rank, dst, (3,), "int32", salt=7)
+            _, error = attempt(exchanges.send, backend, message, dst, world)
+            problems.append(error and f"send to {dst} raised {describe_error(error)}")
+        control.barrier(control.next_label("all-sent"))  # every message is now on its way
+        for src in sorted(senders, key=lambda s: (s == rank, s)):
+            got, error = attempt(exchanges.recv, backend, (3,), "int32", src, world)
+            problems.append(
+                f"recv from {src} raised {describe_error(error)}"
+                if error
+                else mismatch(got, _message(src, rank, (3,), "int32", salt=7), None, f"from {src}")
+            )
+    finally:
+        if previous is not None:
+            backend.set_timeout(previous)
+    settle(problems)
