@@ -86,6 +86,9 @@ def _wait_until(done: Callable[[Any], bool], argument: Any) -> bool:
     return True
 
 
+_testall: Callable[[Sequence[MPI.Request]], bool] | None = None
+
+
 def wait_all(
     requests: Sequence[MPI.Request], on_timeout: Callable[[list[int], float], Exception]
 ) -> None:
@@ -93,9 +96,14 @@ def wait_all(
 
     Pending requests are cancelled before raising, so their buffers are not written later.
     """
-    from mpi4py import MPI
+    global _testall
+    if _testall is None:
+        # Imported on first use: importing mpi4py.MPI initialises MPI, which a singleton
+        # process never needs.
+        from mpi4py import MPI
 
-    if _wait_until(MPI.Request.Testall, requests):
+        _testall = MPI.Request.Testall
+    if _wait_until(_testall, requests):
         return
     pending = [index for index, request in enumerate(requests) if not request.Test()]
     for index in pending:
