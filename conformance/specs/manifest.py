@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.toml")
 LEVELS = ("core", "robust", "impl_defined")
