@@ -244,7 +244,7 @@ def test_recv_timeout_leaves_the_channel_usable(world, comm, count):
     assert int(total) == comm.size
 
 
-SIZES = [1, 5000, 0, 1024, 3, 20000, 1025, 2, 4096 // 8, 4096 // 8 + 1]
+SIZES = [1, 5000, 0, 1024, 3, 20000, INLINE // 8, 2, INLINE // 4, INLINE // 4 + 1, INLINE + 1]
 KINDS = ["int32", "float64", "uint8", "complex64", "bool", "int64", "float16", "bfloat16"]
 
 

@@ -244,3 +244,41 @@ def test_a_data_phase_timeout_leaves_no_transfer_behind(world, comm, monkeypatch
     else:
         assert outcome[0] == "TimeoutError"
         assert sentinel_left, "a result buffer handed out after the timeout was overwritten"
+
+
+def test_a_stale_clear_to_send_is_dropped_and_the_next_large_message_arrives(world, comm):
+    """A large send abandoned by its sender, then received late (TimeoutError: no payload comes),
+    leaves a stale answer at the sender; the next large message between the pair still arrives
+    intact and the group stays usable for both sides."""
+    sub = world.split(0)
+    src, dst = 0, comm.size - 1
+    abandoned = late = nxt = None
+    count = 1 << 18
+    if comm.rank == src:
+        previous = reference.set_timeout(SHORT)
+        try:
+            abandoned = attempt(reference.send, np.full(count, 3, np.uint8), dst, group=sub)
+        finally:
+            reference.set_timeout(previous)
+    sync(comm)
+    if comm.rank == dst:
+        previous = reference.set_timeout(SHORT)
+        try:
+            late = attempt(reference.recv, (count,), "uint8", src, group=sub)
+        finally:
+            reference.set_timeout(previous)
+    sync(comm)
+    following = np.arange(count, dtype=np.int32)
+    if comm.rank == src:
+        nxt = attempt(reference.send, following, dst, group=sub)
+    elif comm.rank == dst:
+        nxt = attempt(reference.recv, (count,), "int32", src, group=sub)
+    total = attempt(reference.all_sum, np.int32(1), group=sub)
+    if comm.rank == src:
+        assert abandoned[0] == "TimeoutError"
+    if comm.rank == dst:
+        assert late[0] == "TimeoutError"
+        assert nxt[0] == "ok" and nxt[1].tobytes() == following.tobytes()
+    if comm.rank == src:
+        assert nxt[0] == "ok"
+    assert total[0] == "ok" and int(total[1]) == comm.size
