@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 
 from conformance.collective import collective_raises
+from conformance.specs import data, exchanges
 from conformance.specs.calls import attempt, call, describe_error, settle
+from conformance.specs.groups import require_size
+from conformance.specs.tolerance import mismatch
 
 VALID_NAMES = ("any", "mpi", "ring", "nccl", "jaccl")
 INVALID_NAMES = ("bogus", "MPI", "", "ring ")
@@ -132,3 +135,88 @@ def test_unknown_name_is_not_available(backend, name):
     """
     answer, error = attempt(backend.is_available, name)
     settle([None if answer is False and not error else f"gave {answer!r} {error or ''}"])
+
+
+#: Backend deadline of the mixed-handle test: a handle that is another group never delivers.
+MIXED_DEADLINE = 4.0
+
+
+def _mixed_round(backend, rank, size, sender, receiver, label, salt):
+    """Send to rank + 1 on ``sender`` and receive from rank - 1 on ``receiver``: the findings.
+
+    Even ranks send first, odd ranks receive first (no cycle of lazy sends). When the recv fails
+    and the message went out on a real handle (not ``None``), it is read there afterwards, so a
+    handle that is another group leaves no stray message behind in the world.
+    """
+    dst, src = (rank + 1) % size, (rank - 1) % size
+    mine = data.contribution(rank, (4,), "int32", salt=salt * 1000 + dst)
+    theirs = data.contribution(src, (4,), "int32", salt=salt * 1000 + rank)
+    problems: list[str | None] = []
+
+    def do_send():
+        _, error = attempt(exchanges.send, backend, mine, dst, sender)
+        problems.append(error and f"{label}: send to {dst} raised {describe_error(error)}")
+
+    def do_recv():
+        got, error = attempt(exchanges.recv, backend, (4,), "int32", src, receiver)
+        if error is None:
+            problems.append(mismatch(got, theirs, None, f"{label}: message from {src}"))
+            return
+        problems.append(f"{label}: recv from {src} raised {describe_error(error)}")
+        if sender is not None:
+            attempt(exchanges.recv, backend, (4,), "int32", src, sender)  # drain
+
+    for step in (do_send, do_recv) if rank % 2 == 0 else (do_recv, do_send):
+        step()
+    return problems
+
+
+@pytest.mark.spec("init", rule="cached")
+def test_init_again_is_the_world_group(backend, world, capabilities):
+    """init() again is the world group itself: ranks may mix it with ``world`` and ``group=None``.
+
+    SEMANTICS.md, init / is_available: "calling `init()` again returns a group with the same rank
+    and size (cached)." and Signatures: "`group=None` means the global group (`init()`)." A
+    backend that forms a new group on every init() passes the rank/size check but its groups do
+    not talk to each other. First messages (rank -> rank + 1) sent on one handle and received on
+    another: world -> init(), init() -> None, None -> world; under a short backend deadline when
+    the backend has one, and a message that went astray on the world is read back, so a failure
+    here leaves the world usable. Only when every message arrived, all_sum with the handles
+    mixed across ranks (odd ranks one, even ranks the other). Last in this module. Manifest:
+    init / cached.
+    """
+    require_size(world, 2)
+    rank, size = world.rank(), world.size()
+    previous = backend.set_timeout(MIXED_DEADLINE) if capabilities.timeouts else None
+    try:
+        again = call("init() again", backend.init)
+        handles = {"world": world, "init()": again, "None": None}
+        problems: list[str | None] = []
+        pairs = (("world", "init()"), ("init()", "None"), ("None", "world"))
+        for salt, (sent_on, read_on) in enumerate(pairs):
+            label = f"sent with group={sent_on}, received with group={read_on}"
+            problems += _mixed_round(
+                backend, rank, size, handles[sent_on], handles[read_on], label, salt
+            )
+        settle(problems, "point to point")
+        blocks = data.contributions(size, (5,), "int64")
+        want = data.expected_sum(blocks)
+
+        def total(group):
+            out = backend.all_sum(backend.asarray(blocks[rank]), group=group)
+            backend.evaluate(out)
+            return backend.to_numpy(out)
+
+        problems = []
+        for even, odd in pairs:
+            what = f"all_sum with group={even} on even ranks, group={odd} on odd ranks"
+            got, error = attempt(total, handles[odd if rank % 2 else even])
+            problems.append(
+                f"{what} raised {describe_error(error)}"
+                if error
+                else mismatch(got, want, None, what)
+            )
+        settle(problems, "collectives")
+    finally:
+        if previous is not None:
+            backend.set_timeout(previous)
