@@ -72,8 +72,10 @@ def as_dtype(dtype: Any) -> np.dtype:
     """
     if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
         return NUMPY_DTYPES[dtype]
-    if dtype is bool:
-        return NUMPY_DTYPES["bool"]
+    for python_type, scalar_dtype in _SCALAR_DTYPES:
+        # Python's own types mean what they mean for scalars (int -> int32), not numpy's int64.
+        if dtype is python_type:
+            return scalar_dtype
     try:
         normalised = np.dtype(dtype)
     except TypeError:
@@ -96,7 +98,11 @@ def as_array(x: Any, op: str) -> np.ndarray:
     else:
         array = _scalar_to_array(x, op)
     if array.dtype not in DTYPE_CODES:
-        raise unsupported_dtype_error(f"{op}: the input", array.dtype)
+        native = array.dtype.newbyteorder("=")
+        if native not in DTYPE_CODES:
+            raise unsupported_dtype_error(f"{op}: the input", array.dtype)
+        # A supported dtype in the other byte order: the wire and the result are native.
+        array = array.astype(native)
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
     return array

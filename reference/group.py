@@ -165,8 +165,9 @@ def init(strict: bool = False, backend: str = "any") -> Group:
         if strict:
             raise RuntimeError(_strict_failure(backend))
         return Group._create(None, 0, 1, "singleton group")
-    _groups[backend] = group
-    _groups["any"] = group
+    # "any" resolves to the MPI transport: both names share the one world group.
+    for name in _AVAILABLE_BACKENDS:
+        _groups[name] = group
     return group
 
 

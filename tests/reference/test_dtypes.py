@@ -29,7 +29,7 @@ NAMES = [
     "complex64",
 ]
 
-UNSUPPORTED = [np.longdouble, np.complex128, object, str, "U3", "S2", "float8", None, complex]
+UNSUPPORTED = [np.longdouble, np.complex128, object, str, "U3", "S2", "float8", None]
 
 
 def test_the_fourteen_dtypes_in_order():
@@ -80,6 +80,22 @@ def test_as_dtype_python_bool_and_bfloat16_type():
     """Python's bool means the bool dtype; ml_dtypes.bfloat16 (the type) means bfloat16."""
     assert dtypes.as_dtype(bool) == np.dtype(np.bool_)
     assert dtypes.as_dtype(ml_dtypes.bfloat16) == np.dtype(ml_dtypes.bfloat16)
+
+
+def test_as_dtype_python_number_types_follow_the_scalar_rule():
+    """int, float and complex mean what they mean for Python scalars (int32, float32,
+    complex64), so recv((), int, src) matches send(3, dst); not numpy's 64-bit defaults."""
+    assert dtypes.as_dtype(int) == np.dtype(np.int32)
+    assert dtypes.as_dtype(float) == np.dtype(np.float32)
+    assert dtypes.as_dtype(complex) == np.dtype(np.complex64)
+    assert dtypes.as_dtype(int) == dtypes.as_array(3, "send").dtype
+
+
+def test_non_native_byte_order_is_converted():
+    """A supported dtype in the other byte order is accepted and converted to native order."""
+    swapped = np.arange(3, dtype=np.dtype(np.int32).newbyteorder())
+    converted = dtypes.as_array(swapped, "all_sum")
+    assert converted.dtype == np.dtype(np.int32) and converted.tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("bad", UNSUPPORTED, ids=repr)

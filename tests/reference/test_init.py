@@ -40,13 +40,6 @@ def test_init_is_cached_with_the_world_rank_and_size(comm, fresh_init):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="lead to decide: init(backend='mpi') after init() forms a second world group (a "
-    "second collective Idup of COMM_WORLD) instead of returning the cached one; the reverse "
-    "order caches one group for both names",
-)
 def test_init_mpi_after_any_is_the_same_group(fresh_init):
     """The MPI world group is formed once, whichever of 'any' and 'mpi' is asked for first, and
     init() keeps returning the group it returned first."""
