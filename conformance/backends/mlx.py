@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backend import Backend, Capabilities
+from conformance.backend import DTYPE_NAMES, Backend, Capabilities
 
 __all__ = [
     "API_NAMES",
@@ -55,22 +55,6 @@ __all__ = [
     "world_size",
 ]
 
-DTYPE_NAMES: tuple[str, ...] = (
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-    "complex64",
-)
 COMMUNICATION_OPS: tuple[str, ...] = (
     "all_sum",
     "all_max",
