@@ -31,28 +31,12 @@ import ml_dtypes
 import numpy as np
 
 import reference
-from conformance.backend import Backend
+from conformance.backend import API_NAMES, Backend
 from reference import deadline as _deadline
 from reference import group as _group_mod
 from reference import p2p as _p2p
 from reference.collectives import resolve_group
 from reference.dtypes import as_array
-
-# The API names a faulty backend exposes, all taken from the reference unless a fault replaces
-# them.
-_API = (
-    "init",
-    "is_available",
-    "Group",
-    "all_sum",
-    "all_max",
-    "all_min",
-    "all_gather",
-    "sum_scatter",
-    "send",
-    "recv",
-    "recv_like",
-)
 
 
 @dataclass(frozen=True)
@@ -103,7 +87,7 @@ def make_backend(name: str) -> Backend:
     fault = FAULTS.get(name) or CONTROLS.get(name)
     if fault is None:
         raise ValueError(f"unknown fault {name!r}; known faults: {', '.join(sorted(FAULTS))}")
-    api: dict[str, Any] = {attr: getattr(reference, attr) for attr in _API}
+    api: dict[str, Any] = {attr: getattr(reference, attr) for attr in API_NAMES}
     api.update(fault.build())
     api["__doc__"] = fault.build.__doc__
     return Backend(

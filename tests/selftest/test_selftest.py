@@ -67,7 +67,7 @@ def test_every_fault_is_described_and_loads(name):
     assert fault.fault in backend.api.__doc__ and fault.rule in backend.api.__doc__
     assert backend.capabilities.timeouts  # the robust deadline specs apply, as to the reference
     # Each fault replaces at least one API name; the rest is the reference's.
-    replaced = [a for a in faulty._API if getattr(backend, a) is not getattr(reference, a)]
+    replaced = [a for a in faulty.API_NAMES if getattr(backend, a) is not getattr(reference, a)]
     assert replaced, f"{name} changes nothing"
 
 
@@ -78,7 +78,7 @@ def test_unknown_fault_is_a_load_error_naming_the_known_ones():
 
 def test_control_is_the_reference():
     backend = load_backend("faulty:none")
-    assert all(getattr(backend, a) is getattr(reference, a) for a in faulty._API)
+    assert all(getattr(backend, a) is getattr(reference, a) for a in faulty.API_NAMES)
     assert "none" not in faulty.FAULTS  # never run by default
 
 
