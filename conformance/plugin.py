@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Generator
 from pathlib import Path
@@ -390,10 +391,16 @@ class Harness:
             os.write(self._terminal_fd, f"\n{message}\n".encode())
 
 
+_OUTPUT_DRAIN_SECONDS = 1.0
+
+
 def _end_job(status: int) -> None:
     """End every rank of the job with ``status``: MPI_Abort makes mpiexec exit with it."""
     from mpi4py import MPI
 
+    # The launcher forwards each rank's output asynchronously and MPI_Abort kills the job at
+    # once: without a pause, the hang message just written can be lost (seen in CI).
+    time.sleep(_OUTPUT_DRAIN_SECONDS)
     MPI.COMM_WORLD.Abort(status)
 
 
