@@ -23,20 +23,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-API_NAMES: tuple[str, ...] = (
-    "init",
-    "is_available",
-    "Group",
-    "all_sum",
-    "all_max",
-    "all_min",
-    "all_gather",
-    "sum_scatter",
-    "send",
-    "recv",
-    "recv_like",
-)
-
 # The operations that move data; these are the ones with a per-dtype support table.
 DATA_OPS: tuple[str, ...] = (
     "all_sum",
@@ -48,6 +34,8 @@ DATA_OPS: tuple[str, ...] = (
     "recv",
     "recv_like",
 )
+
+API_NAMES: tuple[str, ...] = ("init", "is_available", "Group", *DATA_OPS)
 
 DTYPE_NAMES: tuple[str, ...] = (
     "bool",

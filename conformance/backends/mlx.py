@@ -314,16 +314,20 @@ def make_backend(*, lazy: bool | None = None) -> Backend:
 
     ``lazy`` defaults to ``CONFORMANCE_MLX_LAZY``; see the module docstring.
     """
-    ring = MLXRingBackend(lazy=lazy)
+    return as_backend(MLXRingBackend(lazy=lazy))
+
+
+def as_backend(adapter: MLXRingBackend) -> Backend:
+    """The suite's Backend for an MLX adapter object (its API, hooks and capabilities)."""
     return Backend(
-        ring.name,
-        ring,
-        version=ring.version,
-        asarray=ring.asarray,
-        to_numpy=ring.to_numpy,
-        evaluate=ring.evaluate,
-        dtype=ring.dtype,
-        capabilities=ring.capabilities,
+        adapter.name,
+        adapter,
+        version=adapter.version,
+        asarray=adapter.asarray,
+        to_numpy=adapter.to_numpy,
+        evaluate=adapter.evaluate,
+        dtype=adapter.dtype,
+        capabilities=adapter.capabilities,
     )
 
 

@@ -32,6 +32,7 @@ from conformance.backends.mlx import (
     DTYPE_NAMES,
     MLXRingBackend,
     _import_mlx,
+    as_backend,
 )
 
 __all__ = ["MLXMPIBackend", "initialize_mpi", "make_backend", "mpi_capabilities"]
@@ -118,17 +119,7 @@ class MLXMPIBackend(MLXRingBackend):
 
 def make_backend(*, lazy: bool | None = None) -> Backend:
     """The MLX mpi backend for the suite; MPI must have been initialised by this module."""
-    impl = MLXMPIBackend(_GROUP if _GROUP is not None else initialize_mpi(), lazy=lazy)
-    return Backend(
-        impl.name,
-        impl,
-        version=impl.version,
-        asarray=impl.asarray,
-        to_numpy=impl.to_numpy,
-        evaluate=impl.evaluate,
-        dtype=impl.dtype,
-        capabilities=impl.capabilities,
-    )
+    return as_backend(MLXMPIBackend(_GROUP if _GROUP is not None else initialize_mpi(), lazy=lazy))
 
 
 # Import time is the whole point: this must run before anything imports mpi4py.MPI.
