@@ -15,15 +15,14 @@ import numpy as np
 from reference import buffers, deadline
 from reference.agreement import agree
 from reference.dtypes import as_array
-from reference.group import Group, init
-from reference.group import cached_default as _default_group
+from reference.group import Group, cached_default, init
 from reference.reductions import MAX, MIN, SUM, local_reduce, mpi_datatype, mpi_op
 
 
 def resolve_group(group: Any, op: str) -> Group:
     """``group=None`` is the global group; anything but a Group is a TypeError."""
     if group is None:
-        return _default_group() or init()
+        return cached_default() or init()
     if not isinstance(group, Group):
         kind = type(group).__name__
         raise TypeError(f"{op}: group must be a reference.Group or None, got {kind}")

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from mpi4py import MPI
 
 SUM, MAX, MIN = "sum", "max", "min"
-KINDS = (SUM, MAX, MIN)
 
 
 def _lexicographic(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
