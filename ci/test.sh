@@ -77,7 +77,7 @@ step_reference() {
     local n status=0
     for n in ${nps//,/ }; do
         echo "--- tests/reference on $n rank(s)"
-        "$python" -m conformance.launcher -n "$n" --timeout 600 -- \
+        "$python" -m conformance.run.launcher -n "$n" --timeout 600 -- \
             "$python" -m pytest -q -p no:cacheprovider --with-mpi tests/reference \
             --junitxml="$reports/reference-np$n.xml" || status=1
     done
@@ -89,8 +89,8 @@ step_spec() {
 }
 
 step_selftest() {
-    if ! "$python" -c "import conformance.selftest" 2>/dev/null; then
-        echo "conformance.selftest is not installed: skipped"
+    if ! "$python" -c "import conformance.run.selftest" 2>/dev/null; then
+        echo "conformance.run.selftest is not installed: skipped"
         return 0
     fi
     # The spec step has already run the whole suite against the reference.

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {
-    "run": ("conformance.runner", "run the spec at several rank counts and write reports"),
-    "selftest": ("conformance.selftest", "check that the suite catches known-broken backends"),
+    "run": ("conformance.run.runner", "run the spec at several rank counts and write reports"),
+    "selftest": ("conformance.run.selftest", "check that the suite catches known-broken backends"),
     "bench": ("conformance.bench", "measure bandwidth and latency of a backend"),
 }
 

@@ -61,9 +61,9 @@ ENTRY_POINT_GROUP = "conformance.backends"
 # Built-in names resolve lazily: their modules import heavy or optional packages (mlx).
 _BUILTIN_TARGETS: dict[str, str] = {
     "reference": "reference",
-    "mlx": "conformance.backends.mlx:backend",
+    "mlx": "conformance.adapters.mlx:backend",
 }
-_FAULTY_FACTORY = "conformance.backends.faulty:make_backend"
+_FAULTY_FACTORY = "conformance.adapters.faulty:make_backend"
 
 TOPOLOGIES = ("any", "neighbours")
 
@@ -224,8 +224,8 @@ class Backend:
 def load_backend(spec: str) -> Backend:
     """Resolve a selection string to a Backend.
 
-    ``reference`` and ``mlx`` are built in (``mlx`` is ``conformance.backends.mlx:backend``);
-    ``faulty:<fault>`` is ``conformance.backends.faulty:make_backend(fault)``. Otherwise an entry
+    ``reference`` and ``mlx`` are built in (``mlx`` is ``conformance.adapters.mlx:backend``);
+    ``faulty:<fault>`` is ``conformance.adapters.faulty:make_backend(fault)``. Otherwise an entry
     point named ``spec`` in group ``conformance.backends``, else ``package.module[:attribute]``.
     Raises BackendLoadError naming the route tried and the underlying error.
     """

@@ -5,7 +5,7 @@ rank contributes is computed from the drawn seed and the rank with ``rank_array`
 can also compute every other rank's input (``world_arrays``) and hence the expected result.
 Values encode rank and position (never all ones) so order, slicing and dropped-rank bugs show.
 
-``lockstep`` (re-exported from ``conformance.lockstep``) goes under ``@given``.
+``lockstep`` (re-exported from ``conformance.harness.lockstep``) goes under ``@given``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from conformance.backend import DTYPE_NAMES, Capabilities, numpy_dtype
-from conformance.lockstep import LockstepFailure, lockstep
+from conformance.harness.lockstep import LockstepFailure, lockstep
 
 __all__ = [
     "DTYPE_NAMES",

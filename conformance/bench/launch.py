@@ -1,7 +1,7 @@
 """Running the benchmark as an MPI job: re-executing itself under ``mpiexec -n N``.
 
 The parent process never initializes MPI; it finds the launcher that matches mpi4py
-(``conformance.launcher``), runs ``python -m conformance.bench ARGS`` on N ranks with
+(``conformance.run.launcher``), runs ``python -m conformance.bench ARGS`` on N ranks with
 ``CONFORMANCE_BENCH_CHILD=1`` set (so the ranks measure instead of launching again), and bounds
 the job by a timeout.
 """
@@ -25,7 +25,7 @@ def is_child() -> bool:
 def launch(np: int, argv: Sequence[str], timeout: float | None, mpiexec: str | None = None) -> int:
     """Run the benchmark with ``argv`` on ``np`` ranks and return the job's exit status
     (124 when it was killed after ``timeout`` seconds, 2 when no launcher was found)."""
-    from conformance.launcher import LauncherError, find_launcher, kill_process_group
+    from conformance.run.launcher import LauncherError, find_launcher, kill_process_group
 
     try:
         launcher = find_launcher(mpiexec)

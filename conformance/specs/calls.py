@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.collective import collective_assert
+from conformance.harness.collective import collective_assert
 
 
 def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Exception | None]:

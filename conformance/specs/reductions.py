@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.collective import expect_unsupported
+from conformance.harness.collective import expect_unsupported
 from conformance.specs import data
 from conformance.specs.calls import call, call_everywhere, differing, settle
 from conformance.specs.tolerance import mismatch, sum_tolerance

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.collective import collective_raises
+from conformance.harness.collective import collective_raises
 from conformance.specs import data, reductions
 from conformance.specs.calls import call, differs_between_ranks, local, settle
 from conformance.specs.groups import singleton_group

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.collective import collective_raises
+from conformance.harness.collective import collective_raises
 from conformance.specs import data, manifest, signatures
 from conformance.specs.calls import settle
 

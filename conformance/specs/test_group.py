@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.collective import collective_raises
+from conformance.harness.collective import collective_raises
 from conformance.specs.calls import settle
 
 pytestmark = pytest.mark.core

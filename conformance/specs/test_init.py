@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.collective import collective_raises
+from conformance.harness.collective import collective_raises
 from conformance.specs import data, exchanges
 from conformance.specs.calls import attempt, call, describe_error, settle
 from conformance.specs.groups import require_size

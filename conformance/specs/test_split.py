@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.collective import collective_raises
+from conformance.harness.collective import collective_raises
 from conformance.specs import data, exchanges, reductions
 from conformance.specs.calls import attempt, call, describe_error, settle
 from conformance.specs.groups import (

@@ -15,8 +15,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from conformance.adapters import mlx as adapter
 from conformance.backend import Backend, Capabilities
-from conformance.backends import mlx as adapter
 from conformance.specs.data import DTYPE_NAMES, contribution, np_dtype
 
 
@@ -73,7 +73,7 @@ def test_import_without_mlx_is_lazy_and_explains() -> None:
     # A fresh interpreter where "import mlx" fails: the module imports, ``backend`` explains.
     code = (
         "import sys; sys.modules['mlx'] = None\n"
-        "import conformance.backends.mlx as m\n"
+        "import conformance.adapters.mlx as m\n"
         "try:\n    m.backend\nexcept ImportError as e:\n    print('ImportError:', e)\n"
     )
     out = subprocess.run(

@@ -19,7 +19,7 @@ mx = pytest.importorskip("mlx.core")
 MPI = pytest.importorskip("mpi4py.MPI")
 
 import reference  # noqa: E402
-from conformance.backends.mlx import MLXRingBackend  # noqa: E402
+from conformance.adapters.mlx import MLXRingBackend  # noqa: E402
 from conformance.specs.data import (  # noqa: E402
     DTYPE_NAMES,
     EXACT_NAMES,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conformance import control
+from conformance.harness import control
 from conformance.records import read_records
 
 HERE = Path(__file__).resolve().parent

@@ -85,27 +85,27 @@ def test_faulty_route_calls_make_backend(monkeypatch):
         made.append(fault)
         return Backend(f"faulty:{fault}", reference)
 
-    module = types.ModuleType("conformance.backends.faulty")
+    module = types.ModuleType("conformance.adapters.faulty")
     module.make_backend = make_backend  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "conformance.backends.faulty", module)
+    monkeypatch.setitem(sys.modules, "conformance.adapters.faulty", module)
     assert load_backend("faulty:drop-message").name == "faulty:drop-message"
     assert made == ["drop-message"]
 
 
 def test_faulty_route_without_module_is_clear(monkeypatch):
-    monkeypatch.setitem(sys.modules, "conformance.backends.faulty", None)
-    with pytest.raises(BackendLoadError, match=r"'faulty:x'.*conformance.backends"):
+    monkeypatch.setitem(sys.modules, "conformance.adapters.faulty", None)
+    with pytest.raises(BackendLoadError, match=r"'faulty:x'.*conformance.adapters"):
         load_backend("faulty:x")
 
 
 def test_mlx_route_is_lazy(monkeypatch):
-    module = types.ModuleType("conformance.backends.mlx")
+    module = types.ModuleType("conformance.adapters.mlx")
 
     def failing_getattr(name: str):
         raise ImportError("MLX is not installed")
 
     module.__getattr__ = failing_getattr  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "conformance.backends.mlx", module)
+    monkeypatch.setitem(sys.modules, "conformance.adapters.mlx", module)
     with pytest.raises(BackendLoadError, match=r"built-in backend 'mlx'.*MLX is not installed"):
         load_backend("mlx")
 

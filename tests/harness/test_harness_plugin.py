@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conformance import control
+from conformance.harness import control
 
 # Under mpiexec the nested session's backend and pytest-mpi see the real MPI world.
 one_process = pytest.mark.skipif(
@@ -42,7 +42,7 @@ def test_fixtures_in_a_world_of_one(pytester):
     pytester.makepyfile(
         """
         from conformance.backend import Capabilities
-        from conformance.control import ControlPlane
+        from conformance.harness.control import ControlPlane
 
         SEEDS = []
 

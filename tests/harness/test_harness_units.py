@@ -11,16 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import control, outcomes
 from conformance.backend import Capabilities, load_backend
-from conformance.collective import (
+from conformance.harness import control, outcomes
+from conformance.harness.collective import (
     CollectiveFailure,
     collective_assert,
     collective_raises,
     expect_unsupported,
 )
-from conformance.lockstep import LockstepFailure, canonical, lockstep
-from conformance.outcomes import RankOutcome, combine
+from conformance.harness.lockstep import LockstepFailure, canonical, lockstep
+from conformance.harness.outcomes import RankOutcome, combine
+from conformance.harness.watchdog import EXIT_HUNG, Watchdog
 from conformance.strategies import (
     dtype_names,
     rank_array,
@@ -28,7 +29,6 @@ from conformance.strategies import (
     value_bound,
     world_arrays,
 )
-from conformance.watchdog import EXIT_HUNG, Watchdog
 
 PASS = RankOutcome("passed")
 FAIL = RankOutcome("failed", "AssertionError: x", "traceback text")

@@ -15,7 +15,7 @@ def slow_test_deadline(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("slow") is None:
         return
     try:
-        from conformance.plugin import HARNESS
+        from conformance.harness.plugin import HARNESS
     except ImportError:
         return
     harness = request.config.stash.get(HARNESS, None)

@@ -6,8 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from conformance import runner
-from conformance.launcher import MPICH, Launcher
+from conformance.run import runner
+from conformance.run.launcher import MPICH, Launcher
 
 
 def test_pytest_args_pass_every_option() -> None:

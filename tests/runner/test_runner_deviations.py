@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import deviations
+from conformance.run import deviations
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,6 +1,6 @@
 """The runner end to end on tiny self-made suites: real MPI jobs at 1 and 2 ranks.
 
-Each scenario writes a test module into a temporary rootdir, runs ``conformance.runner.run``
+Each scenario writes a test module into a temporary rootdir, runs ``conformance.run.runner.run``
 on it, and checks the reports: failures with reproduction commands that reproduce, crashes and
 hangs recorded with what the ranks printed, resumption past them, deviations, exit status.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conformance import runner
+from conformance.run import runner
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conformance import launcher
-from conformance.launcher import MPICH, OPENMPI, UNKNOWN, Launcher
+from conformance.run import launcher
+from conformance.run.launcher import MPICH, OPENMPI, UNKNOWN, Launcher
 
 # The launcher's command line on 2 ranks, up to the --timeout value.
-LAUNCH = (sys.executable, "-m", "conformance.launcher", "-n", "2", "--timeout")
+LAUNCH = (sys.executable, "-m", "conformance.run.launcher", "-n", "2", "--timeout")
 
 
 @pytest.mark.parametrize(

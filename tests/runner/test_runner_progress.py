@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from conformance.runner import Progress
+from conformance.run.runner import Progress
 
 
 class Terminal(io.StringIO):

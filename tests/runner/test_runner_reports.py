@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from conformance import reports
+from conformance.run import reports
 
 
 def rec(nodeid: str, np: int, outcome: str, **extra: Any) -> dict[str, Any]:

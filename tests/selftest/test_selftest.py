@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import reference
-from conformance import runner, selftest
+from conformance.adapters import faulty
 from conformance.backend import BackendLoadError, load_backend
-from conformance.backends import faulty
+from conformance.run import runner, selftest
 
 # Every fault issue 7 lists, mapped to the backend that implements it.
 ISSUE_FAULTS = {

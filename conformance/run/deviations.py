@@ -38,7 +38,7 @@ FAILING_OUTCOMES = frozenset({"failed", "hung", "crashed", "error"})
 #: Outcomes that make an expected failure "pass unexpectedly".
 PASSING_OUTCOMES = frozenset({"passed", "xpassed"})
 
-DEVIATIONS_DIR = Path(__file__).parent / "deviations"
+DEVIATIONS_DIR = Path(__file__).parent.parent / "deviations"
 
 
 class DeviationError(ValueError):

@@ -2,9 +2,9 @@
 
 Contract:
 
-- The reference runs the whole suite through the runner (``conformance.runner``) at every rank
+- The reference runs the whole suite through the runner (``conformance.run.runner``) at every rank
   count of ``--np``; it must pass.
-- Every fault of ``conformance.backends.faulty.FAULTS`` (or those named with ``--fault``) runs,
+- Every fault of ``conformance.adapters.faulty.FAULTS`` (or those named with ``--fault``) runs,
   at every rank count where it shows (``Fault.min_np``), as one MPI job of ``pytest -x`` over the
   spec modules the fault declares, through the runner's job machinery (its job-level watchdog
   bounds a job whose plugin watchdog failed). A fault is *caught* at a rank count when some test
@@ -32,9 +32,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from conformance import launcher as launcher_mod
-from conformance import runner
-from conformance.backends import faulty
+from conformance.adapters import faulty
+from conformance.run import launcher as launcher_mod
+from conformance.run import runner
 
 DEFAULT_NPS = (2, 3)
 #: Per-test deadline of the selftest's jobs: short, since one fault hangs on purpose.

@@ -16,7 +16,7 @@ Contract:
   plus a margin (plus a start-up allowance before the first test). It is the last resort for
   hangs the plugin's own watchdog cannot end (a rank stuck holding the GIL).
 - Records of every rank count are merged, known deviations applied, and the Markdown, JSON and
-  JUnit reports written (``conformance.reports``). Exit status 0 only when no test failed, hung,
+  JUnit reports written (``conformance.run.reports``). Exit status 0 only when no test failed, hung,
   crashed or errored without a matching deviation, and every job could run.
 """
 
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import conformance
-from conformance import deviations as deviations_mod
-from conformance import launcher as launcher_mod
-from conformance import reports
+from conformance.run import deviations as deviations_mod
+from conformance.run import launcher as launcher_mod
+from conformance.run import reports
 
 #: Per-test deadline handed to the plugin when none is given (seconds).
 DEFAULT_TIMEOUT = 60.0

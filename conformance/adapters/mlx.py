@@ -1,7 +1,7 @@
 """MLX's ``ring`` backend (``mlx.core.distributed``) as a backend under test.
 
 Resolve it as ``--backend mlx`` (the harness maps the built-in name to
-``conformance.backends.mlx:backend``). Importing this module never imports MLX; the first access to
+``conformance.adapters.mlx:backend``). Importing this module never imports MLX; the first access to
 ``backend`` does, and raises ImportError with the install hint when MLX is missing.
 
 How the ring is formed. Every run is launched by ``mpiexec -n N``. MLX's ring backend knows
@@ -177,7 +177,7 @@ def _deadline(seconds: float, what: str) -> Any:
     def watch() -> None:
         if not done.wait(seconds):
             _abort_job(
-                f"conformance.backends.mlx: {what} did not finish within {seconds:g}s "
+                f"conformance.adapters.mlx: {what} did not finish within {seconds:g}s "
                 f"(MLX_RANK={os.environ.get(ENV_RANK)!r}, "
                 f"MLX_HOSTFILE={os.environ.get(ENV_HOSTFILE)!r}); "
                 f"a peer probably failed to connect. Aborting the job."

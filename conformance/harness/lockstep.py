@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import UnsatisfiedAssumption
 
-from conformance import collective, watchdog
+from conformance.harness import collective, watchdog
 
 PROFILE = "conformance"
 

@@ -11,7 +11,7 @@ Contract:
   :meth:`Launcher.environment` the environment: Open MPI gets ``--oversubscribe`` (and
   ``--allow-run-as-root`` as root); both MPICH and Open MPI get their yield settings when
   ranks outnumber cores, so busy-polling ranks do not starve each other on small machines.
-- ``python -m conformance.launcher -n N [--mpiexec PATH] -- CMD ...`` runs ``CMD`` under the
+- ``python -m conformance.run.launcher -n N [--mpiexec PATH] -- CMD ...`` runs ``CMD`` under the
   configured launcher (used by tox and CI for plain ``pytest`` runs).
 """
 
@@ -236,9 +236,9 @@ def find_launcher(explicit: str | None = None, python: str = sys.executable) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m conformance.launcher -n N -- CMD ...``: run CMD under the configured mpiexec."""
+    """``python -m conformance.run.launcher -n N -- CMD ...``: CMD under the configured mpiexec."""
     parser = argparse.ArgumentParser(
-        prog="python -m conformance.launcher",
+        prog="python -m conformance.run.launcher",
         description="Run a command under the mpiexec that matches mpi4py, configured for this "
         "machine (oversubscription, yield settings).",
     )

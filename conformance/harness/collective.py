@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from conformance import control
 from conformance.backend import Backend, Capabilities
+from conformance.harness import control
 
 ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
 
