@@ -21,6 +21,22 @@ _MARKER_HELP: dict[str, str] = {
     "spec": "spec(op, rule=...): the API name and SEMANTICS.md rule a spec test checks",
 }
 
+# Tiers: what kind of coverage a spec test adds, orthogonal to its level. A test carries at most
+# one tier marker; a test without one is in the basic tier. Opt-in tiers are left out of a run
+# unless asked for (they take long or need much memory); every other tier is in the default run.
+TIERS: dict[str, str] = {
+    "sweep": "element counts across algorithm and chunk thresholds, every element checked",
+    "layouts": "strided, reversed, Fortran-order, offset, read-only, 0-d and empty inputs",
+    "values": "full-mantissa floats, subnormals, signed zeros, inf, NaN, integer extremes",
+    "groups": "every collective on subgroups: halves, reversed keys, odd/even, alternating",
+    "sequences": "many calls in a row: changing shapes and dtypes, interleaved groups and p2p",
+    "faults": "a rank killed or stalled mid-operation; survivors must raise in time",
+    "soak": "opt-in: thousands of calls per group, failure and hang rate per rank count",
+    "huge": "opt-in: transfers past 2 GiB (the INT_MAX byte boundary)",
+}
+OPT_IN_TIERS: tuple[str, ...] = ("soak", "huge")
+BASIC_TIER = "basic"
+
 core = pytest.mark.core
 robust = pytest.mark.robust
 impl_defined = pytest.mark.impl_defined
@@ -35,6 +51,8 @@ def register_markers(config: pytest.Config) -> None:
     """Declare the level and spec markers so ``--strict-markers`` accepts them."""
     for help_text in _MARKER_HELP.values():
         config.addinivalue_line("markers", help_text)
+    for tier, text in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: tier: {text}")
 
 
 def levels_of(item: pytest.Item) -> list[str]:
@@ -46,6 +64,12 @@ def level_of(item: pytest.Item) -> str | None:
     """The item's level, or None when it has none or several."""
     found = levels_of(item)
     return found[0] if len(found) == 1 else None
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The item's tier marker, or ``BASIC_TIER`` when it has none."""
+    found = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+    return found[0] if found else BASIC_TIER
 
 
 def spec_of(item: pytest.Item) -> tuple[str, str] | None:
