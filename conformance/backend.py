@@ -1,7 +1,8 @@
 """The backend under test: its API, its adapter hooks, its capabilities, and how one is chosen.
 
 A backend is any object with the API of SEMANTICS.md (``init``, ``is_available``, ``all_sum``, ...)
-plus four adapter hooks (``asarray``, ``to_numpy``, ``evaluate``, ``dtype``) and ``capabilities``.
+plus four adapter hooks (``asarray``, ``to_numpy``, ``evaluate``, ``dtype``), ``capabilities`` and
+``layout_copy`` (whether ``asarray`` keeps numpy layouts).
 A module that implements the API directly on numpy arrays (like ``reference``) needs no adapter:
 ``load_backend`` wraps it with numpy hooks and full capabilities, using any hook or ``capabilities``
 attribute the module does define.
@@ -66,6 +67,13 @@ _BUILTIN_TARGETS: dict[str, str] = {
 _FAULTY_FACTORY = "conformance.adapters.faulty:make_backend"
 
 TOPOLOGIES = ("any", "neighbours")
+
+# numpy 2 moved byte_bounds to numpy.lib.array_utils; numpy 1.x has it at the top level.
+_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds", None) or np.byte_bounds
+
+# The widest alignment a backend may rely on (cache lines, AVX-512 loads): the numpy asarray hook
+# keeps an input's address modulo this, so an unaligned view stays unaligned.
+_ALIGNMENT = 64
 
 
 class BackendLoadError(RuntimeError):
@@ -139,8 +147,23 @@ def numpy_dtype(name: str) -> np.dtype:
 
 
 def _numpy_asarray(a: np.ndarray) -> np.ndarray:
-    # A copy, so a backend that keeps a reference to its input cannot see later edits.
-    return np.array(a, copy=True)
+    """A copy of ``a`` with ``a``'s layout: the same shape, strides, read-only flag and address
+    modulo 64 (so a Fortran-order, strided, reversed, broadcast or unaligned view reaches the
+    backend as such), in a buffer of its own (so a backend that keeps a reference to its input
+    cannot see the caller's later edits, nor edit the caller's array)."""
+    a = np.asarray(a)
+    if a.size:
+        low, high = _byte_bounds(a)
+    else:
+        low = high = a.ctypes.data
+    raw = np.empty(high - low + _ALIGNMENT, np.uint8)
+    start = (low - raw.ctypes.data) % _ALIGNMENT
+    copy: np.ndarray = np.ndarray(
+        a.shape, a.dtype, buffer=raw, offset=start + a.ctypes.data - low, strides=a.strides
+    )
+    copy[...] = a
+    copy.flags.writeable = a.flags.writeable
+    return copy
 
 
 def _numpy_to_numpy(x: Any) -> np.ndarray:
@@ -157,6 +180,11 @@ class Backend:
     ``api`` is any object (usually a module) with the API names as attributes; ``Backend``
     exposes those it has. Hooks default to the numpy ones, capabilities to ``Capabilities.full``
     (with ``timeouts`` set when ``set_timeout`` is given).
+
+    ``layout_copy`` is the adapter's declaration about ``asarray``: empty when numpy inputs reach
+    the API with their layout (strides, offset, read-only flag; the numpy hook does this), else a
+    sentence saying how the adapter copies them (MLX: into its own C-order memory). The layout
+    specs show it, because with a copying adapter they test the adapter's copy, not the backend.
     """
 
     def __init__(
@@ -171,6 +199,7 @@ class Backend:
         dtype: Callable[[str], Any] | None = None,
         capabilities: Capabilities | None = None,
         set_timeout: Callable[[float], float] | None = None,
+        layout_copy: str = "",
     ) -> None:
         self.name = name
         self.version = version
@@ -180,6 +209,7 @@ class Backend:
         self._evaluate = evaluate or _numpy_evaluate
         self._dtype = dtype or numpy_dtype
         self._set_timeout = set_timeout
+        self.layout_copy = layout_copy
         self.capabilities = capabilities or Capabilities.full(timeouts=set_timeout is not None)
         if self.capabilities.timeouts and set_timeout is None:
             raise BackendLoadError(
@@ -199,7 +229,7 @@ class Backend:
         return f"<Backend {self.name} {self.version}>"
 
     def asarray(self, a: np.ndarray) -> Any:
-        """numpy array -> the backend's array."""
+        """numpy array -> the backend's array (layout kept unless ``layout_copy`` says why not)."""
         return self._asarray(a)
 
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -315,6 +345,12 @@ def _has_api(obj: Any) -> bool:
 def _wrap(api: Any, spec: str) -> Backend:
     hooks = {name: getattr(api, name) for name in HOOK_NAMES if callable(getattr(api, name, None))}
     set_timeout = getattr(api, "set_timeout", None)
+    layout_copy = getattr(api, "layout_copy", "")
+    if not isinstance(layout_copy, str):
+        raise BackendLoadError(
+            f"backend {spec!r}: attribute 'layout_copy' is {type(layout_copy).__name__}, "
+            f"expected str"
+        )
     capabilities = getattr(api, "capabilities", None)
     if capabilities is not None and not isinstance(capabilities, Capabilities):
         raise BackendLoadError(
@@ -327,6 +363,7 @@ def _wrap(api: Any, spec: str) -> Backend:
         version=_version_of(api),
         capabilities=capabilities,
         set_timeout=set_timeout if callable(set_timeout) else None,
+        layout_copy=layout_copy,
         **hooks,
     )
 

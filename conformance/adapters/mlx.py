@@ -208,6 +208,8 @@ class MLXRingBackend:
     """The API of ``mlx.core.distributed`` plus the adapter hooks of the backend contract."""
 
     name = "mlx"
+    # The Backend contract's declaration: views never reach MLX (see ``asarray``).
+    layout_copy = "mx.array copies every numpy input into MLX's own C-order memory"
 
     def __init__(self, mx: Any | None = None, *, lazy: bool | None = None) -> None:
         self.mx = mx if mx is not None else _import_mlx()
@@ -328,6 +330,7 @@ def as_backend(adapter: MLXRingBackend) -> Backend:
         evaluate=adapter.evaluate,
         dtype=adapter.dtype,
         capabilities=adapter.capabilities,
+        layout_copy=adapter.layout_copy,
     )
 
 
