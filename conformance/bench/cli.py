@@ -32,6 +32,7 @@ from conformance.bench.output import (
     write_json,
 )
 from conformance.bench.units import DEFAULT_SIZES, parse_sizes
+from conformance.run import hostfile
 
 PROG = "python -m conformance bench"
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a launched job after this many seconds (default %(default)s)",
     )
     parser.add_argument("--mpiexec", help="mpiexec for --np (default: the one matching mpi4py)")
+    hostfile.add_option(parser)
     return parser
 
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return _table_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.np is not None and not launch.is_child():
-        return launch.launch(args.np, argv, args.timeout, args.mpiexec)
+        return launch.launch(args.np, argv, args.timeout, args.mpiexec, args.hostfile)
     return run(args, argv)
 
 

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 CHILD_ENV = "CONFORMANCE_BENCH_CHILD"
 
@@ -22,14 +23,22 @@ def is_child() -> bool:
     return os.environ.get(CHILD_ENV) == "1"
 
 
-def launch(np: int, argv: Sequence[str], timeout: float | None, mpiexec: str | None = None) -> int:
-    """Run the benchmark with ``argv`` on ``np`` ranks and return the job's exit status
-    (124 when it was killed after ``timeout`` seconds, 2 when no launcher was found)."""
+def launch(
+    np: int,
+    argv: Sequence[str],
+    timeout: float | None,
+    mpiexec: str | None = None,
+    hostfile: Path | None = None,
+) -> int:
+    """Run the benchmark with ``argv`` on ``np`` ranks (on the hosts of ``hostfile``, if given)
+    and return the job's exit status (124 when it was killed after ``timeout`` seconds, 2 when
+    no launcher was found or the host file is unusable)."""
+    from conformance.run.hostfile import HostfileError
     from conformance.run.launcher import LauncherError, find_launcher, kill_process_group
 
     try:
-        launcher = find_launcher(mpiexec)
-    except LauncherError as exc:
+        launcher = find_launcher(mpiexec).with_hostfile(hostfile)
+    except (LauncherError, HostfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for warning in launcher.warnings:
