@@ -1,8 +1,14 @@
-"""The results file the runner consumes: one JSON object per line per test, from rank 0 only.
+"""The results file: the contract between the plugin (inside rank 0 of a job) and everything that
+reads a run's results outside it (runner, reports, deviations, selftest).
 
-Fields (docs/contracts.md, "Plugin ↔ runner"): nodeid, outcome (passed, failed, skipped, xfailed,
-xpassed, hung, error), failing_ranks, message, longrepr, duration, level, area, seed, world_size,
-backend; a hung record also has ``stacks`` ({rank: text}).
+One JSON object per line. The first line a session writes is its header (``kind = "session"``:
+the backend, its version, its declared capabilities, the world size); then one ``kind = "test"``
+record per finished test. Every line carries ``schema`` (:data:`SCHEMA_VERSION`).
+
+A test record (:class:`TestRecord`) is built by :func:`make_record` only and read back by
+:func:`read_records` only; the header by :func:`make_session` / :func:`read_session`.
+Outcomes are :class:`Outcome` values (a ``str`` enum, so a record compares and serialises as
+plain strings).
 """
 
 from __future__ import annotations
@@ -10,10 +16,123 @@ from __future__ import annotations
 import json
 import os
 import threading
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "hung", "error")
+#: Version of the line format; a reader accepts this and version 1 (no ``schema`` field).
+SCHEMA_VERSION = 2
+
+
+class Outcome(str, Enum):
+    """What happened to one test (on one rank count), agreed by every rank."""
+
+    PASSED = "passed"
+    #: An assertion failed in the test's call: the backend gave a wrong result.
+    WRONG = "wrong"
+    #: Any other exception in the call, or setup/teardown failed: the backend raised.
+    ERROR = "error"
+    #: The test checked only features the backend declares unsupported, and each raised as the
+    #: manifest names (type and message, on every rank, within the deadline).
+    UNSUPPORTED = "unsupported"
+    SKIPPED = "skipped"
+    XFAILED = "xfailed"
+    XPASSED = "xpassed"
+    #: No progress within the deadline (``stacks`` holds every rank's stack when the plugin saw it).
+    HUNG = "hung"
+    #: The job ended during the test (``crash`` names the rank and signal when known).
+    CRASHED = "crashed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Outcomes that make a run fail unless a deviation expects them.
+BAD_OUTCOMES = frozenset({Outcome.WRONG, Outcome.ERROR, Outcome.HUNG, Outcome.CRASHED})
+#: Outcomes in which the test's rule held.
+GOOD_OUTCOMES = frozenset({Outcome.PASSED, Outcome.UNSUPPORTED, Outcome.XPASSED})
+#: Schema-1 names read as their schema-2 outcome.
+_LEGACY = {"failed": Outcome.WRONG}
+
+
+class TestRecord(TypedDict, total=False):
+    """One test's result. The plugin writes the first group; the runner adds the second."""
+
+    schema: int
+    kind: str
+    nodeid: str
+    outcome: str
+    failing_ranks: list[int]
+    message: str
+    longrepr: str
+    duration: float | None
+    level: str | None
+    tier: str | None
+    area: str | None
+    seed: int | None
+    world_size: int
+    backend: str
+    stacks: dict[str, str]
+    unsupported: list[str]
+    crash: dict[str, int | None]
+    # -- added outside the job --
+    np: int
+    order: int
+    reproduce: str
+    output: str
+    rank_output: dict[str, str]
+    rank_logs: dict[str, str]
+    source: str
+    deviation: str
+    deviation_passed: str
+
+
+class SessionRecord(TypedDict, total=False):
+    """The header a session writes before its first test."""
+
+    schema: int
+    kind: str
+    backend: str
+    backend_name: str
+    backend_version: str
+    capabilities: dict[str, Any]
+    declared: list[dict[str, Any]]
+    load_error: str
+    world_size: int
+
+
+_FIELDS = frozenset(TestRecord.__annotations__)
+_REQUIRED = ("nodeid", "outcome")
+
+
+def make_record(nodeid: str, outcome: Outcome | str, **fields: Any) -> TestRecord:
+    """The one constructor of a test record; raises ValueError on an unknown outcome or field."""
+    unknown = set(fields) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown record fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
+    record: dict[str, Any] = {"failing_ranks": [], "message": "", "longrepr": ""}
+    record.update(fields)
+    record.update(schema=SCHEMA_VERSION, kind="test", nodeid=nodeid, outcome=Outcome(outcome).value)
+    return record  # type: ignore[return-value]
+
+
+def make_session(**fields: Any) -> SessionRecord:
+    """The session header (fields of :class:`SessionRecord`)."""
+    unknown = set(fields) - set(SessionRecord.__annotations__)
+    if unknown:
+        raise ValueError(f"unknown session fields {sorted(unknown)}")
+    return {**fields, "schema": SCHEMA_VERSION, "kind": "session"}  # type: ignore[typeddict-item]
+
+
+def outcome_of(record: TestRecord | dict[str, Any]) -> Outcome | None:
+    """The record's outcome as an :class:`Outcome` (None when missing or unknown)."""
+    value = record.get("outcome")
+    if value in _LEGACY:
+        return _LEGACY[str(value)]
+    try:
+        return Outcome(value)
+    except ValueError:
+        return None
 
 
 class ResultsFile:
@@ -25,10 +144,10 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the watchdog thread writes the hung record
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: TestRecord | SessionRecord) -> None:
         """Append one record (a JSON object on one line)."""
-        if record.get("outcome") not in OUTCOMES:
-            raise ValueError(f"record outcome {record.get('outcome')!r} is not one of {OUTCOMES}")
+        if record.get("kind") == "test" and outcome_of(record) is None:
+            raise ValueError(f"record outcome {record.get('outcome')!r} is not an Outcome")
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as stream:
             stream.write(line)
@@ -36,7 +155,39 @@ class ResultsFile:
             os.fsync(stream.fileno())
 
 
-def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All records of a results file, in order."""
-    text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def _lines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    # A torn last line (a job killed mid-write) is skipped.
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def read_records(path: str | os.PathLike[str]) -> list[TestRecord]:
+    """The test records of a results file, in order (a missing file has none). Schema-1 records
+    are upgraded (``failed`` reads as ``wrong``)."""
+    records: list[TestRecord] = []
+    for value in _lines(path):
+        if value.get("kind", "test") != "test" or "nodeid" not in value:
+            continue
+        outcome = outcome_of(value)
+        if outcome is not None:
+            value["outcome"] = outcome.value
+        value.setdefault("schema", 1)
+        records.append(value)  # type: ignore[arg-type]
+    return records
+
+
+def read_session(path: str | os.PathLike[str]) -> SessionRecord | None:
+    """The last session header of a results file (a resumed rank count has one per job)."""
+    headers = [v for v in _lines(path) if v.get("kind") == "session"]
+    return headers[-1] if headers else None  # type: ignore[return-value]

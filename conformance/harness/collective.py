@@ -9,7 +9,7 @@ with a message naming the ranks concerned:
     with collective_raises(ValueError, match="Invalid destination"):
         backend.send(x, size, group=world)
     if expect_unsupported(backend, "sum_scatter", backend.sum_scatter, x):
-        return
+        return  # it raised, on every rank, the error the manifest names for the feature
 
 Every rank must call the same helpers in the same order; a rank that reaches a different exchange
 gets ``CollectiveDesync`` (a pytest failure, so ``except Exception`` does not swallow it).
@@ -17,6 +17,7 @@ gets ``CollectiveDesync`` (a pytest failure, so ``except Exception`` does not sw
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -186,9 +187,11 @@ def expect_unsupported(
 
     If ``backend``'s capabilities support ``op`` (on ``for_dtype``, when given), do nothing and
     return False: the caller goes on to test the feature. Otherwise require ``fn(*args, **kwargs)``
-    to raise an Exception on every rank (a TimeoutError does not count: an unsupported feature
-    must fail fast) and return True. With a Backend, ``fn``'s result is evaluated, so a lazy
-    backend's error surfaces inside the check."""
+    to raise, on every rank, the error the manifest names for that feature (type and message
+    pattern: ``conformance.specs.manifest.unsupported_error``; a TimeoutError never counts, an
+    unsupported feature must fail fast), note the check for the test's record and return True.
+    With a Backend, ``fn``'s result is evaluated, so a lazy backend's error surfaces inside the
+    check."""
     capabilities = backend.capabilities if isinstance(backend, Backend) else backend
     if capabilities.supports(op, for_dtype):
         return False
@@ -198,6 +201,42 @@ def expect_unsupported(
         if isinstance(backend, Backend) and result is not None:
             backend.evaluate(result)
 
-    with _raises(Exception, None, (TimeoutError,)):
-        call()
+    feature = f"{op}[{for_dtype}]" if for_dtype else op
+    raises_as_declared(feature, call, op=op, dtype=for_dtype)
     return True
+
+
+def raises_as_declared(
+    feature: str, fn: Callable[[], Any], *, op: str | None = None, dtype: str | None = None
+) -> None:
+    """Require ``fn()`` to raise, on every rank, the error the manifest names for the
+    declared-unsupported ``feature`` (``op``/``dtype`` select the manifest entry; default: the
+    feature id itself), and note ``feature`` as checked for the test's record."""
+    from conformance.specs.manifest import unsupported_error
+
+    names, match = unsupported_error(op or feature, dtype)
+    expected = tuple(_exception_type(name) for name in names)
+    with _raises(expected, match or None, (TimeoutError,)):
+        fn()
+    _DECLARED_CHECKS.append(feature)
+
+
+def _exception_type(name: str) -> type[BaseException]:
+    found = getattr(builtins, name, None)
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise ValueError(f"manifest names {name!r}, which is not a built-in exception type")
+    return found
+
+
+# Declared-unsupported features the current test checked (the plugin resets it per test).
+_DECLARED_CHECKS: list[str] = []
+
+
+def begin_test() -> None:
+    """Forget the previous test's declared-unsupported checks."""
+    _DECLARED_CHECKS.clear()
+
+
+def declared_checks() -> list[str]:
+    """The declared-unsupported features the current test checked, in order, once each."""
+    return list(dict.fromkeys(_DECLARED_CHECKS))

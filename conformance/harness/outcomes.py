@@ -4,7 +4,9 @@ After each phase (setup, call, teardown) the ranks exchange their local outcomes
 combined one, so they agree on whether to run the next phase and a failure anywhere fails the test
 everywhere. Rules (``combine``):
 
-- any rank failed -> failed, naming the failing ranks, each one's traceback shown once;
+- any rank failed -> failed, naming the failing ranks, each one's traceback shown once; the failure
+  is ``wrong`` (a wrong result: every failing rank raised an AssertionError, which the collective
+  helpers' failures are) or ``error`` (some rank raised anything else);
 - every rank skipped -> skipped; only some skipped -> failed (a skip must be collective, or the
   ranks that go on block in the data plane);
 - any rank xfailed -> xfailed; any rank xpassed -> xpassed; else passed.
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from conformance.records import Outcome
 
 PASSED, FAILED, SKIPPED, XFAILED, XPASSED = "passed", "failed", "skipped", "xfailed", "xpassed"
 
@@ -32,6 +36,8 @@ class RankOutcome:
     # The ranks a collective failure blames (collective_assert names the ranks where the condition
     # was false, though it fails everywhere); None: this rank itself.
     blamed: tuple[int, ...] | None = None
+    # For a failure: "wrong" (an AssertionError) or "error" (any other exception).
+    failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Verdict:
     longrepr: str = ""
     duration: float = 0.0
     wasxfail: str = ""
+    failure: str = ""  # "wrong" or "error" when the outcome is failed
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,14 @@ def local_outcome(report: pytest.TestReport, error: BaseException | None = None)
         duration=float(report.duration),
         wasxfail=wasxfail or "",
         blamed=_blamed(error) if outcome == FAILED else None,
+        failure=_failure_kind(error) if outcome == FAILED else "",
     )
+
+
+def _failure_kind(error: BaseException | None) -> str:
+    """An assertion means the backend's result was wrong; anything else is an error it raised
+    (a skip on some ranks, a desync or a harness failure included)."""
+    return Outcome.WRONG.value if isinstance(error, AssertionError) else Outcome.ERROR.value
 
 
 def _blamed(error: BaseException | None) -> tuple[int, ...] | None:
@@ -116,12 +130,14 @@ def combine(outcomes: list[RankOutcome]) -> Verdict:
     failed = [rank for rank, kind in enumerate(kinds) if kind == FAILED]
     if failed:
         blamed = sorted({r for rank in failed for r in (outcomes[rank].blamed or (rank,))})
+        wrong = all(outcomes[rank].failure == Outcome.WRONG.value for rank in failed)
         return Verdict(
             FAILED,
             blamed,
             _failure_message(outcomes, failed, blamed),
             _failure_text(outcomes, failed, blamed),
             duration,
+            failure=Outcome.WRONG.value if wrong else Outcome.ERROR.value,
         )
     skipped = [rank for rank, kind in enumerate(kinds) if kind == SKIPPED]
     if skipped and len(skipped) == size:
@@ -133,7 +149,7 @@ def combine(outcomes: list[RankOutcome]) -> Verdict:
             f"skipped on ranks {skipped} but not on ranks {ran} ({reason}); "
             "a skip must happen on every rank"
         )
-        return Verdict(FAILED, skipped, message, message, duration)
+        return Verdict(FAILED, skipped, message, message, duration, failure=Outcome.ERROR.value)
     for kind in (XFAILED, XPASSED):
         marked = [o for o in outcomes if o.outcome == kind]
         if marked:
@@ -209,15 +225,19 @@ def _location(report: pytest.TestReport) -> tuple[str, int]:
 
 
 def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:
-    """The results-file fields of one test from its phases' verdicts: outcome (setup or teardown
-    failure -> error, unless the call failed too), failing ranks, message, longrepr, duration."""
+    """The results-file fields of one test from its phases' verdicts: outcome (a failed call is
+    ``wrong`` or ``error`` by what was raised; a setup or teardown failure is ``error``), failing
+    ranks, message, longrepr, duration."""
     setup, call, teardown = (verdicts.get(when) for when in ("setup", "call", "teardown"))
+    outcome: str
     if setup is not None and setup.outcome == FAILED:
-        outcome = "error"
+        outcome = Outcome.ERROR.value
     elif call is None:
-        outcome = setup.outcome if setup is not None else "error"
-    elif teardown is not None and teardown.outcome == FAILED and call.outcome != FAILED:
-        outcome = "error"
+        outcome = setup.outcome if setup is not None else Outcome.ERROR.value
+    elif call.outcome == FAILED:
+        outcome = call.failure or Outcome.ERROR.value
+    elif teardown is not None and teardown.outcome == FAILED:
+        outcome = Outcome.ERROR.value
     else:
         outcome = call.outcome
     failing = sorted({rank for v in verdicts.values() for rank in v.failing_ranks})

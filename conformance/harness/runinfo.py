@@ -1,10 +1,14 @@
-"""What a run is: the lines of the report header (backend, MPI library, world size, every
-``CONFORMANCE_*`` variable) that make a report reproducible."""
+"""What a run is (runs inside every rank; rank 0 writes it): the lines of the report header
+(backend, MPI library, world size, every ``CONFORMANCE_*`` variable) that make a report
+reproducible, and the results file's session header (backend, version, declared capabilities)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from conformance.records import SessionRecord, make_session
 
 # Marks a rank's watchdog stack as "waiting for the others", as opposed to stuck in test code.
 WAITING = "waiting at control exchange"
@@ -48,3 +52,41 @@ def header_lines(
         f"conformance timeout: {timeout:g} s per test, seed {seed}, logs {log_dir}",
         f"conformance environment: {shown}",
     ]
+
+
+def capabilities_dict(capabilities: Any) -> dict[str, Any]:
+    """A ``conformance.backend.Capabilities`` as JSON-ready data (sets as sorted lists)."""
+    return {
+        "ops": sorted(capabilities.ops),
+        "dtypes": {op: sorted(names) for op, names in sorted(capabilities.dtypes.items())},
+        "p2p_topology": capabilities.p2p_topology,
+        "split": capabilities.split,
+        "sum_scatter": capabilities.sum_scatter,
+        "send_to_self": capabilities.send_to_self,
+        "timeouts": capabilities.timeouts,
+    }
+
+
+def session_header(
+    spec: str, backend: Any, world_size: int, error: BaseException | None = None
+) -> SessionRecord:
+    """The results file's session header: the backend, its version, what it declares (every
+    declared-unsupported feature, each marked optional or not by the manifest)."""
+    if backend is None:
+        return make_session(
+            backend=spec, world_size=world_size, load_error=f"{type(error).__name__}: {error}"
+        )
+    from conformance.specs.manifest import declared_unsupported
+
+    declared = [
+        {"feature": d.feature, "optional": d.optional, "rule": d.rule}
+        for d in declared_unsupported(backend.capabilities)
+    ]
+    return make_session(
+        backend=spec,
+        backend_name=str(backend.name),
+        backend_version=str(backend.version),
+        capabilities=capabilities_dict(backend.capabilities),
+        declared=declared,
+        world_size=world_size,
+    )

@@ -1,42 +1,67 @@
-"""Known deviations of a backend from the spec: expected failures, loaded from TOML.
+"""Known deviations of a backend from the spec, loaded from TOML (runs in the runner, outside
+every job).
 
 File format (``conformance/deviations/<backend>.toml``)::
 
     [[deviation]]
-    test = "conformance/specs/test_reductions.py::test_bool_*"   # fnmatch pattern on node ids
+    tests = [                                   # exact node ids (or `test = "..."` for one)
+      "conformance/specs/test_all_max.py::test_values[bool]",
+      "conformance/specs/test_all_min.py::test_values[bool]",
+    ]
     np = [2, 3, 4]              # optional: rank counts it applies to (default: every count)
-    reason = "mpi backend aborts on bool reductions"
-    upstream = "https://github.com/ml-explore/mlx/issues/NNNN"   # optional
+    expect = "wrong"            # the outcome it excuses: wrong, error, hang or crash (or a list)
+    reason = "bool reductions return each rank's own input"
+    upstream = "https://github.com/ml-explore/mlx/issues/NNNN"   # or no_upstream = "why none"
+    flaky = "why it sometimes passes"          # optional: a pass is reported, not a failure
+
+    [[deviation]]
+    feature = "all_max[complex64]"   # a core feature the backend declares unsupported
+    reason = "..."
+    no_upstream = "not yet filed: ..."
 
 A file with no deviations holds ``deviation = []``.
 
 Contract:
 
-- :func:`load` parses and validates a file (``DeviationError`` names the file and entry).
-- :func:`apply` classifies records (dicts with ``nodeid``, ``np``, ``outcome``): a failure
-  matching an entry becomes expected (``"deviation"`` key set to the entry's description); a
-  pass matching an entry is marked ``"deviation_passed"`` (reported as an unexpected pass).
-  It returns the entries that matched no collected test at any of their rank counts.
+- :func:`load` parses and validates a file (``DeviationError`` names the file and entry). Test ids
+  are exact: no wildcard, so an entry excuses only the cases its reason is about.
+- :func:`apply` marks records (``nodeid``, ``np``, ``outcome``): a record whose outcome is one the
+  entry expects gets ``"deviation"`` (the entry's description) and no longer fails the run; any
+  other bad outcome stays a failure (a deviation that expects a wrong result never excuses a hang).
+  A passing record gets ``"deviation_passed"``: unless the entry is ``flaky``, that fails the run
+  (strict: fix the entry when the backend is fixed). Entries whose tests were selected but have no
+  record, or whose tests were not collected in a full run, are reported as stale.
+- :func:`excused_features` maps feature ids to the entries that excuse them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conformance.records import BAD_OUTCOMES, GOOD_OUTCOMES, Outcome, outcome_of
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+#: What an entry's ``expect`` names -> the record outcome it matches.
+EXPECTATIONS: dict[str, Outcome] = {
+    "wrong": Outcome.WRONG,
+    "error": Outcome.ERROR,
+    "hang": Outcome.HUNG,
+    "crash": Outcome.CRASHED,
+}
 #: Outcomes a deviation can excuse.
-FAILING_OUTCOMES = frozenset({"failed", "hung", "crashed", "error"})
+FAILING_OUTCOMES = frozenset(o.value for o in BAD_OUTCOMES)
 #: Outcomes that make an expected failure "pass unexpectedly".
-PASSING_OUTCOMES = frozenset({"passed", "xpassed"})
+PASSING_OUTCOMES = frozenset(o.value for o in GOOD_OUTCOMES)
+_WILDCARDS = ("*", "?")
+_KEYS = {"test", "tests", "feature", "np", "expect", "reason", "upstream", "no_upstream", "flaky"}
 
 DEVIATIONS_DIR = Path(__file__).parent.parent / "deviations"
 
@@ -47,31 +72,37 @@ class DeviationError(ValueError):
 
 @dataclass(frozen=True)
 class Deviation:
-    """One expected failure: node-id pattern, rank counts (None: all), reason, upstream link."""
+    """One known deviation: exact test ids and the outcomes expected of them, or one declared
+    feature; the reason, and the upstream link or why there is none."""
 
-    test: str
     reason: str
+    tests: tuple[str, ...] = ()
+    feature: str = ""
+    expect: frozenset[str] = frozenset()
     np: frozenset[int] | None = None
     upstream: str = ""
+    no_upstream: str = ""
+    flaky: str = ""
 
-    def matches(self, nodeid: str, np: int) -> bool:
-        """Whether this entry covers test ``nodeid`` run on ``np`` ranks."""
-        if self.np is not None and np not in self.np:
-            return False
-        return _match(self.test, nodeid)
+    @property
+    def label(self) -> str:
+        """How reports name the entry: its feature, or its (first) test id."""
+        if self.feature:
+            return f"feature {self.feature}"
+        more = f" (+{len(self.tests) - 1} more)" if len(self.tests) > 1 else ""
+        return f"{self.tests[0]}{more}"
+
+    def covers(self, nodeid: str, np: int) -> bool:
+        """Whether this entry is about test ``nodeid`` run on ``np`` ranks."""
+        return nodeid in self.tests and (self.np is None or np in self.np)
+
+    def expects(self, outcome: str) -> bool:
+        return outcome in self.expect
 
     def describe(self) -> str:
-        """One line for reports: reason, and the upstream link when there is one."""
-        return f"{self.reason} ({self.upstream})" if self.upstream else self.reason
-
-
-def _match(pattern: str, nodeid: str) -> bool:
-    # fnmatch reads "[...]" as a character class, but node ids carry "[param]" suffixes that
-    # authors write literally; a pattern matches if it matches either way.
-    if pattern == nodeid or fnmatch.fnmatchcase(nodeid, pattern):
-        return True
-    literal_brackets = "".join({"[": "[[]", "]": "[]]"}.get(ch, ch) for ch in pattern)
-    return fnmatch.fnmatchcase(nodeid, literal_brackets)
+        """One line for reports: reason, and the upstream link or why there is none."""
+        link = self.upstream or f"no upstream issue: {self.no_upstream}"
+        return f"{self.reason} ({link})"
 
 
 def default_path(backend: str) -> Path:
@@ -104,64 +135,179 @@ def parse(data: Mapping[str, Any], source: str = "<deviations>") -> list[Deviati
     entries = data.get("deviation", [])
     if not isinstance(entries, list):
         raise DeviationError(f"{source}: 'deviation' must be an array of tables")
-    out: list[Deviation] = []
+    out = []
     for i, entry in enumerate(entries):
         where = f"{source}: deviation #{i + 1}"
         if not isinstance(entry, dict):
             raise DeviationError(f"{where}: must be a table")
-        extra = set(entry) - {"test", "np", "reason", "upstream"}
-        if extra:
-            raise DeviationError(f"{where}: unknown keys {sorted(extra)}")
-        test, reason = entry.get("test"), entry.get("reason")
-        if not isinstance(test, str) or not test:
-            raise DeviationError(f"{where}: 'test' (a node-id pattern) is required")
-        if not isinstance(reason, str) or not reason:
-            raise DeviationError(f"{where}: 'reason' is required")
-        np_value = entry.get("np")
-        nps: frozenset[int] | None = None
-        if np_value is not None:
-            if isinstance(np_value, int) and not isinstance(np_value, bool):
-                np_value = [np_value]
-            if not isinstance(np_value, list) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in np_value
-            ):
-                raise DeviationError(f"{where}: 'np' must be a rank count or a list of them")
-            nps = frozenset(np_value)
-        upstream = entry.get("upstream", "")
-        if not isinstance(upstream, str):
-            raise DeviationError(f"{where}: 'upstream' must be a string (a URL)")
-        out.append(Deviation(test=test, reason=reason, np=nps, upstream=upstream))
+        out.append(_entry(entry, where))
     return out
+
+
+def _text(entry: Mapping[str, Any], key: str, where: str) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise DeviationError(f"{where}: {key!r} must be a string")
+    return value.strip()
+
+
+def _entry(entry: Mapping[str, Any], where: str) -> Deviation:
+    extra = set(entry) - _KEYS
+    if extra:
+        raise DeviationError(f"{where}: unknown keys {sorted(extra)}")
+    reason = _text(entry, "reason", where)
+    if not reason:
+        raise DeviationError(f"{where}: 'reason' is required")
+    upstream, no_upstream = _text(entry, "upstream", where), _text(entry, "no_upstream", where)
+    if bool(upstream) == bool(no_upstream):
+        raise DeviationError(
+            f"{where}: give exactly one of 'upstream' (a link to the upstream issue) or "
+            "'no_upstream' (why there is none)"
+        )
+    if upstream and not upstream.startswith(("https://", "http://")):
+        raise DeviationError(f"{where}: 'upstream' must be a URL, not {upstream!r}")
+    feature = _text(entry, "feature", where)
+    common = {"reason": reason, "upstream": upstream, "no_upstream": no_upstream}
+    if feature:
+        stray = set(entry) & {"test", "tests", "np", "expect", "flaky"}
+        if stray:
+            raise DeviationError(f"{where}: a 'feature' entry takes no {sorted(stray)}")
+        return Deviation(feature=feature, **common)
+    return Deviation(
+        tests=_tests(entry, where),
+        expect=_expect(entry, where),
+        np=_nps(entry, where),
+        flaky=_text(entry, "flaky", where),
+        **common,
+    )
+
+
+def _tests(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    if ("test" in entry) == ("tests" in entry):
+        raise DeviationError(
+            f"{where}: give 'test' (one node id) or 'tests' (a list), or 'feature'"
+        )
+    value = entry.get("tests", [entry.get("test")])
+    if not isinstance(value, list) or not value:
+        raise DeviationError(f"{where}: 'tests' must be a non-empty list of node ids")
+    for nodeid in value:
+        if not isinstance(nodeid, str) or "::" not in nodeid:
+            raise DeviationError(f"{where}: {nodeid!r} is not a test node id (file.py::test)")
+        if any(mark in nodeid for mark in _WILDCARDS):
+            raise DeviationError(
+                f"{where}: {nodeid!r} has a wildcard; list the exact test ids the reason is about"
+            )
+    if len(set(value)) != len(value):
+        raise DeviationError(f"{where}: a test id is listed twice")
+    return tuple(value)
+
+
+def _expect(entry: Mapping[str, Any], where: str) -> frozenset[str]:
+    value = entry.get("expect")
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(n in EXPECTATIONS for n in names):
+        raise DeviationError(
+            f"{where}: 'expect' must be one of {sorted(EXPECTATIONS)} (or a list of them), "
+            f"not {value!r}"
+        )
+    return frozenset(EXPECTATIONS[n].value for n in names)
+
+
+def _nps(entry: Mapping[str, Any], where: str) -> frozenset[int] | None:
+    value = entry.get("np")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value
+    ):
+        raise DeviationError(f"{where}: 'np' must be a rank count or a list of them")
+    return frozenset(value)
+
+
+@dataclass
+class Applied:
+    """What applying the deviations found beyond the marked records."""
+
+    #: (entry, nodeid, np) of strict entries whose test passed: each fails the run.
+    strict_passes: list[tuple[Deviation, str, int]] = field(default_factory=list)
+    #: (entry, nodeid, np, outcome) of bad outcomes the entry does not expect (still failures).
+    other_outcomes: list[tuple[Deviation, str, int, str]] = field(default_factory=list)
+    #: Entries about tests that were selected (or, in a full run, should exist) but never ran.
+    stale: list[Deviation] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Lines that make the run fail."""
+        return [
+            f"deviation entry {entry.label} expects {'/'.join(sorted(entry.expect))} but "
+            f'{nodeid} passed at np={np}: remove the entry, or mark it flaky = "why"'
+            for entry, nodeid, np in self.strict_passes
+        ]
+
+    def warnings(self) -> list[str]:
+        """Lines reported without failing the run."""
+        lines = [
+            f"deviation entry {entry.label} expects {'/'.join(sorted(entry.expect))}, but "
+            f"{nodeid} ended {outcome} at np={np}: not excused"
+            for entry, nodeid, np, outcome in self.other_outcomes
+        ]
+        lines += [
+            f"deviation entry {entry.label} (np {sorted(entry.np) if entry.np else 'any'}) "
+            "matched no test that ran"
+            for entry in self.stale
+        ]
+        return lines
 
 
 def apply(
     records: Iterable[MutableMapping[str, Any]],
     deviations: Iterable[Deviation],
     collected: Mapping[int, Iterable[str]] | None = None,
-) -> list[Deviation]:
-    """Mark records covered by ``deviations``; return the entries that matched nothing.
+    *,
+    full_run: bool = True,
+) -> Applied:
+    """Mark records covered by ``deviations`` (see the module contract).
 
-    ``collected`` maps rank count -> node ids that were collected; an entry that matches none of
-    them (or, without ``collected``, no record) is returned for the caller to warn about.
+    ``collected`` maps rank count -> the node ids selected for it. An entry none of whose tests
+    has a record at any of its rank counts is stale when one of its tests was selected, or, in a
+    ``full_run`` (no -k/-m/paths), when none of them exists at all.
     """
-    deviations = list(deviations)
+    entries = [d for d in deviations if d.tests]
+    applied = Applied()
     used: set[int] = set()
     for record in records:
-        for i, deviation in enumerate(deviations):
-            if not deviation.matches(record["nodeid"], int(record["np"])):
-                continue
-            used.add(i)
-            if record["outcome"] in FAILING_OUTCOMES:
-                record["deviation"] = deviation.describe()
-            elif record["outcome"] in PASSING_OUTCOMES:
-                record["deviation_passed"] = deviation.describe()
-            break
-    if collected is not None:
-        for i, deviation in enumerate(deviations):
-            if i in used:
-                continue
-            if any(
-                deviation.matches(nodeid, np) for np, ids in collected.items() for nodeid in ids
-            ):
+        nodeid, np = record["nodeid"], int(record["np"])
+        for i, entry in enumerate(entries):
+            if entry.covers(nodeid, np):
                 used.add(i)
-    return [d for i, d in enumerate(deviations) if i not in used]
+                _mark(record, entry, applied)
+                break
+    selected = {(np, nodeid) for np, ids in (collected or {}).items() for nodeid in ids}
+    everything = {nodeid for _, nodeid in selected}
+    for i, entry in enumerate(entries):
+        if i in used:
+            continue
+        chosen = any(entry.covers(nodeid, np) for np, nodeid in selected)
+        missing = not (set(entry.tests) & everything)
+        if chosen or (full_run and missing):
+            applied.stale.append(entry)
+    return applied
+
+
+def _mark(record: MutableMapping[str, Any], entry: Deviation, applied: Applied) -> None:
+    outcome = outcome_of(record)
+    value = outcome.value if outcome is not None else str(record.get("outcome"))
+    if entry.expects(value):
+        record["deviation"] = entry.describe()
+    elif value in PASSING_OUTCOMES:
+        record["deviation_passed"] = entry.describe()
+        if not entry.flaky:
+            applied.strict_passes.append((entry, record["nodeid"], int(record["np"])))
+    elif value in FAILING_OUTCOMES:
+        applied.other_outcomes.append((entry, record["nodeid"], int(record["np"]), value))
+
+
+def excused_features(deviations: Iterable[Deviation]) -> dict[str, Deviation]:
+    """Feature id -> the entry that excuses declaring that core feature unsupported."""
+    return {d.feature: d for d in deviations if d.feature}

@@ -1,67 +1,88 @@
-"""Reports of a conformance run: Markdown matrix, JSON records and JUnit XML.
+"""Reports of a conformance run (runs in the runner, outside every job): Markdown, JSON, JUnit XML.
 
 Contract: :func:`write_all` writes ``report.md``, ``report.json`` and ``junit.xml`` into a
-directory from a :class:`RunSummary` (records of every rank count, each a results-file record
-plus ``np``, ``reproduce`` and, where a known deviation applies, ``deviation`` or
-``deviation_passed``). Every test that failed, hung, crashed or errored is listed with the
-command that reproduces it alone. :attr:`RunSummary.ok` is the run's verdict: no unexpected
-bad outcome and no problem that kept tests from running.
+directory from a :class:`RunSummary` (the test records of every rank count, each a results-file
+record plus ``np``, ``reproduce`` and, where a known deviation applies, ``deviation`` or
+``deviation_passed``; the session header of each rank count; the run's problems).
+
+- The headline gives a verdict per level (core, robust, impl-defined) with its counts, the
+  backend and its version, the suite's version and commit, and the rank counts. A level is PASS
+  only when at least one of its tests passed, none failed, hung or crashed unexcused, and nothing
+  in it was excused by a deviation (then DEVIATES); core is FAIL when a core feature is declared
+  unsupported without a deviation entry naming it.
+- Every declared capability is listed, each declared-unsupported feature marked optional or not.
+- Identical outcomes of one test at several rank counts are one line (or one section).
+- A table says what each tier cost (tests, results, time).
+- No path of the machine that made the report appears in it (:func:`scrub`).
+- :attr:`RunSummary.ok` is the run's verdict (the runner's exit status is 0 only when it holds).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-#: Levels in report order; records without a level are shown under "unlabelled".
-LEVELS = ("core", "robust", "impl-defined")
-UNLABELLED = "unlabelled"
-BAD = frozenset({"failed", "hung", "crashed", "error"})
+import conformance
+from conformance.harness.levels import BASIC_TIER, LEVELS
+from conformance.records import BAD_OUTCOMES, SessionRecord, outcome_of, read_session
+from conformance.run import deviations as deviations_mod
 
-# Column classes of the matrix, in display order, with their one-letter legend.
+UNLABELLED = "unlabelled"
+DISTRIBUTION = "mlx-distributed-conformance"
+
+# Classes of the matrix, in display order, with their one-letter legend.
 CLASSES = (
     ("passed", "passed"),
-    ("failed", "F"),
+    ("unsupported", "U"),
+    ("wrong", "W"),
+    ("error", "E"),
     ("hung", "H"),
+    ("crashed", "C"),
     ("expected", "X"),
     ("xpassed", "XP"),
     ("skipped", "S"),
 )
+FAILING_CLASSES = frozenset({"wrong", "error", "hung", "crashed"})
+LEGEND = (
+    "Cells: passed/total, then U unsupported (raised as declared), W wrong result, E error raised, "
+    "H hung, C crashed, X expected (xfail or known deviation), XP unexpected pass, S skipped."
+)
 
 
 def classify(record: dict[str, Any]) -> str:
-    """The matrix class of a record: passed, failed, hung, expected, xpassed or skipped.
-
-    ``failed`` covers failed and error; ``hung`` covers hung and crashed; ``expected`` covers
-    xfailed and bad outcomes excused by a known deviation; ``xpassed`` covers pytest's xpassed
-    and passes of a test listed as a known deviation.
-    """
-    outcome = record.get("outcome")
-    if outcome in BAD and record.get("deviation"):
+    """The matrix class of a record: the outcome itself, except that a bad outcome a deviation
+    excuses and an xfail are ``expected``, and a pass of a listed deviation is ``xpassed``."""
+    outcome = outcome_of(record)
+    if outcome in BAD_OUTCOMES and record.get("deviation"):
         return "expected"
-    if outcome in ("failed", "error"):
-        return "failed"
-    if outcome in ("hung", "crashed"):
-        return "hung"
-    if outcome == "xfailed":
+    if outcome is None:
+        return "error"
+    if outcome.value == "xfailed":
         return "expected"
-    if outcome == "xpassed" or (outcome == "passed" and record.get("deviation_passed")):
+    if outcome.value == "passed" and record.get("deviation_passed"):
         return "xpassed"
-    if outcome == "passed":
-        return "passed"
-    return "skipped"
+    return outcome.value
 
 
 def level_of(record: dict[str, Any]) -> str:
     level = record.get("level")
-    if not level:
-        return UNLABELLED
-    return str(level).replace("_", "-")
+    return str(level).replace("_", "-") if level else UNLABELLED
+
+
+def _display(level: str) -> str:
+    return level.replace("_", "-")
 
 
 @dataclass
@@ -77,22 +98,91 @@ class RunSummary:
     duration: float = 0.0
     launcher: str = ""
     deviations_file: str = ""
+    #: Session header of each rank count (``records.read_session``).
+    sessions: dict[int, SessionRecord] = field(default_factory=dict)
+    #: Feature id -> description of the deviation entry excusing it.
+    excused_features: dict[str, str] = field(default_factory=dict)
+    #: The command that made the run, and the suite's identity (``suite_identity``).
+    command: str = ""
+    suite: dict[str, str] = field(default_factory=dict)
 
     @property
     def unexpected(self) -> list[dict[str, Any]]:
-        """Records that make the run fail: failed/hung/crashed/error without a deviation."""
-        return [r for r in self.records if classify(r) in ("failed", "hung")]
+        """Records that make the run fail: wrong/error/hung/crashed without a deviation."""
+        return [r for r in self.records if classify(r) in FAILING_CLASSES]
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """Feature id -> {optional, rule, nps} over every rank count's declaration."""
+        out: dict[str, dict[str, Any]] = {}
+        for np, session in sorted(self.sessions.items()):
+            for entry in session.get("declared", []):
+                seen = out.setdefault(entry["feature"], {**entry, "nps": []})
+                seen["nps"].append(np)
+        return out
+
+    def declared_away(self) -> list[str]:
+        """One line per core feature declared unsupported with no deviation entry naming it."""
+        return [
+            f"{feature} is declared unsupported (np={_nps(info['nps'])}) but it is not optional: "
+            f"{info['rule']}. Only features the manifest marks optional may be declared "
+            f'unsupported, unless a deviation entry says feature = "{feature}" with a reason.'
+            for feature, info in self.declared().items()
+            if not info["optional"] and feature not in self.excused_features
+        ]
+
+    def load_errors(self) -> list[str]:
+        return [
+            f"np={np}: the backend failed to load: {s['load_error']}"
+            for np, s in sorted(self.sessions.items())
+            if s.get("load_error")
+        ]
 
     @property
     def ok(self) -> bool:
-        return not self.unexpected and not self.problems
+        return not (self.unexpected or self.problems or self.declared_away() or self.load_errors())
 
     def counts(self, records: Iterable[dict[str, Any]] | None = None) -> Counter[str]:
         return Counter(classify(r) for r in (self.records if records is None else records))
 
+    def level_verdict(self, level: str) -> tuple[str, Counter[str]]:
+        """(PASS | DEVIATES | FAIL | NO PASSES | NOT RUN, class counts) of one level."""
+        counts = self.counts(r for r in self.records if level_of(r) == _display(level))
+        core = level == "core"
+        if not sum(counts.values()):
+            return "NOT RUN", counts
+        if any(counts[c] for c in FAILING_CLASSES) or (core and self.declared_away()):
+            return "FAIL", counts
+        if not counts["passed"]:
+            return "NO PASSES", counts
+        excused = any(r.get("deviation") for r in self.records if level_of(r) == _display(level))
+        if excused or (core and self._excused_core()):
+            return "DEVIATES", counts
+        return "PASS", counts
+
+    def _excused_core(self) -> bool:
+        return any(
+            not i["optional"] for f, i in self.declared().items() if f in self.excused_features
+        )
+
+    def verdict(self) -> str:
+        """The run's one word: FAIL unless ok; else PASS only if every level that ran passed."""
+        if not self.ok:
+            return "FAIL"
+        words = {self.level_verdict(level)[0] for level in LEVELS} - {"NOT RUN"}
+        return "PASS" if words <= {"PASS"} else "DEVIATES" if "DEVIATES" in words else "NO PASSES"
+
+
+def _nps(nps: Iterable[int]) -> str:
+    return ",".join(map(str, sorted(set(nps))))
+
 
 def _sorted(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(records, key=lambda r: (r.get("np", 0), r.get("order", 0), r["nodeid"]))
+    return sorted(records, key=lambda r: (r.get("order", 0), r["nodeid"], r.get("np", 0)))
+
+
+def _count_text(counts: Counter[str]) -> str:
+    parts = [f"{counts[name]} {name}" for name, _ in CLASSES if counts[name]]
+    return ", ".join(parts) or "no tests"
 
 
 def _cell(counter: Counter[str]) -> str:
@@ -104,83 +194,324 @@ def _cell(counter: Counter[str]) -> str:
     return " ".join([text, *extras])
 
 
-def markdown(summary: RunSummary) -> str:
-    """The Markdown report: verdict, matrix per level, failures with reproduction commands."""
-    lines: list[str] = []
-    verdict = "PASS" if summary.ok else "FAIL"
-    counts = summary.counts()
-    lines += [
-        f"# Conformance report: `{summary.backend}` — {verdict}",
-        "",
-        f"- rank counts: {', '.join(map(str, summary.nps))}; "
-        f"{summary.total_per_np} tests per rank count; {len(summary.records)} results",
-        "- " + ", ".join(f"{name} {counts[name]}" for name, _ in CLASSES),
-        f"- duration: {summary.duration:.0f} s",
+def summarize_run(
+    *,
+    backend: str,
+    nps: list[int],
+    results: dict[int, Path],
+    records: list[dict[str, Any]],
+    collected: list[str],
+    problems: list[str],
+    deviations: list[deviations_mod.Deviation],
+    deviations_file: Path | str = "",
+    full_run: bool = True,
+    duration: float = 0.0,
+    launcher: str = "",
+) -> RunSummary:
+    """The runner's one call: apply the deviations to ``records`` (of the rank counts in
+    ``results``, rank count -> its results file, whose session headers are read), add what they
+    found to the problems and warnings, and stamp the suite's identity and the command line."""
+    done = sorted(results)
+    applied = deviations_mod.apply(
+        records, deviations, {np: collected for np in done}, full_run=full_run
+    )
+    sessions = {np: s for np, path in results.items() if (s := read_session(path)) is not None}
+    excused = deviations_mod.excused_features(deviations)
+    summary = RunSummary(
+        backend=backend,
+        nps=list(nps),
+        records=records,
+        total_per_np=len(collected),
+        problems=[
+            *problems,
+            *applied.problems(),
+            *(f"np={np}: not run yet" for np in nps if np not in results),
+        ],
+        warnings=applied.warnings(),
+        duration=duration,
+        launcher=launcher,
+        deviations_file=str(deviations_file),
+        sessions=sessions,
+        excused_features={f: d.describe() for f, d in excused.items()},
+        command=command_line(),
+        suite=suite_identity(),
+    )
+    declared = summary.declared()
+    summary.warnings += [
+        f"deviation entry for feature {f} names a feature the backend does not declare "
+        "unsupported (or an optional one)"
+        for f in excused
+        if sessions and (f not in declared or declared[f]["optional"])
     ]
+    return summary
+
+
+def command_line() -> str:
+    """The ``python -m conformance ...`` command of this process ('' when it is not one)."""
+    if Path(sys.argv[0]).name != "__main__.py" or Path(sys.argv[0]).parent.name != "conformance":
+        return ""
+    return "python -m conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# -- identity and paths ---------------------------------------------------------------------------
+
+
+def suite_identity(root: Path | None = None) -> dict[str, str]:
+    """The suite's distribution name, version and git commit (``unknown`` outside a checkout;
+    ``+changes`` when the checkout has uncommitted changes to tracked files)."""
+    root = root or Path(conformance.__file__).resolve().parent.parent
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"name": DISTRIBUTION, "version": version, "commit": _git_commit(root)}
+
+
+def _git_commit(root: Path) -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+changes" if dirty else commit
+
+
+def machine_paths(extra: Iterable[Path | str] = ()) -> dict[str, str]:
+    """Path prefixes of this machine -> what reports show instead (longest first when applied)."""
+    root = Path(conformance.__file__).resolve().parent.parent
+    aliases = {str(Path(p)): f"<{name}>" for name, p in _named(extra)}
+    aliases.update(
+        {
+            str(root) + os.sep: "",
+            str(root): ".",
+            sys.prefix: "<python>",
+            sys.base_prefix: "<python>",
+            tempfile.gettempdir(): "<tmp>",
+            str(Path.home()): "~",
+        }
+    )
+    return aliases
+
+
+def _named(paths: Iterable[Path | str]) -> list[tuple[str, Path | str]]:
+    return [("report-dir", p) for p in paths]
+
+
+def scrub(text: str, aliases: dict[str, str]) -> str:
+    """``text`` with every path prefix in ``aliases`` replaced (longest prefix first)."""
+    for prefix in sorted(aliases, key=len, reverse=True):
+        if prefix and prefix not in ("/", os.sep):
+            text = text.replace(prefix, aliases[prefix])
+    return text
+
+
+def _scrub_data(value: Any, aliases: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, aliases)
+    if isinstance(value, dict):
+        return {k: _scrub_data(v, aliases) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_data(v, aliases) for v in value]
+    return value
+
+
+# -- Markdown -------------------------------------------------------------------------------------
+
+
+def headline(summary: RunSummary) -> list[str]:
+    """The title and the per-level verdict lines."""
+    backend = _backend_text(summary)
+    lines = [f"# Conformance report: {backend} — {summary.verdict()}", ""]
+    for level in LEVELS:
+        word, counts = summary.level_verdict(level)
+        lines.append(f"- **{_display(level)}: {word}** ({_count_text(counts)})")
+    suite = summary.suite
+    lines += [
+        "",
+        f"- backend: `{summary.backend}` ({backend})",
+        f"- suite: {suite.get('name', DISTRIBUTION)} {suite.get('version', 'unknown')}, "
+        f"commit {suite.get('commit', 'unknown')}",
+        f"- rank counts: {', '.join(map(str, summary.nps))}; {summary.total_per_np} tests per "
+        f"rank count; {len(summary.records)} results; {summary.duration:.0f} s",
+    ]
+    if summary.command:
+        lines.append(f"- command: `{summary.command}`")
     if summary.launcher:
         lines.append(f"- launcher: {summary.launcher}")
     if summary.deviations_file:
         lines.append(f"- known deviations: `{summary.deviations_file}`")
-    lines += [
-        "",
-        "Cells: passed/total, then F failed or error, H hung or crashed, X expected failure "
-        "(xfail or known deviation), XP unexpected pass, S skipped.",
-    ]
+    return lines
+
+
+def _backend_text(summary: RunSummary) -> str:
+    for session in summary.sessions.values():
+        if session.get("backend_name"):
+            return f"{session['backend_name']} {session.get('backend_version', 'unknown')}"
+    return summary.backend
+
+
+def capabilities_section(summary: RunSummary) -> list[str]:
+    """Every declared capability, and every declared-unsupported feature with its standing."""
+    if not summary.sessions:
+        return []
+    lines = ["", "## Declared capabilities", ""]
+    by_caps: dict[str, list[int]] = defaultdict(list)
+    for np, session in sorted(summary.sessions.items()):
+        by_caps[json.dumps(session.get("capabilities", {}), sort_keys=True)].append(np)
+    for text, nps in by_caps.items():
+        lines.append(f"- np={_nps(nps)}: {_describe_capabilities(json.loads(text))}")
+    declared = summary.declared()
+    if not declared:
+        lines += ["", "Nothing is declared unsupported."]
+        return lines
+    lines += ["", "| declared unsupported | np | standing |", "|---|---|---|"]
+    for feature, info in declared.items():
+        if info["optional"]:
+            standing = f"optional: {info['rule']}"
+        elif feature in summary.excused_features:
+            standing = f"**core, excused by a deviation**: {summary.excused_features[feature]}"
+        else:
+            standing = f"**core, not optional — fails the run**: {info['rule']}"
+        lines.append(f"| `{feature}` | {_nps(info['nps'])} | {standing} |")
+    return lines
+
+
+def _describe_capabilities(caps: dict[str, Any]) -> str:
+    if not caps:
+        return "none recorded (the backend did not load)"
+    dtypes = caps.get("dtypes", {})
+    counts = sorted({len(v) for v in dtypes.values()})
+    dtype_text = (
+        f"{counts[0]} dtypes for every data op"
+        if len(counts) == 1
+        else "dtypes " + "; ".join(f"{op}: {len(v)}" for op, v in dtypes.items())
+    )
+    flags = ", ".join(
+        f"{name} {'yes' if caps.get(name) else 'no'}"
+        for name in ("split", "sum_scatter", "send_to_self", "timeouts")
+    )
+    return (
+        f"ops {', '.join(caps.get('ops', []))}; {dtype_text}; p2p topology "
+        f"{caps.get('p2p_topology')}; {flags}"
+    )
+
+
+def tier_costs(summary: RunSummary) -> list[tuple[str, int, int, float]]:
+    """(tier, distinct tests, results, seconds) per tier, most expensive first."""
+    tests: dict[str, set[str]] = defaultdict(set)
+    results: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for record in summary.records:
+        tier = record.get("tier") or BASIC_TIER
+        tests[tier].add(record["nodeid"])
+        results[tier] += 1
+        seconds[tier] += float(record.get("duration") or 0.0)
+    rows = [(tier, len(tests[tier]), results[tier], seconds[tier]) for tier in tests]
+    return sorted(rows, key=lambda row: (-row[3], row[0]))
+
+
+def _tier_section(summary: RunSummary) -> list[str]:
+    rows = tier_costs(summary)
+    if not rows:
+        return []
+    lines = ["", "## What each tier cost", "", "| tier | tests | results | time (s) |"]
+    lines.append("|---|---|---|---|")
+    lines += [f"| {tier} | {n} | {r} | {s:.1f} |" for tier, n, r, s in rows]
+    return lines
+
+
+def _matrix(summary: RunSummary) -> list[str]:
     by_level: dict[str, dict[str, dict[int, Counter[str]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(Counter))
     )
     for record in summary.records:
         area = record.get("area") or "?"
         by_level[level_of(record)][area][record["np"]][classify(record)] += 1
-    for level in [*LEVELS, UNLABELLED]:
+    lines = ["", LEGEND]
+    for level in [*(_display(lv) for lv in LEVELS), UNLABELLED]:
         areas = by_level.get(level)
         if not areas:
             continue
-        lines += ["", f"## {level}", ""]
         header = ["area", *(f"np={np}" for np in summary.nps)]
-        lines.append("| " + " | ".join(header) + " |")
+        lines += ["", f"## {level}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
         for area in sorted(areas):
             cells = [_cell(areas[area].get(np, Counter())) for np in summary.nps]
             lines.append("| " + " | ".join([area, *cells]) + " |")
-    if summary.problems:
-        lines += ["", "## Problems", ""] + [f"- {p}" for p in summary.problems]
+    return lines
+
+
+def grouped(records: Iterable[dict[str, Any]], *keys: str) -> list[list[dict[str, Any]]]:
+    """Records grouped by node id and ``keys`` (one group = one test's identical outcome at
+    several rank counts), in run order."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for record in _sorted(records):
+        key = (record["nodeid"], *(str(record.get(k, "")) for k in keys))
+        groups.setdefault(key, []).append(record)
+    return list(groups.values())
+
+
+def markdown(summary: RunSummary) -> str:
+    """The Markdown report: verdicts, capabilities, matrix per level, tier costs, failures."""
+    lines = headline(summary)
+    if summary.declared_away():
+        lines += ["", "## Core features declared away", ""]
+        lines += [f"- {line}" for line in summary.declared_away()]
+    lines += capabilities_section(summary)
+    lines += _matrix(summary)
+    lines += _tier_section(summary)
+    problems = [*summary.load_errors(), *summary.problems]
+    if problems:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     if summary.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary.warnings]
-    bad = _sorted(summary.unexpected)
+    bad = grouped(summary.unexpected, "outcome")
     if bad:
         lines += ["", "## Failures", ""]
-        for record in bad:
-            lines += _failure_section(record)
-    xpassed = [r for r in _sorted(summary.records) if classify(r) == "xpassed"]
+        for group in bad:
+            lines += _failure_section(group)
+    xpassed = grouped((r for r in summary.records if classify(r) == "xpassed"), "deviation_passed")
     if xpassed:
         lines += ["", "## Unexpected passes", ""]
-        for record in xpassed:
-            reason = record.get("deviation_passed") or record.get("message") or ""
-            lines.append(f"- np={record['np']} `{record['nodeid']}`: {reason}")
-    expected = [r for r in _sorted(summary.records) if r.get("deviation") and r.get("outcome")]
+        for group in xpassed:
+            first = group[0]
+            reason = first.get("deviation_passed") or first.get("message") or ""
+            lines.append(f"- `{first['nodeid']}` (np={_nps(r['np'] for r in group)}): {reason}")
+    expected = grouped((r for r in summary.records if r.get("deviation")), "outcome", "deviation")
     if expected:
         lines += ["", "## Known deviations observed", ""]
-        for record in expected:
+        for group in expected:
+            first = group[0]
             lines.append(
-                f"- np={record['np']} `{record['nodeid']}` {record['outcome']}: "
-                f"{record['deviation']}"
+                f"- `{first['nodeid']}` {first['outcome']} at np={_nps(r['np'] for r in group)}: "
+                f"{first['deviation']}"
             )
     return "\n".join(lines) + "\n"
 
 
-def _failure_section(record: dict[str, Any]) -> list[str]:
-    ranks = record.get("failing_ranks") or []
-    lines = [
-        f"### {record['outcome']}: `{record['nodeid']}` (np={record['np']})",
-        "",
-    ]
-    if ranks:
-        lines.append(f"Failing ranks: {', '.join(map(str, ranks))}")
-        lines.append("")
-    message = (record.get("message") or "").strip()
-    if message:
-        lines += ["```", message, "```", ""]
+def _failure_section(group: list[dict[str, Any]]) -> list[str]:
+    record = group[0]
+    nps = _nps(r["np"] for r in group)
+    lines = [f"### {record['outcome']}: `{record['nodeid']}` (np={nps})", ""]
+    crash = record.get("crash") or {}
+    if crash.get("rank") is not None or crash.get("signal") is not None:
+        lines += [f"Crashed: rank {crash.get('rank', '?')}, signal {crash.get('signal', '?')}", ""]
+    messages: dict[str, list[int]] = defaultdict(list)
+    for r in group:
+        ranks = r.get("failing_ranks") or []
+        text = (r.get("message") or "").strip()
+        head = f"failing ranks {', '.join(map(str, ranks))}\n" if ranks else ""
+        messages[head + text].append(r["np"])
+    for text, where in messages.items():
+        if text:
+            label = f"np={_nps(where)}:" if len(messages) > 1 else ""
+            lines += ([label] if label else []) + ["```", text, "```", ""]
     lines += ["Reproduce:", "", "```sh", record.get("reproduce", ""), "```", ""]
     detail = (record.get("longrepr") or "").strip()
     if detail:
@@ -204,43 +535,66 @@ def _failure_section(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- JSON and JUnit -------------------------------------------------------------------------------
+
+_KEEP = (
+    "nodeid",
+    "np",
+    "outcome",
+    "failing_ranks",
+    "message",
+    "duration",
+    "seed",
+    "level",
+    "tier",
+    "area",
+    "backend",
+    "unsupported",
+    "crash",
+    "reproduce",
+    "deviation",
+    "deviation_passed",
+    "longrepr",
+    "stacks",
+    "output",
+    "rank_output",
+    "rank_logs",
+)
+
+
 def json_report(summary: RunSummary) -> dict[str, Any]:
-    """The JSON report: run facts, totals and one record per test and rank count."""
-    keep = (
-        "nodeid",
-        "np",
-        "outcome",
-        "failing_ranks",
-        "message",
-        "duration",
-        "seed",
-        "level",
-        "area",
-        "backend",
-        "reproduce",
-        "deviation",
-        "deviation_passed",
-        "longrepr",
-        "stacks",
-        "output",
-        "rank_output",
-        "rank_logs",
-    )
+    """The JSON report: run facts, verdicts, capabilities, tier costs, one record per result."""
     records = []
     for record in _sorted(summary.records):
-        out = {k: record[k] for k in keep if k in record}
+        out = {k: record[k] for k in _KEEP if k in record}
         out["class"] = classify(record)
         records.append(out)
+    levels = {}
+    for level in LEVELS:
+        word, counts = summary.level_verdict(level)
+        levels[_display(level)] = {"verdict": word, "counts": dict(counts)}
     return {
         "backend": summary.backend,
+        "backend_version": _backend_text(summary),
+        "suite": summary.suite,
+        "command": summary.command,
         "nps": summary.nps,
         "ok": summary.ok,
+        "verdict": summary.verdict(),
+        "levels": levels,
         "tests_per_np": summary.total_per_np,
         "duration": round(summary.duration, 3),
         "launcher": summary.launcher,
         "deviations_file": summary.deviations_file,
+        "capabilities": {str(np): s.get("capabilities", {}) for np, s in summary.sessions.items()},
+        "declared_unsupported": summary.declared(),
+        "declared_away": summary.declared_away(),
+        "tiers": [
+            {"tier": t, "tests": n, "results": r, "seconds": round(s, 3)}
+            for t, n, r, s in tier_costs(summary)
+        ],
         "totals": {name: summary.counts()[name] for name, _ in CLASSES},
-        "problems": summary.problems,
+        "problems": [*summary.load_errors(), *summary.problems],
         "warnings": summary.warnings,
         "records": records,
     }
@@ -257,44 +611,42 @@ def junit(summary: RunSummary) -> ET.ElementTree:
             "testsuite",
             name=f"{summary.backend} np={np}",
             tests=str(len(records)),
-            failures=str(classes["failed"]),
-            errors=str(classes["hung"]),
+            failures=str(classes["wrong"]),
+            errors=str(classes["error"] + classes["hung"] + classes["crashed"]),
             skipped=str(classes["skipped"] + classes["expected"]),
             time=f"{sum(float(r.get('duration') or 0) for r in records):.3f}",
         )
         for record in records:
-            module, _, name = record["nodeid"].partition("::")
-            case = ET.SubElement(
-                suite,
-                "testcase",
-                classname=f"np{np}." + module.removesuffix(".py").replace("/", "."),
-                name=name or module,
-                time=f"{float(record.get('duration') or 0):.3f}",
-            )
-            kind = classify(record)
-            text = "\n\n".join(
-                t
-                for t in (
-                    record.get("message") or "",
-                    record.get("longrepr") or "",
-                    "Reproduce: " + record.get("reproduce", ""),
-                )
-                if t
-            )
-            if kind == "failed":
-                el = ET.SubElement(case, "failure", message=_one_line(record), type="failed")
-                el.text = text
-            elif kind == "hung":
-                el = ET.SubElement(case, "error", message=_one_line(record), type=record["outcome"])
-                el.text = text
-                output = record.get("output") or ""
-                if output:
-                    ET.SubElement(case, "system-out").text = output
-            elif kind in ("skipped", "expected"):
-                reason = record.get("deviation") or record.get("message") or record["outcome"]
-                ET.SubElement(case, "skipped", message=str(reason)[:500])
+            _junit_case(suite, record, np)
     ET.indent(root)
     return ET.ElementTree(root)
+
+
+def _junit_case(suite: ET.Element, record: dict[str, Any], np: int) -> None:
+    module, _, name = record["nodeid"].partition("::")
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        classname=f"np{np}." + module.removesuffix(".py").replace("/", "."),
+        name=name or module,
+        time=f"{float(record.get('duration') or 0):.3f}",
+    )
+    kind = classify(record)
+    parts = (
+        record.get("message"),
+        record.get("longrepr"),
+        "Reproduce: " + record.get("reproduce", ""),
+    )
+    text = "\n\n".join(t for t in parts if t)
+    if kind == "wrong":
+        ET.SubElement(case, "failure", message=_one_line(record), type=kind).text = text
+    elif kind in ("error", "hung", "crashed"):
+        ET.SubElement(case, "error", message=_one_line(record), type=kind).text = text
+        if record.get("output"):
+            ET.SubElement(case, "system-out").text = record["output"]
+    elif kind in ("skipped", "expected"):
+        reason = record.get("deviation") or record.get("message") or record["outcome"]
+        ET.SubElement(case, "skipped", message=str(reason)[:500])
 
 
 def _one_line(record: dict[str, Any]) -> str:
@@ -303,26 +655,63 @@ def _one_line(record: dict[str, Any]) -> str:
 
 
 def terminal_summary(summary: RunSummary) -> str:
-    """A few lines for the terminal: verdict, totals, and each unexpected failure."""
+    """A few lines for the terminal: verdict per level, and each unexpected failure."""
     counts = summary.counts()
     head = (
-        f"{'PASS' if summary.ok else 'FAIL'}: "
+        f"{summary.verdict()}: "
         + ", ".join(f"{counts[name]} {name}" for name, _ in CLASSES if counts[name])
         + f" in {summary.duration:.0f} s"
     )
     lines = [head]
-    for record in _sorted(summary.unexpected):
-        lines.append(f"  np={record['np']} {record['outcome']}: {record['nodeid']}")
+    for level in LEVELS:
+        word, level_counts = summary.level_verdict(level)
+        lines.append(f"  {_display(level)}: {word} ({_count_text(level_counts)})")
+    lines += [f"  {line}" for line in summary.declared_away()]
+    for group in grouped(summary.unexpected, "outcome"):
+        nps = _nps(r["np"] for r in group)
+        lines.append(f"  np={nps} {group[0]['outcome']}: {group[0]['nodeid']}")
     return "\n".join(lines)
 
 
 def write_all(summary: RunSummary, directory: Path) -> list[Path]:
-    """Write report.md, report.json and junit.xml into ``directory``; return their paths."""
+    """Write report.md, report.json and junit.xml into ``directory`` (machine paths scrubbed);
+    return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
+    aliases = machine_paths([directory.resolve()])
     md = directory / "report.md"
-    md.write_text(markdown(summary), encoding="utf-8")
+    md.write_text(scrub(markdown(summary), aliases), encoding="utf-8")
     js = directory / "report.json"
-    js.write_text(json.dumps(json_report(summary), indent=1, default=str) + "\n", "utf-8")
+    data = _scrub_data(json_report(summary), aliases)
+    js.write_text(json.dumps(data, indent=1, default=str) + "\n", "utf-8")
     xml = directory / "junit.xml"
-    junit(summary).write(xml, encoding="utf-8", xml_declaration=True)
+    text = ET.tostring(junit(summary).getroot(), encoding="unicode")
+    xml.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n' + scrub(text, aliases) + "\n", "utf-8"
+    )
     return [md, js, xml]
+
+
+# -- crashes --------------------------------------------------------------------------------------
+
+_OPEN_MPI = re.compile(r"process rank (\d+) with PID (\d+) on node \S+ exited on signal (\d+)")
+_HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT")
+_HYDRA_SIGNAL = re.compile(r"TERMINATED WITH THE EXIT STRING: .*\(signal (\d+)\)")
+_RANK_PID = re.compile(r"rank (\d+)\] session start: pid (\d+)")
+
+
+def crash_details(output: str, rank_logs: Iterable[str] = ()) -> dict[str, int | None]:
+    """The rank that died and the signal that killed it, read from the launcher's output (Open
+    MPI names the rank; Hydra names the PID, which the rank logs' session-start line maps to a
+    rank). Unknown parts are None."""
+    found = _OPEN_MPI.search(output)
+    if found:
+        return {"rank": int(found[1]), "pid": int(found[2]), "signal": int(found[3])}
+    pid = _HYDRA_PID.search(output)
+    signal = _HYDRA_SIGNAL.search(output)
+    ranks = {int(p): int(r) for text in rank_logs for r, p in _RANK_PID.findall(text)}
+    pid_value = int(pid[1]) if pid else None
+    return {
+        "rank": ranks.get(pid_value) if pid_value is not None else None,
+        "pid": pid_value,
+        "signal": int(signal[1]) if signal else None,
+    }

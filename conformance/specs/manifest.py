@@ -20,8 +20,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from conformance.harness.levels import LEVELS
+
 MANIFEST_PATH = Path(__file__).with_name("manifest.toml")
-LEVELS = ("core", "robust", "impl_defined")
 PARAM_KINDS = ("positional_or_keyword", "keyword_only", "positional_only")
 
 
@@ -90,3 +91,82 @@ def spec_citations() -> list[Citation]:
                         rule = str(mark.kwargs.get("rule", ""))
                         found.append(Citation(info.name, name, str(mark.args[0]), rule, level))
     return found
+
+
+# -- declared capabilities ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One feature a backend declares unsupported.
+
+    ``feature`` is its id: an ``[optional]`` key of the manifest (``sum_scatter``,
+    ``Group.split``, ``send:neighbours``, ``send:self``), an op name, or ``op[dtype]``.
+    ``optional`` says whether the manifest allows declaring it away; ``rule`` quotes the rule
+    that allows it or forbids it (with its SEMANTICS.md section)."""
+
+    feature: str
+    optional: bool
+    rule: str
+    error_types: tuple[str, ...]
+    error_match: str
+
+
+def _error(table: dict[str, Any], name: str) -> tuple[tuple[str, ...], str]:
+    types = tuple(t for t in str(table.get("type", "Exception")).split("|") if t)
+    return types, str(table.get("match", "")).replace("{name}", name)
+
+
+def _quote(table: dict[str, Any]) -> str:
+    return f'SEMANTICS.md, {table["section"]}: "{table["text"]}"'
+
+
+def _optional(data: dict[str, Any], feature: str) -> Declared:
+    table = data["optional"][feature]
+    types, match = _error(table["error"], feature)
+    return Declared(feature, True, _quote(table), types, match)
+
+
+def _core(data: dict[str, Any], kind: str, feature: str, name: str) -> Declared:
+    types, match = _error(data["core_features"]["error"], name)
+    return Declared(feature, False, _quote(data["core_features"][kind]), types, match)
+
+
+def declared_unsupported(capabilities: Any, data: dict[str, Any] | None = None) -> list[Declared]:
+    """Every feature ``capabilities`` (a ``conformance.backend.Capabilities``) declares
+    unsupported, optional ones first, in a stable order."""
+    from conformance.backend import API_NAMES, DATA_OPS, DTYPE_NAMES
+
+    data = data if data is not None else load()
+    found: list[Declared] = []
+    if not capabilities.supports("sum_scatter"):
+        found.append(_optional(data, "sum_scatter"))
+    if not capabilities.split:
+        found.append(_optional(data, "Group.split"))
+    if capabilities.p2p_topology == "neighbours":
+        found.append(_optional(data, "send:neighbours"))
+    if not capabilities.send_to_self:
+        found.append(_optional(data, "send:self"))
+    for op in API_NAMES:
+        if op != "sum_scatter" and op not in capabilities.ops:
+            found.append(_core(data, "op", op, op))
+    for op in DATA_OPS:
+        if not capabilities.supports(op):
+            continue
+        for dtype in DTYPE_NAMES:
+            if not capabilities.supports(op, dtype):
+                found.append(_core(data, "dtype", f"{op}[{dtype}]", dtype))
+    return found
+
+
+def unsupported_error(
+    op: str, dtype: str | None = None, data: dict[str, Any] | None = None
+) -> tuple[tuple[str, ...], str]:
+    """(exception type names, message regex) a backend must raise for ``op`` (on ``dtype``)
+    declared unsupported: the ``[optional]`` entry's error for an optional feature, else the
+    ``[core_features]`` error."""
+    data = data if data is not None else load()
+    feature = {"split": "Group.split"}.get(op, op)
+    if dtype is None and feature in data["optional"]:
+        return _error(data["optional"][feature]["error"], feature)
+    return _error(data["core_features"]["error"], dtype or op)

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conformance import records
 from conformance.backend import Capabilities, load_backend
-from conformance.harness import control, outcomes
+from conformance.harness import collective, control, outcomes
 from conformance.harness.collective import (
     CollectiveFailure,
     collective_assert,
@@ -31,7 +32,8 @@ from conformance.strategies import (
 )
 
 PASS = RankOutcome("passed")
-FAIL = RankOutcome("failed", "AssertionError: x", "traceback text")
+FAIL = RankOutcome("failed", "AssertionError: x", "traceback text", failure="wrong")
+RAISED = RankOutcome("failed", "RuntimeError: y", "traceback text", failure="error")
 SKIP = RankOutcome("skipped", "Skipped: why")
 
 
@@ -82,7 +84,22 @@ class TestCombine:
         assert outcomes.summarize({"setup": bad, "teardown": ok})["outcome"] == "error"
         assert outcomes.summarize({"setup": ok, "call": ok, "teardown": bad})["outcome"] == "error"
         summary = outcomes.summarize({"setup": ok, "call": bad, "teardown": bad})
-        assert summary["outcome"] == "failed" and summary["failing_ranks"] == [0]
+        assert summary["outcome"] == "wrong" and summary["failing_ranks"] == [0]
+
+    def test_a_failed_call_is_wrong_only_when_every_failing_rank_asserted(self):
+        assert combine([FAIL, FAIL]).failure == "wrong"
+        assert combine([FAIL, RAISED]).failure == "error"
+        assert combine([PASS, RAISED]).failure == "error"
+        assert combine([PASS, SKIP]).failure == "error"  # a one-sided skip is the suite's error
+        ok = combine([PASS])
+        raised = {"setup": ok, "call": combine([RAISED]), "teardown": ok}
+        assert outcomes.summarize(raised)["outcome"] == "error"
+
+    def test_local_failure_kind_follows_the_exception(self):
+        assert outcomes._failure_kind(CollectiveFailure("m", [0])) == "wrong"
+        assert outcomes._failure_kind(LockstepFailure("m", [0])) == "wrong"
+        assert outcomes._failure_kind(AttributeError("no attribute")) == "error"
+        assert outcomes._failure_kind(None) == "error"
 
 
 class TestHelpers:
@@ -112,14 +129,18 @@ class TestHelpers:
     def test_expect_unsupported(self):
         backend = load_backend("fake_adapter")
         x = np.zeros(2, dtype=np.float32)
+        collective.begin_test()
         assert expect_unsupported(backend, "sum_scatter", backend.sum_scatter, x)
         assert not expect_unsupported(backend, "all_sum", backend.all_sum, x)
         assert expect_unsupported(
             backend,
             "all_sum",
-            lambda: (_ for _ in ()).throw(TypeError("no")),
+            lambda: (_ for _ in ()).throw(TypeError("complex64 is not supported")),
             for_dtype="complex64",
         )
+        assert collective.declared_checks() == ["sum_scatter", "all_sum[complex64]"]
+        collective.begin_test()
+        assert collective.declared_checks() == []
         with pytest.raises(CollectiveFailure, match="returned normally"):
             expect_unsupported(
                 backend.capabilities, "all_sum", backend.all_sum, x, for_dtype="complex64"
@@ -130,6 +151,63 @@ class TestHelpers:
 
         with pytest.raises(CollectiveFailure, match="raised TimeoutError"):
             expect_unsupported(Capabilities(split=False), "split", times_out)
+
+    def test_expect_unsupported_wants_the_error_the_manifest_names(self):
+        """Any exception no longer does: the type and message pattern come from the manifest."""
+        no_split = Capabilities(split=False)
+
+        def missing_attribute() -> None:
+            raise AttributeError("'Group' object has no attribute 'split'")
+
+        with pytest.raises(CollectiveFailure, match="raised AttributeError"):
+            expect_unsupported(no_split, "split", missing_attribute)
+
+        def unrelated() -> None:
+            raise RuntimeError("connection reset")
+
+        with pytest.raises(CollectiveFailure, match="does not match"):
+            expect_unsupported(no_split, "split", unrelated)
+        no_complex = Capabilities(dtypes={"all_max": frozenset({"float32"})})
+
+        def vague() -> None:
+            raise TypeError("unsupported type")
+
+        with pytest.raises(CollectiveFailure, match="does not match"):
+            expect_unsupported(no_complex, "all_max", vague, for_dtype="complex64")
+
+
+class TestRecords:
+    def test_one_constructor_validates_outcome_and_fields(self):
+        record = records.make_record("m.py::t", records.Outcome.WRONG, world_size=2, tier="basic")
+        assert (record["schema"], record["kind"], record["outcome"]) == (2, "test", "wrong")
+        assert record["failing_ranks"] == [] and record["message"] == ""
+        with pytest.raises(ValueError):
+            records.make_record("m.py::t", "failed")
+        with pytest.raises(ValueError, match="unknown record fields"):
+            records.make_record("m.py::t", "passed", colour="red")
+
+    def test_reader_skips_torn_lines_upgrades_schema_1_and_finds_the_header(self, tmp_path):
+        path = tmp_path / "results.jsonl"
+        results = records.ResultsFile(path)
+        results.write(records.make_session(backend="reference", world_size=2))
+        results.write(records.make_record("m.py::a", "unsupported", unsupported=["split"]))
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write('{"nodeid": "m.py::old", "outcome": "failed"}\n{"nodeid": "m.py::to')
+        got = records.read_records(path)
+        assert [(r["nodeid"], r["outcome"], r["schema"]) for r in got] == [
+            ("m.py::a", "unsupported", 2),
+            ("m.py::old", "wrong", 1),
+        ]
+        assert records.read_session(path)["backend"] == "reference"
+        assert records.read_records(tmp_path / "absent.jsonl") == []
+        with pytest.raises(ValueError):
+            results.write({"kind": "test", "nodeid": "x", "outcome": "bogus"})
+
+    def test_bad_and_good_outcomes(self):
+        names = {o.value for o in records.Outcome}
+        assert {o.value for o in records.BAD_OUTCOMES} == {"wrong", "error", "hung", "crashed"}
+        assert {o.value for o in records.GOOD_OUTCOMES} == {"passed", "unsupported", "xpassed"}
+        assert {"skipped", "xfailed"} <= names
 
 
 class TestStrategies:

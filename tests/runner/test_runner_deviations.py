@@ -1,4 +1,4 @@
-"""Known-deviation files: parsing, validation, matching and classification of records."""
+"""Known-deviation files: parsing, validation, exact matching, expected outcomes, strictness."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import pytest
 
 from conformance.run import deviations
 
+SPECS = "conformance/specs"
+LINK = 'upstream = "https://example.org/issue/1"'
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "backend.toml"
@@ -15,10 +18,48 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_reference_file_is_valid_and_empty() -> None:
-    path = deviations.default_path("reference")
-    assert path.exists()
-    assert deviations.load(path) == []
+def entry(*tests: str, expect: str = "wrong", **kw) -> deviations.Deviation:
+    return deviations.Deviation(
+        reason=kw.pop("reason", "r"),
+        tests=tests,
+        expect=frozenset({deviations.EXPECTATIONS[expect].value}),
+        no_upstream=kw.pop("no_upstream", "not yet filed"),
+        **kw,
+    )
+
+
+def test_shipped_files_are_valid() -> None:
+    assert deviations.load(deviations.default_path("reference")) == []
+    for name in ("mlx", "mlx-mpi"):
+        loaded = deviations.load(deviations.DEVIATIONS_DIR / f"{name}.toml")
+        assert loaded and all(d.tests and d.expect for d in loaded)
+        assert all(d.upstream or d.no_upstream for d in loaded)
+
+
+def test_shipped_entries_name_collected_tests(spec_node_ids: list[str]) -> None:
+    """Every id in the MLX files is a test of the current suite (no stale or invented ids)."""
+    for name in ("mlx", "mlx-mpi"):
+        for d in deviations.load(deviations.DEVIATIONS_DIR / f"{name}.toml"):
+            missing = [t for t in d.tests if t not in spec_node_ids]
+            assert not missing, f"{name}.toml: {missing}"
+
+
+@pytest.fixture(scope="module")
+def spec_node_ids() -> list[str]:
+    import subprocess
+    import sys
+
+    from conformance.run.runner import package_root
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", SPECS],
+        cwd=package_root(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return [line.strip() for line in done.stdout.splitlines() if "::" in line]
 
 
 def test_default_path_uses_the_backend_name_before_any_colon() -> None:
@@ -30,37 +71,74 @@ def test_missing_file_means_no_deviations(tmp_path: Path) -> None:
     assert deviations.load(tmp_path / "absent.toml") == []
 
 
-def test_entries_are_parsed_with_rank_counts_and_links(tmp_path: Path) -> None:
+def test_entries_are_parsed_with_ids_outcomes_rank_counts_and_links(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        """
+        f"""
 [[deviation]]
-test = "specs/test_all_sum.py::test_bool*"
+tests = ["specs/test_all_sum.py::test_values[bool]", "specs/test_all_max.py::test_values[bool]"]
 np = [2, 3]
-reason = "aborts on bool"
-upstream = "https://example.org/issue/1"
+expect = "wrong"
+reason = "bool is wrong"
+{LINK}
 
 [[deviation]]
 test = "specs/test_p2p.py::test_self"
 np = 4
-reason = "self send unsupported"
+expect = ["hang", "crash"]
+reason = "self send blocks or dies"
+no_upstream = "not yet filed: self send"
+flaky = "depends on timing"
+
+[[deviation]]
+feature = "all_max[complex64]"
+reason = "no complex max"
+no_upstream = "not yet filed: complex max"
 """,
     )
-    first, second = deviations.load(path)
-    assert first.np == frozenset({2, 3})
-    assert first.describe() == "aborts on bool (https://example.org/issue/1)"
-    assert second.np == frozenset({4})
-    assert second.describe() == "self send unsupported"
+    first, second, third = deviations.load(path)
+    assert first.tests == (
+        "specs/test_all_sum.py::test_values[bool]",
+        "specs/test_all_max.py::test_values[bool]",
+    )
+    assert first.np == frozenset({2, 3}) and first.expect == frozenset({"wrong"})
+    assert first.describe() == "bool is wrong (https://example.org/issue/1)"
+    assert second.np == frozenset({4}) and second.expect == frozenset({"hung", "crashed"})
+    assert (
+        second.describe()
+        == "self send blocks or dies (no upstream issue: not yet filed: self send)"
+    )
+    assert second.flaky == "depends on timing"
+    assert third.feature == "all_max[complex64]" and not third.tests
+    assert deviations.excused_features([first, second, third]) == {"all_max[complex64]": third}
+
+
+BASE = 'reason = "r"\nno_upstream = "n"\n'
 
 
 @pytest.mark.parametrize(
     "body, complaint",
     [
-        ('[[deviation]]\nreason = "r"\n', "'test'"),
-        ('[[deviation]]\ntest = "t"\n', "'reason'"),
-        ('[[deviation]]\ntest = "t"\nreason = "r"\nnp = [0]\n', "'np'"),
-        ('[[deviation]]\ntest = "t"\nreason = "r"\nnp = "2"\n', "'np'"),
-        ('[[deviation]]\ntest = "t"\nreason = "r"\nflavour = 1\n', "unknown keys"),
+        ('[[deviation]]\nexpect = "wrong"\n' + BASE, "'test'"),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nno_upstream = "n"\n', "'reason'"),
+        ('[[deviation]]\ntest = "m.py::t"\n' + BASE, "'expect'"),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "failed"\n' + BASE, "'expect'"),
+        ('[[deviation]]\ntest = "m.py::t[*]"\nexpect = "wrong"\n' + BASE, "wildcard"),
+        ('[[deviation]]\ntest = "m.py::test_*"\nexpect = "wrong"\n' + BASE, "wildcard"),
+        ('[[deviation]]\ntest = "m.py"\nexpect = "wrong"\n' + BASE, "node id"),
+        ('[[deviation]]\ntests = ["m.py::t", "m.py::t"]\nexpect = "wrong"\n' + BASE, "twice"),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nreason = "r"\n', "upstream"),
+        (
+            '[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\n' + BASE + LINK + "\n",
+            "exactly one",
+        ),
+        (
+            '[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nreason = "r"\nupstream = "#1"\n',
+            "URL",
+        ),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nnp = [0]\n' + BASE, "'np'"),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nflavour = 1\n' + BASE, "unknown keys"),
+        ('[[deviation]]\nfeature = "split"\nexpect = "wrong"\n' + BASE, "takes no"),
         ("deviations = []\n", "unknown top-level"),
         ("[[deviation]\n", "backend.toml"),
     ],
@@ -72,43 +150,52 @@ def test_malformed_files_are_rejected_naming_the_problem(
         deviations.load(write(tmp_path, body))
 
 
-def test_brackets_in_patterns_match_parametrized_ids_literally() -> None:
-    entry = deviations.Deviation(test="m.py::t[int8-2]", reason="r")
-    assert entry.matches("m.py::t[int8-2]", 3)
-    assert not entry.matches("m.py::t[int8-3]", 3)
-    wildcard = deviations.Deviation(test="m.py::t[int8-*]", reason="r")
-    assert wildcard.matches("m.py::t[int8-7]", 1)
-    assert not wildcard.matches("m.py::t[int16-7]", 1)
+def test_ids_match_exactly_and_rank_counts_restrict() -> None:
+    d = entry("m.py::t[int8-2]", np=frozenset({2}))
+    assert d.covers("m.py::t[int8-2]", 2)
+    assert not d.covers("m.py::t[int8-3]", 2)
+    assert not d.covers("m.py::t[int8-2]", 3)
 
 
-def test_rank_counts_restrict_matches() -> None:
-    entry = deviations.Deviation(test="m.py::t", reason="r", np=frozenset({2}))
-    assert entry.matches("m.py::t", 2)
-    assert not entry.matches("m.py::t", 3)
-
-
-def test_apply_excuses_failures_flags_passes_and_returns_unmatched() -> None:
-    entries = [
-        deviations.Deviation(test="m.py::fails", reason="known bug", np=frozenset({2})),
-        deviations.Deviation(test="m.py::passes", reason="fixed upstream?"),
-        deviations.Deviation(test="m.py::gone", reason="renamed test"),
-    ]
+def test_an_entry_excuses_only_the_outcome_it_expects() -> None:
+    wrong, hang = entry("m.py::a"), entry("m.py::b", expect="hang")
     records = [
-        {"nodeid": "m.py::fails", "np": 2, "outcome": "failed"},
-        {"nodeid": "m.py::fails", "np": 3, "outcome": "failed"},
-        {"nodeid": "m.py::passes", "np": 1, "outcome": "passed"},
-        {"nodeid": "m.py::hangs", "np": 1, "outcome": "hung"},
+        {"nodeid": "m.py::a", "np": 2, "outcome": "wrong"},
+        {"nodeid": "m.py::a", "np": 3, "outcome": "hung"},
+        {"nodeid": "m.py::b", "np": 2, "outcome": "hung"},
+        {"nodeid": "m.py::b", "np": 3, "outcome": "crashed"},
     ]
-    collected = {n: ["m.py::fails", "m.py::passes", "m.py::hangs"] for n in (1, 2, 3)}
-    unmatched = deviations.apply(records, entries, collected)
-    assert [d.test for d in unmatched] == ["m.py::gone"]
-    assert records[0]["deviation"] == "known bug"
-    assert "deviation" not in records[1]  # np 3 is not listed
-    assert records[2]["deviation_passed"] == "fixed upstream?"
-    assert "deviation" not in records[3]
+    applied = deviations.apply(records, [wrong, hang], {2: ["m.py::a", "m.py::b"]})
+    assert [("deviation" in r) for r in records] == [True, False, True, False]
+    assert [(n, np, o) for _, n, np, o in applied.other_outcomes] == [
+        ("m.py::a", 3, "hung"),
+        ("m.py::b", 3, "crashed"),
+    ]
+    assert not applied.problems() and "not excused" in applied.warnings()[0]
 
 
-def test_entry_matching_a_collected_test_that_did_not_run_is_not_unmatched() -> None:
-    entries = [deviations.Deviation(test="m.py::t", reason="r", np=frozenset({4}))]
-    assert deviations.apply([], entries, {4: ["m.py::t"]}) == []
-    assert deviations.apply([], entries, {2: ["m.py::t"]}) == entries
+def test_a_passing_strict_entry_fails_the_run_unless_flaky() -> None:
+    strict, flaky = entry("m.py::a"), entry("m.py::b", flaky="timing")
+    records = [
+        {"nodeid": "m.py::a", "np": 2, "outcome": "passed"},
+        {"nodeid": "m.py::b", "np": 2, "outcome": "passed"},
+    ]
+    applied = deviations.apply(records, [strict, flaky], {2: ["m.py::a", "m.py::b"]})
+    assert all(r["deviation_passed"] for r in records)
+    (problem,) = applied.problems()
+    assert "m.py::a passed at np=2" in problem and "flaky" in problem
+
+
+def test_stale_entries_are_reported_when_their_test_was_selected() -> None:
+    selected_not_run = entry("m.py::ran_elsewhere", np=frozenset({4}))
+    missing = entry("m.py::renamed")
+    not_selected = entry("m.py::other")
+    entries = [selected_not_run, missing, not_selected]
+    collected = {4: ["m.py::ran_elsewhere"], 2: ["m.py::other"]}
+    full = deviations.apply([], entries, collected)
+    assert full.stale == entries
+    # Under -k/-m/paths an entry about a test that was not selected says nothing ...
+    partial = deviations.apply([], entries, {4: ["m.py::ran_elsewhere"]}, full_run=False)
+    assert partial.stale == [selected_not_run]
+    # ... but a selected test whose entry matched nothing is still reported.
+    assert "matched no test that ran" in partial.warnings()[0]
