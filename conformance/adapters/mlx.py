@@ -7,9 +7,11 @@ Resolve it as ``--backend mlx`` (the harness maps the built-in name to
 How the ring is formed. Every run is launched by ``mpiexec -n N``. MLX's ring backend knows
 nothing of MPI: ``mx.distributed.init()`` reads ``MLX_RANK`` and ``MLX_HOSTFILE`` (a JSON list, one
 entry per rank, of ``"ip:port"`` strings) and opens TCP connections to its two neighbours. On the
-first ``init`` call the adapter makes each rank pick a free port on 127.0.0.1, exchanges the ports
-over its own duplicate of ``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets
-both variables from the MPI rank. At one rank nothing is configured and MLX answers with its
+first ``init`` call the adapter makes each rank pick a free port on its host's address
+(127.0.0.1 when all ranks share one host, else the address peers reach the host at:
+``conformance.harness.hostaddr``), exchanges the addresses over its own duplicate of
+``MPI.COMM_WORLD`` (never the data plane), writes the hostfile and sets both variables from the
+MPI rank. At one rank nothing is configured and MLX answers with its
 singleton group. Variables already set by the caller (e.g. under ``mlx.launch``) are left
 alone.
 
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backend import DATA_OPS, DTYPE_NAMES, Backend, Capabilities
+from conformance.harness import hostaddr
 
 __all__ = [
     "API_NAMES",
@@ -60,7 +63,6 @@ __all__ = [
 COMMUNICATION_OPS: tuple[str, ...] = DATA_OPS
 API_NAMES: tuple[str, ...] = ("init", "is_available", *COMMUNICATION_OPS)
 
-HOST = "127.0.0.1"
 ENV_LAZY = "CONFORMANCE_MLX_LAZY"
 ENV_INIT_TIMEOUT = "CONFORMANCE_MLX_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT = 90.0
@@ -125,8 +127,11 @@ def _pick_free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def configure_ring(comm: Any = None, host: str = HOST) -> str | None:
+def configure_ring(comm: Any = None, host: str | None = None) -> str | None:
     """Point MLX's ring backend at one free port per rank; collective over ``comm``.
+
+    Each rank listens on ``host`` if given, else on its host's address
+    (:func:`conformance.harness.hostaddr.listen_addresses`: loopback on one host).
 
     ``comm`` defaults to a duplicate of ``MPI.COMM_WORLD`` that is freed afterwards. Every rank
     of ``comm`` must call this at the same time. Sets ``MLX_RANK`` and ``MLX_HOSTFILE`` and returns
@@ -144,7 +149,8 @@ def configure_ring(comm: Any = None, host: str = HOST) -> str | None:
         rank, size = comm.Get_rank(), comm.Get_size()
         if size == 1:
             return None
-        ports = comm.allgather(_pick_free_port(host))
+        addresses = [host] * size if host else hostaddr.listen_addresses(comm)
+        ports = comm.allgather(_pick_free_port(addresses[rank]))
     finally:
         if own_comm:
             comm.Free()
@@ -152,7 +158,7 @@ def configure_ring(comm: Any = None, host: str = HOST) -> str | None:
     atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
     hostfile = os.path.join(tmpdir, "hosts.json")
     with open(hostfile, "w", encoding="utf-8") as fh:
-        json.dump([[f"{host}:{port}"] for port in ports], fh)
+        json.dump([[f"{a}:{p}"] for a, p in zip(addresses, ports, strict=True)], fh)
     os.environ[ENV_RANK] = str(rank)
     os.environ[ENV_HOSTFILE] = hostfile
     return hostfile

@@ -5,18 +5,22 @@ control-plane step outside tests), ``pet()`` restarts it (lockstep Hypothesis do
 ``disarm()`` stops it. When a deadline passes, on every rank independently (the ranks arm within
 milliseconds of one another, right after agreeing on the previous test):
 
-1. the rank writes the Python stacks of all its threads to its log and to
-   ``<stack_dir>/rank<N>.stack``;
-2. rank 0 waits up to ``grace`` seconds for the other ranks' stack files, hands all stacks to
-   ``on_hang`` (which records the test as hung and tells the user), then writes
-   ``<stack_dir>/done``;
+1. the rank writes the Python stacks of all its threads to its log, and posts them with its log
+   (``share_log()``) to rank 0 through the ``mailbox``; ranks other than 0 also write their
+   stacks to stderr, so the launcher's output has them even if the mailbox cannot deliver;
+2. rank 0 waits up to ``grace`` seconds for the other ranks' posts, hands each rank's log to
+   ``receive_log``, all stacks to ``on_hang`` (which records the test as hung and tells the
+   user), then announces the end through the mailbox;
 3. rank 0 ends the job with ``end_job(EXIT_HUNG)`` (status 3; the plugin passes MPI_Abort, the
    one way that makes ``mpiexec`` itself exit 3 and also ends ranks stuck in native code). The
    other ranks wait for that; should it never come (rank 0 itself stuck without its watchdog),
    they exit with status 3 on their own.
 
-Stacks travel through files, not MPI (MPI may be what is stuck), so ``stack_dir`` must be visible to
-all ranks: true on one machine; across machines it must be on a shared file system.
+Mailboxes: :class:`CommMailbox` sends over a communicator of its own (point-to-point messages
+polled from the watchdog thread, so a data plane or control plane that is stuck does not block
+them, and ranks on other hosts need no shared file system); :class:`FileMailbox` uses a directory
+all ranks see (one host; the default when no mailbox is given). A rank whose post does not arrive
+within ``grace`` is reported as such; its stack is still in its log and in the launcher's output.
 """
 
 from __future__ import annotations
@@ -28,10 +32,114 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 EXIT_HUNG = 3
+#: The per-test deadline (seconds) when none is given: the plugin's, the runner's, selftest's.
+DEFAULT_TIMEOUT = 60.0
 
 HangHandler = Callable[[str, dict[int, str]], None]
+
+_POLL = 0.05
+
+
+class Mailbox(Protocol):
+    """How stacks and logs reach rank 0 when a deadline passes (see the module docstring)."""
+
+    def post(self, rank: int, stack: str, log: str) -> None:
+        """Send this rank's stack and log towards rank 0 (rank 0 keeps its own)."""
+
+    def collect(self, size: int, grace: float) -> dict[int, tuple[str, str]]:
+        """Rank 0: the (stack, log) of every other rank that arrive within ``grace`` seconds."""
+
+    def announce_done(self, size: int, label: str) -> None:
+        """Rank 0: tell the other ranks the hang is recorded."""
+
+    def wait_done(self, seconds: float) -> None:
+        """Ranks other than 0: wait up to ``seconds`` for rank 0's announcement."""
+
+
+class FileMailbox:
+    """Posts as files ``rank<N>.stack`` / ``rank<N>.log`` in a directory every rank sees."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def post(self, rank: int, stack: str, log: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.directory / f"rank{rank}.log", log)
+        _write_atomic(self.directory / f"rank{rank}.stack", stack)
+
+    def collect(self, size: int, grace: float) -> dict[int, tuple[str, str]]:
+        got: dict[int, tuple[str, str]] = {}
+        deadline = time.monotonic() + grace
+        while len(got) < size - 1 and time.monotonic() <= deadline:
+            for rank in range(1, size):
+                stack = self.directory / f"rank{rank}.stack"
+                if rank not in got and stack.exists():
+                    log = self.directory / f"rank{rank}.log"
+                    text = log.read_text(errors="replace") if log.exists() else ""
+                    got[rank] = (stack.read_text(errors="replace"), text)
+            time.sleep(_POLL)
+        return got
+
+    def announce_done(self, size: int, label: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.directory / "done", label)
+
+    def wait_done(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not (self.directory / "done").exists() and time.monotonic() < deadline:
+            time.sleep(_POLL)
+
+
+class CommMailbox:
+    """Posts as MPI messages on a communicator used for nothing else (mpi4py, pickled objects)."""
+
+    _STACK, _DONE = 1, 2
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self._sent: list[Any] = []
+
+    @classmethod
+    def from_world(cls) -> CommMailbox:
+        """A mailbox on a fresh duplicate of COMM_WORLD (collective: every rank calls it)."""
+        from mpi4py import MPI
+
+        return cls(MPI.COMM_WORLD.Dup())
+
+    def post(self, rank: int, stack: str, log: str) -> None:
+        if rank != 0:
+            self._sent.append(self.comm.isend((stack, log), dest=0, tag=self._STACK))
+
+    def collect(self, size: int, grace: float) -> dict[int, tuple[str, str]]:
+        got: dict[int, tuple[str, str]] = {}
+        deadline = time.monotonic() + grace
+        while len(got) < size - 1 and time.monotonic() <= deadline:
+            for rank in range(1, size):
+                if rank not in got and self.comm.iprobe(source=rank, tag=self._STACK):
+                    got[rank] = self.comm.recv(source=rank, tag=self._STACK)
+            time.sleep(_POLL)
+        return got
+
+    def announce_done(self, size: int, label: str) -> None:
+        for rank in range(1, size):
+            self._sent.append(self.comm.isend(label, dest=rank, tag=self._DONE))
+
+    def wait_done(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.comm.iprobe(source=0, tag=self._DONE):
+                return
+            time.sleep(_POLL)
+
+    def close(self) -> None:
+        """Free the communicator (at the end of a session that did not hang)."""
+        from mpi4py import MPI
+
+        if not MPI.Is_finalized():
+            self.comm.Free()
 
 
 def format_stacks(skip_thread: int | None = None) -> str:
@@ -55,8 +163,11 @@ class Watchdog:
         rank: int,
         size: int,
         timeout: float,
-        stack_dir: Path,
         on_hang: HangHandler,
+        stack_dir: Path | None = None,
+        mailbox: Mailbox | None = None,
+        share_log: Callable[[], str] = lambda: "",
+        receive_log: Callable[[int, str], None] = lambda rank, text: None,
         describe_state: Callable[[], str] = lambda: "",
         log: Callable[[str], None] = lambda text: None,
         grace: float | None = None,
@@ -66,7 +177,13 @@ class Watchdog:
         self.rank = rank
         self.size = size
         self.timeout = timeout
-        self.stack_dir = stack_dir
+        if mailbox is None:
+            if stack_dir is None:
+                raise ValueError("Watchdog needs a mailbox or a stack_dir")
+            mailbox = FileMailbox(stack_dir)
+        self.mailbox = mailbox
+        self._share_log = share_log
+        self._receive_log = receive_log
         self.grace = grace if grace is not None else min(30.0, max(5.0, timeout / 2))
         self._on_hang = on_hang
         self._describe_state = describe_state
@@ -148,47 +265,65 @@ class Watchdog:
             + format_stacks(skip_thread=threading.get_ident())
         )
         self._log(f"=== watchdog: deadline passed ===\n{text}")
-        self.stack_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.stack_dir / f"rank{self.rank}.stack", text)
+        if self.rank != 0:
+            _write_stderr(f"conformance watchdog, rank {self.rank}: {text}")
+        try:
+            self.mailbox.post(self.rank, text, self._share_log())
+        except Exception as exc:  # the launcher's output and the log still have the stacks
+            self._log(f"watchdog: could not post the stacks to rank 0: {exc!r}")
         if self.rank == 0:
-            stacks = self._collect_stacks()
+            stacks = self._collect_stacks(text)
             try:
                 self._on_hang(label, stacks)
             finally:
-                _write_atomic(self.stack_dir / "done", label)
+                self._announce(label)
                 _flush_stdio()
                 self._end_job(EXIT_HUNG)
         else:
-            self._wait_for(self.stack_dir / "done", self.grace + 10)
+            try:
+                self.mailbox.wait_done(self.grace + 10)
+            except Exception:  # fall through to the timed exit below
+                pass
             # Rank 0's end_job normally ends this process; leave it the time to do so.
             time.sleep(self.grace)
             _flush_stdio()
             os._exit(EXIT_HUNG)
 
-    def _collect_stacks(self) -> dict[int, str]:
-        stacks: dict[int, str] = {}
-        deadline = time.monotonic() + self.grace
-        while True:
-            for rank in range(self.size):
-                path = self.stack_dir / f"rank{rank}.stack"
-                if rank not in stacks and path.exists():
-                    stacks[rank] = path.read_text(errors="replace")
-            if len(stacks) == self.size or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+    def _collect_stacks(self, own: str) -> dict[int, str]:
+        stacks = {0: own}
+        try:
+            posts = self.mailbox.collect(self.size, self.grace)
+        except Exception as exc:
+            self._log(f"watchdog: collecting the other ranks' stacks failed: {exc!r}")
+            posts = {}
+        for rank, (stack, log) in sorted(posts.items()):
+            stacks[rank] = stack
+            try:
+                self._receive_log(rank, log)
+            except OSError as exc:
+                self._log(f"watchdog: could not keep rank {rank}'s log: {exc!r}")
         for rank in range(self.size):
             stacks.setdefault(
                 rank,
                 f"rank {rank}: no stack within {self.grace:g} s (its watchdog could not run: "
-                "the process may hold the GIL in native code, or may be gone)",
+                "the process may hold the GIL in native code, or may be gone; the launcher's "
+                "output has whatever it wrote)",
             )
         return stacks
 
-    @staticmethod
-    def _wait_for(path: Path, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def _announce(self, label: str) -> None:
+        try:
+            self.mailbox.announce_done(self.size, label)
+        except Exception as exc:  # the ranks time out on their own
+            self._log(f"watchdog: could not announce the end: {exc!r}")
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        sys.stderr.write(text.rstrip() + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _flush_stdio() -> None:

@@ -33,7 +33,9 @@ class FakeComm:
         return self.size
 
     def allgather(self, value: Any) -> list[Any]:
-        return [40000 + r if r != self.rank else value for r in range(self.size)]
+        # Ports are canned per rank; host names and addresses are this rank's (one host).
+        canned = (lambda r: 40000 + r) if isinstance(value, int) else (lambda r: value)
+        return [canned(r) if r != self.rank else value for r in range(self.size)]
 
 
 @pytest.fixture
