@@ -31,9 +31,7 @@ def values(backend: Any, world: Any, control: Any, capabilities: Any, op: str, d
 
 def shape_dtype(backend: Any, world: Any, control: Any, capabilities: Any, op: str) -> None:
     problems = []
-    for dtype in data.DTYPE_NAMES:
-        if not capabilities.supports(op, dtype):
-            continue
+    for dtype in reductions.supported_dtypes(backend, capabilities, op, world):
         x = data.contribution(world.rank(), (4, 3), dtype)
         got = reductions.run(backend, op, x, world)
         if (got.dtype, got.shape) != (x.dtype, x.shape):
@@ -73,9 +71,7 @@ def complex_lexicographic(backend: Any, world: Any, control: Any, op: str) -> No
 def nan_bounds(backend: Any, world: Any, capabilities: Any, op: str) -> None:
     size, rank = world.size(), world.rank()
     problems: list[str | None] = []
-    for dtype in data.FLOAT_NAMES:
-        if not capabilities.supports(op, dtype):
-            continue
+    for dtype in reductions.supported_dtypes(backend, capabilities, op, world, data.FLOAT_NAMES):
         blocks = data.contributions(size, (8,), dtype)
         for r, b in enumerate(blocks):
             b[0] = np.nan  # NaN on every rank
@@ -104,8 +100,7 @@ def empty_0d(backend: Any, world: Any, control: Any, capabilities: Any, op: str)
     size = world.size()
     cases = [
         (f"{dtype} {shape}", data.contributions(size, shape, dtype))
-        for dtype in data.DTYPE_NAMES
-        if capabilities.supports(op, dtype)
+        for dtype in reductions.supported_dtypes(backend, capabilities, op, world)
         for shape in ((), (0,), (3, 0), (0, 3))
     ]
     reductions.check(backend, control, op, world, cases)
@@ -114,9 +109,7 @@ def empty_0d(backend: Any, world: Any, control: Any, capabilities: Any, op: str)
 def singleton_identity(backend: Any, world: Any, capabilities: Any, op: str) -> None:
     group = singleton_group(world, capabilities)
     problems = []
-    for dtype in data.DTYPE_NAMES:
-        if not capabilities.supports(op, dtype):
-            continue
+    for dtype in reductions.supported_dtypes(backend, capabilities, op, group):
         for shape in ((), (5,), (2, 3)):
             x = data.contribution(world.rank(), shape, dtype)
             problems.append(mismatch(reductions.run(backend, op, x, group), x, None, dtype))

@@ -41,7 +41,7 @@ def tolerance(op: str, blocks: Sequence[np.ndarray], rank: int) -> np.ndarray | 
         return sum_tolerance(blocks)
     if op == "sum_scatter":
         bound = sum_tolerance(blocks)
-        if bound is None:
+        if bound is None or len(blocks) == 1:  # a group of one returns its input: exact
             return None
         rows = blocks[0].shape[0] // len(blocks)
         return bound[rank * rows : (rank + 1) * rows]
@@ -98,6 +98,22 @@ def check(
         want = expected(op, blocks, rank)
         problems.append(mismatch(got, want, tolerance(op, blocks, rank), f"{op} {label}"))
     settle(problems, op)
+
+
+def supported_dtypes(
+    backend: Any, capabilities: Any, op: str, group: Any, dtypes: Sequence[str] = data.DTYPE_NAMES
+) -> list[str]:
+    """The dtypes of ``dtypes`` the backend declares supported for ``op``. Each one it declares
+    unsupported is not dropped silently: it must raise as the manifest names (on every rank,
+    fast), checked here first."""
+    kept = []
+    for dtype in dtypes:
+        if capabilities.supports(op, dtype):
+            kept.append(dtype)
+        else:
+            x = data.contribution(group.rank(), (2 * group.size(),), dtype)
+            unsupported_raises(backend, op, x, group)
+    return kept
 
 
 def unsupported_raises(backend: Any, op: str, x: np.ndarray, group: Any) -> None:

@@ -48,8 +48,7 @@ def test_0d_inputs_give_shape_n(backend, world, control, capabilities):
     size = world.size()
     cases = [
         (f"{dtype} ()", data.contributions(size, (), dtype))
-        for dtype in data.DTYPE_NAMES
-        if capabilities.supports(OP, dtype)
+        for dtype in reductions.supported_dtypes(backend, capabilities, OP, world)
     ]
     reductions.check(backend, control, OP, world, cases)
 
@@ -64,8 +63,7 @@ def test_empty_inputs(backend, world, control, capabilities):
     size = world.size()
     cases = [
         (f"{dtype} {shape}", data.contributions(size, shape, dtype))
-        for dtype in data.DTYPE_NAMES
-        if capabilities.supports(OP, dtype)
+        for dtype in reductions.supported_dtypes(backend, capabilities, OP, world)
         for shape in ((0,), (3, 0), (0, 3))
     ]
     reductions.check(backend, control, OP, world, cases)
@@ -81,9 +79,7 @@ def test_size_one_group_returns_input(backend, world, capabilities):
     """
     group = singleton_group(world, capabilities)
     problems = []
-    for dtype in data.DTYPE_NAMES:
-        if not capabilities.supports(OP, dtype):
-            continue
+    for dtype in reductions.supported_dtypes(backend, capabilities, OP, group):
         for shape in ((), (5,), (2, 3)):
             x = data.contribution(world.rank(), shape, dtype)
             problems.append(mismatch(reductions.run(backend, OP, x, group), x, None, dtype))
