@@ -158,6 +158,171 @@ def expected_scatter(blocks: Sequence[np.ndarray], rank: int) -> np.ndarray:
     return expected_sum(blocks)[rank * rows : (rank + 1) * rows]
 
 
+# -- full-precision and special values (the ``values`` tier) ---------------------------------------
+#
+# ``contribution``'s floats have at most 7 significant bits, so a backend that narrows them passes
+# every test on them. These inputs use every bit of the dtype.
+
+
+def _rng(rank: int, salt: int, tag: int) -> np.random.Generator:
+    return np.random.default_rng([0x5EED, tag, salt, rank])
+
+
+def _significand(
+    rng: np.random.Generator, shape: tuple[int, ...], name: str, low: float, width: float
+) -> np.ndarray:
+    """Significands in ``[low, low + width)`` with every bit of ``name``'s significand random."""
+    bits = ml_dtypes.finfo(np_dtype(name)).nmant
+    steps = rng.integers(0, int(width * 2**bits), size=shape, dtype=np.int64)
+    return low + steps.astype(np.float64) * 2.0**-bits
+
+
+def full_mantissa(
+    rank: int, shape: Sequence[int], name: str, salt: int = 0, exponents: tuple[int, int] = (-8, 8)
+) -> np.ndarray:
+    """Rank ``rank``'s floats ``+-m * 2**e``: every significand bit random, ``e`` uniform in
+    ``exponents`` (half-open), both signs. complex64: real and imaginary parts each so. Other
+    dtypes: ``contribution`` (integers already cover their whole range)."""
+    shape = tuple(shape)
+    if name not in (*FLOAT_NAMES, "complex64"):
+        return contribution(rank, shape, name, salt)
+    part = "float32" if name == "complex64" else name
+    rng = _rng(rank, salt, 1)
+
+    def one() -> np.ndarray:
+        sign = rng.choice(np.array([-1.0, 1.0]), size=shape)
+        exponent = rng.integers(*exponents, size=shape)
+        return sign * np.ldexp(_significand(rng, shape, part, 1.0, 1.0), exponent)
+
+    if name == "complex64":
+        return (one() + 1j * one()).astype(np.complex64)
+    return one().astype(np_dtype(name))
+
+
+def exactly_summable(size: int, shape: Sequence[int], name: str, salt: int = 0) -> list[np.ndarray]:
+    """Every rank's full-mantissa floats whose sums are exact in any order.
+
+    At each position one rank (rotating with the position) holds ``+-m * 2**e`` with ``m`` in
+    [1.25, 1.75) and every significand bit random; the others hold integer multiples of that
+    value's ulp, together less than a quarter of it. Every partial sum, in any order, is then a
+    multiple of the ulp below ``2**(e+1)``: representable, so a correct sum is exact. ``e`` spans
+    the dtype's normal range (bfloat16 far past float16's). complex64: both parts so.
+    """
+    shape = tuple(shape)
+    part = "float32" if name == "complex64" else name
+    info = ml_dtypes.finfo(np_dtype(part))
+    bits = info.nmant
+    rng = _rng(size, salt, 2)
+    count = math.prod(shape)
+
+    def parts() -> list[np.ndarray]:
+        exponent = rng.integers(info.minexp, info.maxexp - 2, size=count)
+        ulp = np.ldexp(1.0, exponent - bits)
+        holder = np.arange(count) % size
+        limit = max(2 ** (bits - 2) // max(size - 1, 1) - 1, 1)
+        blocks = []
+        for r in range(size):
+            small = rng.integers(-limit, limit, size=count, endpoint=True) * ulp
+            sign = rng.choice(np.array([-1.0, 1.0]), size=count)
+            big = sign * np.ldexp(_significand(rng, (count,), part, 1.25, 0.5), exponent)
+            blocks.append(np.where(holder == r, big, small).reshape(shape))
+        return blocks
+
+    if name == "complex64":
+        return [
+            (re + 1j * im).astype(np.complex64) for re, im in zip(parts(), parts(), strict=True)
+        ]
+    return [b.astype(np_dtype(name)) for b in parts()]
+
+
+def random_bits(rank: int, shape: Sequence[int], name: str, salt: int = 0) -> np.ndarray:
+    """Rank ``rank``'s array with every bit random: for floats every kind of value appears (NaN
+    with payloads, infinities, subnormals, -0.0). bool: ``contribution`` (only 0 and 1 are bool)."""
+    shape = tuple(shape)
+    if name == "bool":
+        return contribution(rank, shape, name, salt)
+    rng = _rng(rank, salt, 3)
+    if name == "complex64":
+        raw = rng.integers(0, 2**32, size=(*shape, 2), dtype=np.uint32)
+        return raw.view(np.complex64).reshape(shape)
+    dtype = np_dtype(name)
+    word = np.dtype(f"uint{8 * dtype.itemsize}")
+    raw = rng.integers(0, np.iinfo(word).max, size=shape, dtype=word, endpoint=True)
+    return raw.view(dtype)
+
+
+def special_values(name: str) -> np.ndarray:
+    """The values at the edges of ``name``: for floats NaN, +-inf, -0.0, the extreme subnormals,
+    the smallest normal and +-max; for integers min and max (and for unsigned, 2**(bits-1) and
+    above, which a signed reading takes for negative)."""
+    dtype = np_dtype(name)
+    if name == "bool":
+        return np.array([True, False])
+    if name in INTEGER_NAMES:
+        info = np.iinfo(dtype)
+        top = int(info.max)
+        extra = (
+            [top // 2 + 1, top // 2 + 2, top - 1]
+            if name.startswith("u")
+            else [-1, int(info.min) + 1]
+        )
+        return np.array([int(info.min), top, *extra], dtype=dtype)
+    part = np_dtype("float32" if name == "complex64" else name)
+    info = ml_dtypes.finfo(part)
+    tiny = float(info.smallest_subnormal)
+    reals = np.array(
+        [
+            np.nan,
+            np.inf,
+            -np.inf,
+            -0.0,
+            tiny,
+            -tiny,
+            float(info.smallest_normal) - tiny,
+            float(info.smallest_normal),
+            float(info.max),
+            float(info.min),
+        ],
+        dtype=np.float64,
+    )
+    if name == "complex64":
+        # Set apart: complex arithmetic would turn 1j * inf into nan + inf j.
+        out = np.zeros(2 * len(reals), np.complex64)
+        out.real[: len(reals)] = reals
+        out.real[len(reals) :], out.imag[len(reals) :] = 1.0, reals
+        return out
+    return reals.astype(dtype)
+
+
+def placements(size: int) -> list[tuple[int, ...]]:
+    """Which ranks hold a special value: each rank alone, in turn; then several at once (all of
+    them, the even ranks, the first and the last)."""
+    found = [(r,) for r in range(size)]
+    for ranks in (tuple(range(size)), tuple(range(0, size, 2)), (0, size - 1)):
+        if len(set(ranks)) > 1 and ranks not in found:
+            found.append(ranks)
+    return found
+
+
+def placed(
+    size: int, name: str, values: np.ndarray, background: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[tuple[object, tuple[int, ...]]]]:
+    """Every rank's 1-d input with each of ``values`` put on each of ``placements(size)``.
+
+    Position ``i`` of the result belongs to ``cases[i] = (value, ranks)``: the ranks in ``ranks``
+    hold ``value`` there, the others hold ``background[rank][i]`` (``background`` is one 1-d array
+    per rank, at least as long as the cases; positions past the cases keep the background).
+    """
+    cases = [(v, ranks) for v in values for ranks in placements(size)]
+    if min(len(b) for b in background) < len(cases):
+        raise ValueError(f"placed: background shorter than the {len(cases)} cases")
+    blocks = [np.array(b, dtype=np_dtype(name)) for b in background]
+    for i, (value, ranks) in enumerate(cases):
+        for r in ranks:
+            blocks[r][i] = value
+    return blocks, cases
+
+
 def describe(a: np.ndarray) -> str:
     """How failure messages name an array: ``float32 (5,)``."""
     return f"{dtype_name(a.dtype)} {tuple(a.shape)}"
