@@ -36,6 +36,7 @@ def describe_error(error: BaseException) -> str:
 
 def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn`` on every rank; if it raises on any rank, the test fails on every rank here."""
+    __tracebackhide__ = True  # pytest reports the failure at the test's line, not here
     value, error = attempt(fn, *args, **kwargs)
     collective_assert(error is None, f"{what} raised {describe_error(error) if error else ''}")
     return value
@@ -43,6 +44,7 @@ def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def settle(problems: Iterable[str | None], what: str = "") -> None:
     """One collective check of everything a test found: passes only if no rank found anything."""
+    __tracebackhide__ = True  # pytest reports the failure at the test's line, not here
     found = [p for p in problems if p]
     prefix = f"{what}: " if what else ""
     shown = "; ".join(found[:5]) + (f"; ... ({len(found) - 5} more)" if len(found) > 5 else "")
@@ -86,6 +88,7 @@ def call_everywhere(control: Any, what: str, fn: Callable[[], Any]) -> tuple[Any
     If ``fn`` raised on any rank, every rank fails here (so none goes on to the next collective
     alone). Cheaper than ``call`` followed by ``differs_between_ranks``: one exchange, not two.
     """
+    __tracebackhide__ = True  # pytest reports the failure at the test's line, not here
     value, error = attempt(fn)
     mine = (describe_error(error) if error else None, None if error else digest(value))
     everyone = control.allgather(control.next_label("call-everywhere"), mine)

@@ -66,7 +66,8 @@ def test_shape_and_dtype_preserved(backend, world, control, capabilities):
 
 @pytest.mark.spec(OP, rule="int-wrap")
 def test_integer_overflow_wraps(backend, world, control, capabilities):
-    """Sums past an integer dtype's range wrap modulo 2**bits, exactly.
+    """Sums past an integer dtype's range wrap modulo 2**bits, exactly (72 elements, 67 of them
+    overflowing at any N > 1).
 
     SEMANTICS.md, Reductions: "Integers wrap around on overflow (int8 127+127 = -2)."
     Manifest: all_sum / int-wrap.
@@ -79,8 +80,16 @@ def test_integer_overflow_wraps(backend, world, control, capabilities):
         info = np.iinfo(data.np_dtype(dtype))
 
         def block(r, info=info, dtype=dtype):
-            # extremes plus rank-dependent values near them, so every rank's share matters
-            values = [info.max, info.min, info.max - r, info.min + r, r + 1]
+            # extremes plus rank-dependent values near them, so every rank's share matters; then
+            # 67 values that overflow at any N > 1 (near max, and near min or past 2**(bits-1)):
+            # more than a vector register of int8 and a tail, since Open MPI's vectorised ops
+            # only take over from 8 elements and a saturating add shows only there.
+            top, bottom = int(info.max), int(info.min)
+            values = [top, bottom, top - r, bottom + r, r + 1]
+            low = bottom if bottom < 0 else top // 2 + 1
+            values += [
+                top - (p + r) % 5 if p % 2 == 0 else low + (3 * p + r) % 5 for p in range(67)
+            ]
             return np.array(values, dtype=data.np_dtype(dtype))
 
         cases.append((f"{dtype} extremes", [block(r) for r in range(size)]))
