@@ -9,7 +9,10 @@
 # Steps: lint (ruff), machinery (tests of plugin/runner/adapters/bench), reference (the
 # reference's own tests under mpiexec -n N for each N), spec (python -m conformance run: the
 # spec against the reference, reports in <reports>/spec), selftest (faulty backends must be
-# caught; skipped when that command is not installed).
+# caught; skipped when that command is not installed), multihost (the suite across 2 namespace
+# hosts on this machine: ci/multihost-check.sh; skipped where namespaces cannot be made), pythons
+# (reference tests and spec at 2 ranks under Python 3.10 and 3.13 through tox: ci/pythons.sh;
+# a version not found is skipped with a message). A skipped step exits 77 and does not fail CI.
 # Needs: pip install -e ".[test]" (see README). Exit status 0 only when every step passed.
 set -u
 
@@ -42,7 +45,7 @@ cd "$root" || exit 2
 mkdir -p "$reports"
 
 # Minutes each step may take before it is killed (2-core CI runner, 4 ranks oversubscribed).
-declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=20)
+declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=20 [multihost]=15 [pythons]=20)
 
 bounded() {
     # bounded MINUTES STEP: run the step in a child of this script, killed after MINUTES
@@ -97,6 +100,14 @@ step_selftest() {
     "$python" -m conformance selftest --skip-reference --report-dir "$reports/selftest"
 }
 
+step_multihost() {
+    bash "$here/multihost-check.sh" --reports "$reports/multihost"
+}
+
+step_pythons() {
+    PYTHON="$python" bash "$here/pythons.sh" 3.10 3.13
+}
+
 if [ -n "$step_to_run" ]; then
     "step_$step_to_run"
     exit $?
@@ -104,7 +115,7 @@ fi
 
 summary=()
 failed=0
-for step in lint machinery reference spec selftest; do
+for step in lint machinery reference spec selftest multihost pythons; do
     wanted "$step" || continue
     echo
     echo "=== $step (budget ${budget[$step]} min)"
@@ -112,7 +123,13 @@ for step in lint machinery reference spec selftest; do
     bounded "${budget[$step]}" "$step"
     status=$?
     elapsed=$(( $(date +%s) - start ))
-    if [ $status -eq 0 ]; then verdict="ok"; else verdict="FAILED ($status)"; failed=1; fi
+    if [ $status -eq 0 ]; then
+        verdict="ok"
+    elif [ $status -eq 77 ]; then
+        verdict="skipped (see its output)"
+    else
+        verdict="FAILED ($status)"; failed=1
+    fi
     [ $status -eq 124 ] && verdict="TIMED OUT after ${budget[$step]} min"
     summary+=("$(printf '%-10s %-28s %5ds' "$step" "$verdict" "$elapsed")")
 done
