@@ -31,8 +31,8 @@ import pytest
 from conformance.backend import Backend, load_backend
 from conformance.harness import control as control_plane
 from conformance.harness import levels, outcomes, runinfo
-from conformance.harness.ranklog import RankLog, redirect_terminal
-from conformance.harness.watchdog import EXIT_HUNG, Watchdog
+from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
+from conformance.harness.watchdog import EXIT_HUNG, CommMailbox, FileMailbox, Mailbox, Watchdog
 from conformance.harness.watchdog import set_current as set_current_watchdog
 from conformance.records import ResultsFile
 
@@ -165,7 +165,9 @@ class Harness:
             rank=self.rank,
             size=self.size,
             timeout=self.timeout,
-            stack_dir=self.log_dir / f"hang-{job_id}",
+            mailbox=self._mailbox(job_id),
+            share_log=self.log.text,
+            receive_log=lambda rank, text: keep_peer_log(self.log_dir, rank, text),
             on_hang=self._on_hang,
             describe_state=self._describe_state,
             log=self.log.write,
@@ -188,15 +190,27 @@ class Harness:
             chosen = tempfile.mkdtemp(prefix="conformance-logs-", dir=where)
         return str(Path(chosen).resolve()), uuid.uuid4().hex[:12], temporary
 
+    def _mailbox(self, job_id: str) -> Mailbox:
+        """How a hang's stacks reach rank 0: MPI messages when ranks may be on other hosts."""
+        if self.size > 1:
+            return CommMailbox.from_world()
+        return FileMailbox(self.log_dir / f"hang-{job_id}")
+
     def close(self) -> None:
+        self.log.write(f"session end, exit status {self.exitstatus}")
+        if self.size > 1 and not self._discard_logs() and self.exitstatus in (0, 1, 5):
+            # Ranks on other hosts keep their logs there; rank 0 gets a copy of each.
+            self.watchdog.arm("sharing the per-rank logs")
+            gather_logs(self.control, self.log)
         self.watchdog.stop()
         set_current_watchdog(self._previous_watchdog)
-        self.log.write(f"session end, exit status {self.exitstatus}")
+        if isinstance(self.watchdog.mailbox, CommMailbox):
+            self.watchdog.mailbox.close()
         self.log.close()
         if self._discard_logs():
             self.control.barrier(("session", "logs closed"))
-            if self.rank == 0:
-                shutil.rmtree(self.log_dir, ignore_errors=True)
+            # Every host has its own copy of the directory.
+            shutil.rmtree(self.log_dir, ignore_errors=True)
         if self._terminal_fd is not None:
             os.close(self._terminal_fd)
         control_plane.set_current(self._previous_plane)

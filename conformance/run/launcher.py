@@ -26,8 +26,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from conformance.run import hostfile
 
 INSTALL_HINT = (
     "No usable MPI was found. Install mpi4py with an MPI from PyPI, e.g.\n"
@@ -53,6 +55,15 @@ class Launcher:
     flavor: str
     library_version: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: Host file the ranks are placed by (see :mod:`conformance.run.hostfile`); None: this host.
+    hostfile: str | None = None
+
+    def with_hostfile(self, path: str | Path | None) -> Launcher:
+        """This launcher placing ranks by host file ``path`` (checked now: HostfileError)."""
+        if path is None:
+            return self
+        hostfile.load(path, self.flavor)
+        return replace(self, hostfile=str(Path(path).resolve()))
 
     def command(self, np: int, argv: Sequence[str], label_output: bool = False) -> list[str]:
         """Argument list that runs ``argv`` on ``np`` ranks.
@@ -73,6 +84,8 @@ class Launcher:
                 cmd.append("--tag-output")
         elif self.flavor == MPICH and label_output:
             cmd.append("-prepend-rank")
+        if self.hostfile:
+            cmd += hostfile.launcher_args(self.hostfile, self.flavor)
         cmd += ["-n", str(np), *argv]
         return cmd
 
@@ -247,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=None, help="kill the job after this many seconds"
     )
+    hostfile.add_option(parser)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
     args = parser.parse_args(argv)
     cmd = list(args.cmd)
@@ -255,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cmd:
         parser.error("no command given")
     try:
-        launcher = find_launcher(args.mpiexec)
-    except LauncherError as exc:
+        launcher = find_launcher(args.mpiexec).with_hostfile(args.hostfile)
+    except (LauncherError, hostfile.HostfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for warning in launcher.warnings:

@@ -38,8 +38,8 @@ from typing import Any, TextIO
 
 import conformance
 from conformance.run import deviations as deviations_mod
+from conformance.run import hostfile, reports
 from conformance.run import launcher as launcher_mod
-from conformance.run import reports
 
 #: Per-test deadline handed to the plugin when none is given (seconds).
 DEFAULT_TIMEOUT = 60.0
@@ -72,6 +72,7 @@ class RunOptions:
     startup_allowance: float = 120.0
     margin: float | None = None
     quiet: bool = False
+    hostfile: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -594,8 +595,8 @@ def run(opts: RunOptions, stream: TextIO = sys.stdout) -> int:
     """Run the suite at every rank count, write the reports, return the exit status."""
     progress = Progress(stream, quiet=opts.quiet)
     try:
-        launcher = launcher_mod.find_launcher(opts.mpiexec)
-    except launcher_mod.LauncherError as exc:
+        launcher = launcher_mod.find_launcher(opts.mpiexec).with_hostfile(opts.hostfile)
+    except (launcher_mod.LauncherError, hostfile.HostfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for warning in launcher.warnings:
@@ -732,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pytest rootdir of the jobs (default: the directory holding the conformance package)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    hostfile.add_option(parser)
     parser.add_argument(
         "paths", nargs="*", help="test files or node ids (default: the installed spec)"
     )
@@ -779,6 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pytest_args=args.pytest_args,
         margin=args.job_margin,
         quiet=args.quiet,
+        hostfile=args.hostfile,
     )
     try:
         return run(opts)

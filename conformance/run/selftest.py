@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from conformance.adapters import faulty
+from conformance.run import hostfile, runner
 from conformance.run import launcher as launcher_mod
-from conformance.run import runner
 
 DEFAULT_NPS = (2, 3)
 #: Per-test deadline of the selftest's jobs: short, since one fault hangs on purpose.
@@ -152,6 +152,7 @@ def run_fault_job(
         paths=[str(specs / module) for module in fault.specs],
         report_dir=base,
         mpiexec=opts.mpiexec,
+        hostfile=opts.hostfile,
         margin=opts.job_margin,
         quiet=True,
     )
@@ -173,6 +174,7 @@ def run_reference(opts: SelftestOptions) -> ReferenceResult:
         max_examples=opts.max_examples,
         report_dir=opts.report_dir / "reference",
         mpiexec=opts.mpiexec,
+        hostfile=opts.hostfile,
         quiet=False,
     )
     run_opts.report_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,7 @@ class SelftestOptions:
     mpiexec: str | None = None
     job_margin: float | None = None
     reference: bool = True
+    hostfile: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where tables, results and logs go (default ./conformance-reports/selftest)",
     )
     parser.add_argument("--mpiexec", default=None, help="mpiexec to use")
+    hostfile.add_option(parser)
     parser.add_argument(
         "--job-margin",
         type=float,
@@ -333,8 +337,8 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        launcher = launcher_mod.find_launcher(opts.mpiexec)
-    except launcher_mod.LauncherError as exc:
+        launcher = launcher_mod.find_launcher(opts.mpiexec).with_hostfile(opts.hostfile)
+    except (launcher_mod.LauncherError, hostfile.HostfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     opts.report_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mpiexec=args.mpiexec,
         job_margin=args.job_margin,
         reference=not args.skip_reference,
+        hostfile=args.hostfile,
     )
     try:
         return selftest(opts)
