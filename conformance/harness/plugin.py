@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from conformance.backend import Backend, load_backend
-from conformance.harness import control as control_plane
+from conformance.harness import control as control_plane, isolation
 from conformance.harness import levels, outcomes, runinfo
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
 from conformance.harness.watchdog import EXIT_HUNG, CommMailbox, FileMailbox, Mailbox, Watchdog
@@ -83,11 +83,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="session seed from which per-test seeds derive (default: $CONFORMANCE_SEED, else 0)",
     )
+    group.addoption(
+        "--conformance-isolate",
+        default="never",
+        choices=isolation.MODES,
+        help="end the job after a test it cannot be trusted past (exit status "
+        f"{isolation.EXIT_ISOLATED}); the runner resumes in a fresh job (default: never)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     levels.register_markers(config)
+    config.addinivalue_line("markers", isolation.MARKER_HELP)
     # One process is an MPI world of size 1: run pytest-mpi as if --with-mpi were given, so the
     # mpi marker's min_size decides, under mpiexec or not.
     if hasattr(config.option, "with_mpi"):
@@ -150,6 +158,8 @@ class Harness:
             raise pytest.UsageError(f"--conformance-timeout must be positive, not {self.timeout}")
         self.seed = int(_option_or_env(config, "conformance_seed", "CONFORMANCE_SEED", 0))
         self.exitstatus: int | None = None
+        self.isolate = str(config.getoption("conformance_isolate", "never") or "never")
+        self.isolated = False
         log_dir, job_id, self._log_dir_is_temporary = plane.bcast(
             ("session", "log-dir"), self._choose_log_dir()
         )
@@ -255,7 +265,9 @@ class Harness:
         """A temporary log directory is removed after a clean run; anything else is kept."""
         return self._log_dir_is_temporary and self.exitstatus in (None, 0, 5)
 
-    def pytest_sessionfinish(self, exitstatus: int) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.isolated and exitstatus in (0, 1, pytest.ExitCode.INTERRUPTED):
+            session.exitstatus = exitstatus = isolation.EXIT_ISOLATED
         self.exitstatus = int(exitstatus)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -272,6 +284,8 @@ class Harness:
             self.watchdog.disarm()
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        if self.isolate == "auto":
+            items[:] = isolation.run_order(items, levels.level_of)
         for item in items:
             problem = levels.level_problem(item)
             if problem:
@@ -295,7 +309,9 @@ class Harness:
 
     # -- running one test ----------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, Any]:
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
         self.control.begin_test(item.nodeid)
         self._current_item = item
         item.stash[VERDICTS] = {}
@@ -306,6 +322,8 @@ class Harness:
             self.watchdog.disarm()
             self._current_item = None
             self._record(item)
+            if nextitem is not None:
+                self._isolate_after(item)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -362,6 +380,21 @@ class Harness:
             backend=self.backend_spec,
         )
         self.results.write(record)
+
+    def _isolate_after(self, item: pytest.Item) -> None:
+        """Stop the session after ``item`` when its job can no longer be trusted (every rank
+        decides alike: the verdicts were agreed over the control plane)."""
+        if self.isolate == "never":
+            return
+        verdicts = item.stash.get(VERDICTS, {})
+        outcome = outcomes.summarize(verdicts).get("outcome") if verdicts else None
+        try:
+            checks = getattr(self.backend().capabilities, "agreement_checks", True)
+        except Exception:
+            checks = True
+        if isolation.ends_job(self.isolate, levels.level_of(item), outcome, item, checks):
+            self.isolated = True
+            item.session.shouldstop = f"conformance: fresh job after {item.nodeid} (isolation)"
 
     # -- hangs -----------------------------------------------------------------------------------
     def _describe_state(self) -> str:

@@ -13,11 +13,18 @@ Contract:
   ranks outnumber cores, so busy-polling ranks do not starve each other on small machines.
 - ``python -m conformance.run.launcher -n N [--mpiexec PATH] -- CMD ...`` runs ``CMD`` under the
   configured launcher (used by tox and CI for plain ``pytest`` runs).
+- Interrupts (one mechanism for ``run``, ``bench`` and ``selftest``): jobs are started with
+  :func:`start_job`, each in a session of its own (so the whole tree can be ended, and a terminal's
+  Ctrl-C does not reach it directly). Inside :func:`interruptible`, SIGINT or SIGTERM ends every
+  job still running (SIGTERM to each job's tree, SIGKILL after :data:`INTERRUPT_GRACE` seconds)
+  and raises :class:`Interrupted` in the main thread; no job starts afterwards. The command then
+  writes what finished and exits with :func:`exit_status` (130 for SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -25,7 +32,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,8 +52,88 @@ OPENMPI = "openmpi"
 UNKNOWN = "unknown"
 
 
+#: Seconds an interrupted job gets between SIGTERM and SIGKILL.
+INTERRUPT_GRACE = 2.0
+
+
 class LauncherError(RuntimeError):
     """No MPI launcher could be found or it is unusable; the message says what to install."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived inside :func:`interruptible`; every job has been ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+# Reentrant: the signal handler runs in the main thread, possibly inside start_job.
+_jobs_lock = threading.RLock()
+_live_jobs: set[subprocess.Popen] = set()
+_stop_signal: int | None = None
+
+
+def start_job(cmd: Sequence[str], **popen_kwargs: object) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own and track it until :func:`forget_job`; raises
+    :class:`Interrupted` once an interrupt arrived (no job starts after one)."""
+    with _jobs_lock:
+        if _stop_signal is not None:
+            raise Interrupted(_stop_signal)
+        proc = subprocess.Popen(list(cmd), start_new_session=True, **popen_kwargs)  # type: ignore[call-overload]
+        _live_jobs.add(proc)
+    return proc
+
+
+def forget_job(proc: subprocess.Popen) -> None:
+    """Stop tracking a job that has ended (or been ended)."""
+    with _jobs_lock:
+        _live_jobs.discard(proc)
+
+
+def stop_signal() -> int | None:
+    """The signal that interrupted this process, if one did."""
+    return _stop_signal
+
+
+def exit_status(signum: int) -> int:
+    """The shell's status for a process ended by ``signum`` (130 SIGINT, 143 SIGTERM)."""
+    return 128 + signum
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    global _stop_signal
+    if _stop_signal is not None:
+        return  # already ending every job; a second Ctrl-C must not cut the cleanup short
+    with _jobs_lock:
+        _stop_signal = signum
+        jobs = list(_live_jobs)
+    end_jobs(jobs, grace=INTERRUPT_GRACE)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT/SIGTERM end every tracked job and raise :class:`Interrupted` (main thread only;
+    elsewhere, and when nested, the enclosing handling stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with _jobs_lock:
+            left = list(_live_jobs)
+        end_jobs(left, grace=INTERRUPT_GRACE)
+
+
+def reset_interrupts() -> None:
+    """Forget an earlier interrupt (tests run several commands in one process)."""
+    global _stop_signal
+    _stop_signal = None
 
 
 @dataclass(frozen=True)
@@ -277,16 +366,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     full = launcher.command(args.np, cmd)
     print("+ " + " ".join(shlex.quote(c) for c in full), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(full, env=launcher.environment(args.np), start_new_session=True)
     try:
-        return proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        print(f"error: job exceeded {args.timeout} s; killing it", file=sys.stderr)
-        kill_process_group(proc)
-        return 124
-    except KeyboardInterrupt:
-        kill_process_group(proc)
-        return 130
+        with interruptible():
+            proc = start_job(full, env=launcher.environment(args.np))
+            try:
+                return proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"error: job exceeded {args.timeout} s; killing it", file=sys.stderr)
+                kill_process_group(proc)
+                return 124
+    except Interrupted as exc:
+        return exit_status(exc.signum)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -317,34 +407,52 @@ def _descendants(pid: int) -> list[int]:
 
 
 def kill_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """End a job: SIGTERM its process group, then SIGKILL whatever is left of its process tree.
+    """End one job (see :func:`end_jobs`)."""
+    end_jobs([proc], grace)
 
-    ``proc`` must have been started with ``start_new_session=True``. MPICH's hydra puts every
-    rank in a process group of its own, so the ranks are found by walking the process tree
-    before mpiexec goes away and orphans them.
+
+def end_jobs(procs: Sequence[subprocess.Popen], grace: float = 5.0) -> None:
+    """End jobs: SIGTERM each one's process group and tree, then SIGKILL whatever is left.
+
+    Each ``proc`` must have been started in a session of its own. MPICH's hydra puts every rank
+    in a process group of its own, so the ranks are found by walking the process tree before
+    mpiexec goes away and orphans them.
     """
-    tree = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in [proc.pid, *tree]:
+    trees = {proc: [proc.pid, *_descendants(proc.pid)] for proc in procs}
+    for proc, tree in trees.items():
+        _signal_all(proc, tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc, tree in trees.items():
+        while time.monotonic() < deadline and any(_alive(pid, proc) for pid in tree):
+            time.sleep(0.05)
+    for proc, tree in trees.items():
+        _signal_all(proc, tree, signal.SIGKILL)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
             pass
+        forget_job(proc)
+
+
+def _signal_all(proc: subprocess.Popen, tree: Sequence[int], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+    for pid in tree:
+        # A pid already reaped could have been reused, but only within this job's lifetime
+        # window of well under a second; the tree was read while the job was alive.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int, proc: subprocess.Popen) -> bool:
+    if pid == proc.pid:
+        return proc.poll() is None
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
-import json
+import enum
+import itertools
 import os
 import shlex
 import shutil
@@ -36,17 +36,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from pytest import ExitCode
+
 import conformance
+from conformance import records as records_mod
+from conformance.harness import isolation
+from conformance.harness.isolation import EXIT_ISOLATED
+from conformance.harness.watchdog import DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
 from conformance.run import hostfile, reports
 from conformance.run import launcher as launcher_mod
 
-#: Per-test deadline handed to the plugin when none is given (seconds).
-DEFAULT_TIMEOUT = 60.0
-#: Exit status of a job whose plugin watchdog recorded a hung test.
-EXIT_HUNG = 3
 #: pytest exit statuses that mean "the session ran to its end".
-COMPLETED_STATUSES = frozenset({0, 1, 5})
+COMPLETED_STATUSES = frozenset({ExitCode.OK, ExitCode.TESTS_FAILED, ExitCode.NO_TESTS_COLLECTED})
+#: pytest exit statuses of a session that could not run tests (interrupted; usage error, which
+#: the plugin also uses for ranks that collected different tests).
+_NOT_RUN = (ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR)
 #: Outcomes that make the run fail unless a deviation expects them.
 BAD_OUTCOMES = deviations_mod.FAILING_OUTCOMES
 TAIL_LINES = 40
@@ -72,6 +77,7 @@ class RunOptions:
     startup_allowance: float = 120.0
     margin: float | None = None
     quiet: bool = False
+    isolate: str = "auto"
     hostfile: Path | None = None
 
     @property
@@ -94,6 +100,8 @@ class JobOutcome:
     output_path: Path
     log_dir: Path
     duration: float
+    #: Wall-clock time (``time.time()``) the job ended.
+    ended_at: float = 0.0
 
 
 def parse_nps(text: str) -> list[int]:
@@ -210,6 +218,9 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         "no:cacheprovider",
         "--rootdir",
         str(opts.root),
+        # Isolation may change the run order (robust tests last); collect in the jobs' order.
+        "--conformance-isolate",
+        opts.isolate,
         *pytest_args(opts),
     ]
     env = dict(os.environ, **job_environment(opts))
@@ -233,27 +244,46 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
             break
         if "::" in line:
             ids.append(line.strip())
-    if out.returncode not in (0, 5):
+    if out.returncode not in (ExitCode.OK, ExitCode.NO_TESTS_COLLECTED):
         return ids, text
-    return ids, "" if ids or out.returncode == 5 else text
+    return ids, "" if ids or out.returncode == ExitCode.NO_TESTS_COLLECTED else text
 
 
 # -- one job ---------------------------------------------------------------------------------
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (job killed mid-write) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    """Records of a results file (``conformance.records.read_records``)."""
+    return [dict(r) for r in records_mod.read_records(path)]
+
+
+# -- one job ---------------------------------------------------------------------------------
+
+
+def job_argv(
+    opts: RunOptions, extra_args: Sequence[str], results: Path, log_dir: Path
+) -> list[str]:
+    """The pytest command every rank of a job runs."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        # Tests' prints still reach the job's output, so a rank that dies mid-test leaves
+        # what it printed (fd-level capture would take it down with the process).
+        "--capture=tee-sys",
+        "--rootdir",
+        str(opts.root),
+        "--conformance-results",
+        str(results),
+        "--conformance-log-dir",
+        str(log_dir),
+        "--conformance-isolate",
+        opts.isolate,
+        *extra_args,
+        *pytest_args(opts),
+    ]
 
 
 def run_job(
@@ -267,77 +297,70 @@ def run_job(
     on_progress: Callable[[], None] = lambda: None,
     poll: float = 0.5,
 ) -> JobOutcome:
-    """Run one MPI job to its end or until the job-level watchdog ends it."""
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        # Tests' prints still reach the job's output, so a rank that dies mid-test leaves
-        # what it printed (fd-level capture would take it down with the process).
-        "--capture=tee-sys",
-        "--rootdir",
-        str(opts.root),
-        "--conformance-results",
-        str(results_path),
-        "--conformance-log-dir",
-        str(log_dir),
-        *extra_args,
-        *pytest_args(opts),
-    ]
-    cmd = launcher.command(np, argv, label_output=True)
+    """Run one MPI job to its end or until the job-level watchdog ends it (an interrupt ends
+    it and propagates)."""
+    cmd = launcher.command(np, job_argv(opts, extra_args, results_path, log_dir), label_output=True)
     env = launcher.environment(np)
     env.update(job_environment(opts))
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    killed = False
     with open(output_path, "w", encoding="utf-8") as out:
         out.write("+ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
         out.flush()
-        proc = subprocess.Popen(
+        proc = launcher_mod.start_job(
             cmd,
             cwd=opts.root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
-        seen = _line_count(results_path)
-        signs = _life_signs(log_dir, output_path)
-        last_progress = time.monotonic()
-        allowance = opts.startup_allowance
         try:
-            while proc.poll() is None:
-                time.sleep(poll)
-                count = _line_count(results_path)
-                if count != seen:
-                    seen = count
-                    last_progress = time.monotonic()
-                    allowance = 0.0
-                    on_progress()
-                now_signs = _life_signs(log_dir, output_path)
-                if now_signs != signs:
-                    # Rank logs, a heartbeat file or printed output changed: the job is alive
-                    # (a long lockstep Hypothesis test writes no record for many deadlines).
-                    signs = now_signs
-                    last_progress = time.monotonic()
-                silent = time.monotonic() - last_progress
-                if silent > opts.timeout + opts.job_margin + allowance:
-                    killed = True
-                    out.write(
-                        f"\n[conformance runner] no sign of progress for {silent:.0f} s; "
-                        "ending the job\n"
-                    )
-                    out.flush()
-                    launcher_mod.kill_process_group(proc)
-                    break
+            killed = _watch(proc, opts, results_path, log_dir, output_path, on_progress, poll)
+            if killed:
+                out.write(f"\n[conformance runner] {killed}; ending the job\n")
+                out.flush()
+                launcher_mod.kill_process_group(proc)
         except BaseException:
             launcher_mod.kill_process_group(proc)
             raise
+        finally:
+            launcher_mod.forget_job(proc)
         on_progress()
-    return JobOutcome(proc.returncode, killed, output_path, log_dir, time.monotonic() - start)
+    return JobOutcome(
+        proc.returncode, bool(killed), output_path, log_dir, time.monotonic() - start, time.time()
+    )
+
+
+def _watch(
+    proc: subprocess.Popen,
+    opts: RunOptions,
+    results_path: Path,
+    log_dir: Path,
+    output_path: Path,
+    on_progress: Callable[[], None],
+    poll: float,
+) -> str:
+    """Wait for the job; '' when it ended, else why the job-level watchdog must end it."""
+    seen = _line_count(results_path)
+    signs = _life_signs(log_dir, output_path)
+    last_progress = time.monotonic()
+    allowance = opts.startup_allowance
+    while proc.poll() is None:
+        time.sleep(poll)
+        count = _line_count(results_path)
+        if count != seen:
+            seen, last_progress, allowance = count, time.monotonic(), 0.0
+            on_progress()
+        now_signs = _life_signs(log_dir, output_path)
+        if now_signs != signs:
+            # Rank logs, a heartbeat file or printed output changed: the job is alive
+            # (a long lockstep Hypothesis test writes no record for many deadlines).
+            signs, last_progress = now_signs, time.monotonic()
+        silent = time.monotonic() - last_progress
+        if silent > opts.timeout + opts.job_margin + allowance:
+            return f"no sign of progress for {silent:.0f} s"
+    return ""
 
 
 def _life_signs(log_dir: Path, output_path: Path) -> tuple[tuple[str, int, int], ...]:
@@ -409,7 +432,7 @@ class Progress:
             if key not in self._reported:
                 self._reported.add(key)
                 self._emit(f"np={np} {r['outcome'].upper()} {r['nodeid']}", newline=True)
-        failed = sum(r.get("outcome") in ("failed", "error") for r in records)
+        failed = sum(r.get("outcome") in ("wrong", "error") for r in records)
         hung = sum(r.get("outcome") in ("hung", "crashed") for r in records)
         line = f"np={np} {done}/{total or '?'} tests done, {failed} failed, {hung} hung or crashed"
         now = time.monotonic()
@@ -437,6 +460,64 @@ class Progress:
             self._emit(text, newline=True)
 
 
+class Action(enum.Enum):
+    """What the runner does after a job of one rank count ended."""
+
+    DONE = "every test has a record"
+    RESUME = "start a fresh job for the remaining tests"
+    BLAME = "record the running test as ended by the job's end, then resume"
+    GIVE_UP = "stop this rank count: a relaunch would end the same way"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEnd:
+    """The facts :func:`after_job` decides on."""
+
+    status: int | None
+    killed: bool = False  # the runner's job-level watchdog ended it
+    new: int = 0  # tests this job recorded
+    remaining: int = 0  # collected tests still without a record
+    hung: bool = False  # the plugin recorded a hang in this job
+    hung_outside: bool = False  # ... outside any collected test (collection)
+
+
+_Rule = Callable[[JobEnd], bool]
+#: The cases, first match wins; the reason is the problem text of GIVE_UP.
+AFTER_JOB: tuple[tuple[str, _Rule, Action], ...] = (
+    ("the runner ended it", lambda e: e.killed, Action.BLAME),
+    ("ran to its end", lambda e: e.status in COMPLETED_STATUSES and not e.remaining, Action.DONE),
+    (
+        "the job collected no tests",
+        lambda e: e.status == ExitCode.NO_TESTS_COLLECTED and not e.new,
+        Action.GIVE_UP,
+    ),
+    # Usage error, interruption, or ranks that collected different tests (status 4): no test is
+    # to blame and a relaunch would end the same way.
+    ("the job could not run tests", lambda e: e.status in _NOT_RUN and not e.new, Action.GIVE_UP),
+    (
+        "the job hung outside a test",
+        lambda e: e.status == EXIT_HUNG and e.hung_outside,
+        Action.GIVE_UP,
+    ),
+    ("the plugin recorded a hang", lambda e: e.status == EXIT_HUNG and e.hung, Action.RESUME),
+    ("stopped for isolation", lambda e: e.status == EXIT_ISOLATED and e.new > 0, Action.RESUME),
+    # Anything else ended early and the plugin could not say why (a crash, MPI_Abort -- whose
+    # status may well be 0 or 1): blame the running test.
+    ("ended early", lambda e: True, Action.BLAME),
+)
+
+
+def after_job(end: JobEnd) -> tuple[Action, str]:
+    """What to do after a job ended, from the table :data:`AFTER_JOB`; nothing is left to do
+    once every test has a record."""
+    for reason, matches, action in AFTER_JOB:
+        if matches(end):
+            if action in (Action.RESUME, Action.BLAME) and not end.remaining:
+                return Action.DONE, reason
+            return action, reason
+    raise AssertionError("the last rule matches every job")
+
+
 def run_rank_count(
     launcher: launcher_mod.Launcher,
     opts: RunOptions,
@@ -444,131 +525,174 @@ def run_rank_count(
     collected: list[str],
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every test on ``np`` ranks, resuming after hangs and crashes.
+    """Run every test on ``np`` ranks, resuming after hangs, crashes and isolation stops.
 
     Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``)
-    and problems that kept tests from running at all.
+    and problems that kept tests from running at all. An interrupt ends the rank count early
+    with what finished (the caller checks ``launcher.stop_signal()``).
     """
     base = opts.report_dir / f"np{np}"
     base.mkdir(parents=True, exist_ok=True)
-    results_path = base / "results.jsonl"
-    if results_path.exists():
-        results_path.unlink()  # a fresh run never inherits an old run's results
-    runner_records: list[dict[str, Any]] = []
-    problems: list[str] = []
-    order = {nodeid: i for i, nodeid in enumerate(collected)}
-    barren = 0  # consecutive attempts that finished no test
-
-    def current() -> list[dict[str, Any]]:
-        return _dedupe(read_results(results_path) + runner_records)
-
-    attempt = 0
-    while True:
-        attempt += 1
-        before = {r["nodeid"] for r in current()}
-        extra: list[str] = []
-        if before:
-            deselect = base / f"deselect-{attempt}.txt"
-            deselect.write_text(
-                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(before)), encoding="utf-8"
-            )
-            extra.append(f"@{deselect}")
-            progress.message(f"np={np} resuming (attempt {attempt}), skipping {len(before)} done")
-        job = run_job(
-            launcher,
-            opts,
-            np,
-            extra,
-            results_path,
-            base / "logs" / f"attempt{attempt}",
-            base / f"attempt{attempt}.out",
-            on_progress=lambda: progress.update(np, current(), collected),
-        )
-        records = current()
-        finished = {r["nodeid"] for r in records}
-        new = finished - before
-        remaining = [nodeid for nodeid in collected if nodeid not in finished]
-        if not job.killed and job.returncode in COMPLETED_STATUSES and not remaining:
-            break
-        if not job.killed and job.returncode == 5 and not new:
-            problems.append(f"np={np}: the job collected no tests; see {job.output_path}")
-            break
-        hung = [r["nodeid"] for r in records if r.get("outcome") == "hung" and r["nodeid"] in new]
-        if not job.killed and job.returncode in (2, 4) and not new:
-            # Usage error, interruption, or ranks that collected different tests (status 4):
-            # no test is to blame and a relaunch would end the same way.
-            problems.append(
-                f"np={np}: the job could not run tests (status {job.returncode}); "
-                f"see {job.output_path}:\n{tail(job.output_path, 15)}"
-            )
-            break
-        if not job.killed and job.returncode == EXIT_HUNG and hung:
-            if not set(hung) & set(order):
-                # Hung outside any test (the plugin's nodeid "collection"): nothing to skip.
-                problems.append(
-                    f"np={np}: the job hung outside a test ({', '.join(hung)}); "
-                    f"see {job.output_path}"
-                )
-                break
-            barren = 0
-            if not remaining:
-                break
-            continue
-        # The job ended early and the plugin could not say why (a crash, MPI_Abort -- whose
-        # status may well be 0 or 1 -- or the job-level watchdog): blame the running test.
-        if not remaining:
-            break
-        broken = remaining[0]
-        hung_in_job = job.killed
-        barren = 0 if new else barren + 1
-        runner_records.append(
-            {
-                "nodeid": broken,
-                "outcome": "hung" if hung_in_job else "crashed",
-                "failing_ranks": [],
-                "message": (
-                    f"no sign of progress for {opts.timeout + opts.job_margin:g} s; "
-                    "the runner ended the job"
-                    if hung_in_job
-                    else f"the MPI job ended with status {job.returncode} during this test"
-                ),
-                "longrepr": "",
-                "duration": None,
-                "level": None,
-                "area": _area_of(broken),
-                "seed": None,
-                "world_size": np,
-                "backend": opts.backend,
-                "output": tail(job.output_path),
-                "rank_output": {
-                    str(rank): "\n".join(lines[-TAIL_LINES:])
-                    for rank, lines in sorted(
-                        launcher_mod.split_by_rank(tail(job.output_path, 10 * TAIL_LINES)).items()
-                    )
-                },
-                "rank_logs": rank_logs(job.log_dir),
-                "source": "runner",
-            }
-        )
-        progress.update(np, current(), collected)
-        if barren >= 2:
-            # Two jobs in a row died before finishing anything: the job itself is broken
-            # (backend fails to load, MPI cannot start); don't burn one job per test.
-            problems.append(
-                f"np={np}: two consecutive jobs ended without finishing a test "
-                f"(status {job.returncode}); {len(remaining) - 1} tests not run; "
-                f"see {job.output_path}"
-            )
-            break
-        if attempt > len(collected) + 1:
-            problems.append(f"np={np}: giving up after {attempt} attempts")
-            break
-    records = current()
+    attempts = _Attempts(launcher, opts, np, collected, progress, base)
+    try:
+        attempts.run()
+    except launcher_mod.Interrupted as exc:
+        attempts.problems.append(f"np={np}: interrupted ({exc}); later tests not run")
+    records = attempts.current()
     progress.update(np, records, collected, final=True)
+    order = {nodeid: i for i, nodeid in enumerate(collected)}
     for record in records:
         record["np"] = np
         record.setdefault("order", order.get(record["nodeid"], len(order)))
-    return records, problems
+    return records, attempts.problems
+
+
+class _Attempts:
+    """The jobs of one rank count: each resumes where the previous one ended."""
+
+    def __init__(
+        self,
+        launcher: launcher_mod.Launcher,
+        opts: RunOptions,
+        np: int,
+        collected: list[str],
+        progress: Progress,
+        base: Path,
+    ) -> None:
+        self.launcher, self.opts, self.np, self.base = launcher, opts, np, base
+        self.collected, self.progress = collected, progress
+        self.results_path = base / "results.jsonl"
+        if self.results_path.exists():
+            self.results_path.unlink()  # a fresh run never inherits an old run's results
+        self.runner_records: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+
+    def current(self) -> list[dict[str, Any]]:
+        return _dedupe([*records_mod.read_records(self.results_path), *self.runner_records])
+
+    def run(self) -> None:
+        barren = 0  # consecutive jobs that ended early without finishing a test
+        for attempt in itertools.count(1):
+            before = {r["nodeid"] for r in self.current()}
+            job = self.launch(attempt, before)
+            records = self.current()
+            new = [r for r in records if r["nodeid"] not in before]
+            finished = {r["nodeid"] for r in records}
+            remaining = [nodeid for nodeid in self.collected if nodeid not in finished]
+            hung = [r["nodeid"] for r in new if r.get("outcome") == "hung"]
+            end = JobEnd(
+                status=job.returncode,
+                killed=job.killed,
+                new=len(new),
+                remaining=len(remaining),
+                hung=bool(hung),
+                hung_outside=bool(hung) and not set(hung) & set(self.collected),
+            )
+            action, reason = after_job(end)
+            if action is Action.GIVE_UP:
+                self.problems.append(
+                    f"np={self.np}: {reason} (status {job.returncode}); "
+                    f"see {job.output_path}:\n{tail(job.output_path, 15)}"
+                )
+                return
+            if action is Action.DONE:
+                return
+            barren = 0
+            if action is Action.BLAME:
+                record = blame_record(self.opts, self.np, remaining[0], job)
+                self.runner_records.append(record)
+                self.progress.update(self.np, self.current(), self.collected)
+                expected = record["outcome"] == "passed"
+                barren = 0 if new or expected else barren + 1
+            if barren >= 2:
+                # Two jobs in a row died before finishing anything: the job itself is broken
+                # (backend fails to load, MPI cannot start); don't burn one job per test.
+                self.problems.append(
+                    f"np={self.np}: two consecutive jobs ended without finishing a test "
+                    f"(status {job.returncode}); {len(remaining) - 1} tests not run; "
+                    f"see {job.output_path}"
+                )
+                return
+            if attempt > len(self.collected) + 1:
+                self.problems.append(f"np={self.np}: giving up after {attempt} attempts")
+                return
+
+    def launch(self, attempt: int, done: set[str]) -> JobOutcome:
+        """One job over the tests not in ``done``."""
+        extra: list[str] = []
+        if done:
+            deselect = self.base / f"deselect-{attempt}.txt"
+            deselect.write_text(
+                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(done)), encoding="utf-8"
+            )
+            extra.append(f"@{deselect}")
+            self.progress.message(
+                f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
+            )
+        return run_job(
+            self.launcher,
+            self.opts,
+            self.np,
+            extra,
+            self.results_path,
+            self.base / "logs" / f"attempt{attempt}",
+            self.base / f"attempt{attempt}.out",
+            on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
+        )
+
+
+def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dict[str, Any]:
+    """The runner's record of the test running when ``job`` ended early: ``hung`` when the
+    runner ended it, ``passed`` when the test announced ending the job on purpose and the job
+    ended within the deadline after that (SEMANTICS.md, "Dead and stalled peers"), else
+    ``crashed``."""
+    output = tail(job.output_path, 10 * TAIL_LINES)
+    announced = isolation.expected_job_end(output, nodeid)
+    if job.killed:
+        outcome = "hung"
+        message = (
+            f"no sign of progress for {opts.timeout + opts.job_margin:g} s; "
+            "the runner ended the job"
+        )
+    elif announced is not None and job.ended_at - announced <= opts.timeout:
+        outcome = "passed"
+        message = (
+            f"the job ended {max(0.0, job.ended_at - announced):.1f} s after the test stopped "
+            f"a rank on purpose (status {job.returncode}): the job-level outcome the contract "
+            "names for a dead peer under an MPI launcher"
+        )
+    else:
+        outcome = "crashed"
+        message = f"the MPI job ended with status {job.returncode} during this test"
+    return dict(
+        records_mod.make_record(
+            nodeid,
+            outcome,
+            message=message,
+            duration=None,
+            level=None,
+            area=_area_of(nodeid),
+            seed=None,
+            world_size=np,
+            backend=opts.backend,
+            output=tail(job.output_path),
+            rank_output={
+                str(rank): "\n".join(lines[-TAIL_LINES:])
+                for rank, lines in sorted(launcher_mod.split_by_rank(output).items())
+            },
+            rank_logs=rank_logs(job.log_dir),
+            source="runner",
+            crash=crash_of(outcome, output, job.log_dir),
+        )
+    )
+
+
+def crash_of(outcome: str, output: str, log_dir: Path) -> dict[str, int | None] | None:
+    """Which rank died of which signal (``reports.crash_details``), for a crashed record."""
+    if outcome != "crashed":
+        return None
+    logs = [tail(path, 10**6) for path in sorted(log_dir.glob("rank*.log"))]
+    return reports.crash_details(output, logs)
 
 
 def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -592,21 +716,30 @@ def _area_of(nodeid: str) -> str:
 
 
 def run(opts: RunOptions, stream: TextIO = sys.stdout) -> int:
-    """Run the suite at every rank count, write the reports, return the exit status."""
-    progress = Progress(stream, quiet=opts.quiet)
+    """Run the suite at every rank count, write the reports, return the exit status (128 + the
+    signal when SIGINT or SIGTERM cut it short: the reports then hold what finished)."""
+    with launcher_mod.interruptible():
+        try:
+            return _run(opts, Progress(stream, quiet=opts.quiet))
+        except launcher_mod.Interrupted as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            return launcher_mod.exit_status(exc.signum)
+
+
+def _run(opts: RunOptions, progress: Progress) -> int:
     try:
         launcher = launcher_mod.find_launcher(opts.mpiexec).with_hostfile(opts.hostfile)
-    except (launcher_mod.LauncherError, hostfile.HostfileError) as exc:
+        deviation_path = opts.deviations or deviations_mod.default_path(opts.backend)
+        known = deviations_mod.load(deviation_path)
+    except (
+        launcher_mod.LauncherError,
+        deviations_mod.DeviationError,
+        hostfile.HostfileError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for warning in launcher.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    deviation_path = opts.deviations or deviations_mod.default_path(opts.backend)
-    try:
-        known = deviations_mod.load(deviation_path)
-    except deviations_mod.DeviationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     opts.report_dir.mkdir(parents=True, exist_ok=True)
     progress.message(
         f"conformance run: backend {opts.backend}, ranks {','.join(map(str, opts.nps))}, "
@@ -619,60 +752,71 @@ def run(opts: RunOptions, stream: TextIO = sys.stdout) -> int:
     if collect_error:
         progress.message(f"warning: collection reported errors:\n{collect_error}")
     progress.message(f"{len(collected)} tests per rank count")
-    all_records: list[dict[str, Any]] = []
-    problems: list[str] = []
-    started = time.monotonic()
-
-    def summarize(done: list[int]) -> reports.RunSummary:
-        unmatched = deviations_mod.apply(all_records, known, {np: collected for np in done})
-        if opts.paths:
-            # Only entries about the selected files can be stale; the others are out of scope.
-            files = {nodeid.split("::", 1)[0] for nodeid in collected}
-            unmatched = [
-                d
-                for d in unmatched
-                if any(fnmatch.fnmatchcase(f, d.test.split("::", 1)[0]) for f in files)
-            ]
-        warnings = [
-            f"deviation entry matches no test: {d.test!r} (np {sorted(d.np) if d.np else 'any'})"
-            f" in {deviation_path}"
-            for d in unmatched
-        ]
-        if opts.keyword or opts.markers:
-            # Entries outside a -k/-m selection match nothing by design.
-            warnings = []
-        pending = [np for np in opts.nps if np not in done]
-        return reports.RunSummary(
-            backend=opts.backend,
-            nps=list(opts.nps),
-            records=all_records,
-            total_per_np=len(collected),
-            problems=[*problems, *(f"np={np}: not run yet" for np in pending)],
-            warnings=warnings,
-            duration=time.monotonic() - started,
-            launcher=f"{launcher.path} ({launcher.flavor}: {launcher.library_version})",
-            deviations_file=str(deviation_path),
-        )
-
-    done: list[int] = []
+    state = _RunState(opts, launcher, known, deviation_path, collected)
     for np in opts.nps:
         records, issues = run_rank_count(launcher, opts, np, collected, progress)
-        for record in records:
-            record["reproduce"] = reproduce_command(opts, launcher, np, record["nodeid"])
-        all_records += records
-        problems += issues
-        done.append(np)
-        if len(done) < len(opts.nps):
+        state.add(np, records, issues)
+        if launcher_mod.stop_signal() is not None:
+            break
+        if len(state.done) < len(opts.nps):
             # Reports of the rank counts so far, in case the run is cut short (CI time limits).
-            reports.write_all(summarize(done), opts.report_dir)
-    summary = summarize(done)
-    warnings = summary.warnings
+            reports.write_all(state.summary(), opts.report_dir)
+    summary = state.summary()
     paths = reports.write_all(summary, opts.report_dir)
-    for line in warnings + problems:
+    for line in summary.warnings + state.problems:
         progress.message(f"warning: {line}")
     progress.message(reports.terminal_summary(summary))
     progress.message("reports: " + ", ".join(str(p) for p in paths))
+    signum = launcher_mod.stop_signal()
+    if signum is not None:
+        return launcher_mod.exit_status(signum)
     return 0 if summary.ok else 1
+
+
+class _RunState:
+    """The records and problems of the rank counts run so far, and their summary."""
+
+    def __init__(
+        self,
+        opts: RunOptions,
+        launcher: launcher_mod.Launcher,
+        known: Any,
+        deviation_path: Path,
+        collected: list[str],
+    ) -> None:
+        self.opts, self.launcher, self.known = opts, launcher, known
+        self.deviation_path, self.collected = deviation_path, collected
+        self.records: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+        self.done: list[int] = []
+        self.started = time.monotonic()
+
+    def add(self, np: int, records: list[dict[str, Any]], problems: list[str]) -> None:
+        for record in records:
+            record["reproduce"] = reproduce_command(self.opts, self.launcher, np, record["nodeid"])
+        self.records += records
+        self.problems += problems
+        self.done.append(np)
+
+    def summary(self) -> reports.RunSummary:
+        """Deviations applied, session headers read, problems and warnings gathered
+        (``reports.summarize_run``)."""
+        opts = self.opts
+        return reports.summarize_run(
+            backend=opts.backend,
+            nps=list(opts.nps),
+            results={np: opts.report_dir / f"np{np}" / "results.jsonl" for np in self.done},
+            records=self.records,
+            collected=self.collected,
+            problems=self.problems,
+            deviations=self.known,
+            deviations_file=self.deviation_path,
+            # Under -k/-m/paths an entry about tests that were not selected is out of scope.
+            full_run=not (opts.keyword or opts.markers or opts.paths),
+            duration=time.monotonic() - self.started,
+            launcher=f"{Path(self.launcher.path).name} ({self.launcher.flavor}: "
+            f"{self.launcher.library_version})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -732,6 +876,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pytest rootdir of the jobs (default: the directory holding the conformance package)",
     )
+    parser.add_argument(
+        "--isolate",
+        choices=isolation.MODES,
+        default="auto",
+        help="when a test gets a fresh job: auto (after a robust test that did not pass or a "
+        "test marked leaves_state; robust tests run last), always (every test), never "
+        "(default auto)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     hostfile.add_option(parser)
     parser.add_argument(
@@ -781,10 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pytest_args=args.pytest_args,
         margin=args.job_margin,
         quiet=args.quiet,
+        isolate=args.isolate,
         hostfile=args.hostfile,
     )
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run(opts)

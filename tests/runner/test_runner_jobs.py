@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -86,17 +89,19 @@ def test_failures_are_reported_with_a_command_that_reproduces_them(tmp_path: Pat
     assert records[("test_ok", 2)]["outcome"] == "passed"
     assert records[("test_skip", 2)]["outcome"] == "skipped"
     bad = records[("test_bad_on_last_rank", 2)]
-    assert bad["outcome"] == "failed"
+    assert bad["outcome"] == "wrong"
     assert bad["failing_ranks"] == [1]
     assert "mpiexec" in bad["reproduce"] and "-n 2" in bad["reproduce"]
     assert "np=2 2/3 tests done" in progress or "np=2 3/3 tests done" in progress
-    assert "FAILED" in progress
+    assert "WRONG" in progress
     markdown = (tmp_path / "reports" / "report.md").read_text()
     assert bad["reproduce"] in markdown
     assert (tmp_path / "reports" / "junit.xml").exists()
     # The command reproduces the failure alone: exactly one test runs, and it fails.
+    # Reports carry no machine paths: the temporary directory reads <tmp>.
+    command = bad["reproduce"].replace("<tmp>", tempfile.gettempdir())
     again = subprocess.run(
-        bad["reproduce"], shell=True, capture_output=True, text=True, timeout=120, check=False
+        command, shell=True, capture_output=True, text=True, timeout=120, check=False
     )
     assert again.returncode == 1, again.stdout + again.stderr
     assert "1 failed" in again.stdout
@@ -207,17 +212,23 @@ def test_known_deviations_excuse_failures_and_unmatched_entries_are_warned(
             """
             [[deviation]]
             test = "test_tiny.py::test_bad"
+            expect = "wrong"
             reason = "known bug"
             upstream = "https://example.org/1"
 
             [[deviation]]
             test = "test_tiny.py::test_ok"
             np = [2]
+            expect = "crash"
             reason = "was broken once"
+            no_upstream = "not yet filed: t"
+            flaky = "crashes only sometimes"
 
             [[deviation]]
             test = "test_tiny.py::test_renamed"
+            expect = "hang"
             reason = "stale entry"
+            no_upstream = "not yet filed: t"
             """
         )
     )
@@ -228,7 +239,7 @@ def test_known_deviations_excuse_failures_and_unmatched_entries_are_warned(
     assert records[("test_bad", 2)]["class"] == "expected"
     assert records[("test_ok", 2)]["class"] == "xpassed"
     assert any("test_renamed" in w for w in report["warnings"])
-    assert "matches no test" in progress
+    assert "matched no test" in progress
 
 
 def test_cli_selection_and_exit_status(tmp_path: Path) -> None:
@@ -255,3 +266,88 @@ def test_parse_nps() -> None:
     assert runner.parse_nps("3,1-2,3") == [1, 2, 3]
     with pytest.raises(ValueError):
         runner.parse_nps("0")
+
+
+ISOLATION_SUITE = """
+DIRTY = []
+
+@pytest.mark.robust
+def test_robust_fails_and_leaves_state():
+    DIRTY.append(os.getpid())
+    assert False, "left state behind"
+
+@pytest.mark.robust
+def test_robust_needs_a_clean_job():
+    assert not DIRTY, f"state left by an earlier test in pid {DIRTY}"
+
+@pytest.mark.core
+def test_core_after():
+    assert not DIRTY
+"""
+
+
+@pytest.mark.parametrize(("isolate", "clean_passes"), [("auto", True), ("never", False)])
+def test_a_failed_robust_test_gets_the_next_test_a_fresh_job(
+    tmp_path: Path, isolate: str, clean_passes: bool
+) -> None:
+    path = write_suite(tmp_path, ISOLATION_SUITE)
+    status, report, _ = run_suite(tmp_path, path, [2], isolate=isolate)
+    assert status == 1
+    records = by_test(report)
+    assert records[("test_robust_fails_and_leaves_state", 2)]["outcome"] == "wrong"
+    clean = records[("test_robust_needs_a_clean_job", 2)]["outcome"]
+    assert (clean == "passed") is clean_passes
+    # auto runs the robust tests last, so the core test never shares a job with them.
+    assert (records[("test_core_after", 2)]["outcome"] == "passed") is clean_passes
+    jobs = sorted((tmp_path / "reports" / "np2").glob("attempt*.out"))
+    assert len(jobs) == (2 if isolate == "auto" else 1)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_every_job_and_still_writes_the_report(tmp_path: Path, sig: int) -> None:
+    path = write_suite(
+        tmp_path,
+        """
+        def test_quick():
+            pass
+
+        def test_slow():
+            time.sleep(120)
+        """,
+    )
+    reports = tmp_path / "reports"
+    cmd = [sys.executable, "-m", "conformance", "run", "--np", "2", "--timeout", "200"]
+    cmd += ["--rootdir", str(path.parent), "--report-dir", str(reports), str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = reports / "np2" / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while '::test_quick"' not in (results.read_text() if results.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    assert _processes_mentioning(str(results)), "the job should be running"
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 128 + sig, output
+    assert took < 10, f"the runner took {took:.1f} s to stop"
+    assert _processes_mentioning(str(results)) == [], "a process of the job survived"
+    report = json.loads((reports / "report.json").read_text())
+    outcomes = {r["nodeid"].split("::")[-1]: r["outcome"] for r in report["records"]}
+    assert outcomes.get("test_quick") == "passed"
+    assert any("interrupted" in p for p in report["problems"]), report["problems"]
