@@ -33,6 +33,7 @@ def launch(
     """Run the benchmark with ``argv`` on ``np`` ranks (on the hosts of ``hostfile``, if given)
     and return the job's exit status (124 when it was killed after ``timeout`` seconds, 2 when
     no launcher was found or the host file is unusable)."""
+    from conformance.run import launcher as launcher_mod
     from conformance.run.hostfile import HostfileError
     from conformance.run.launcher import LauncherError, find_launcher, kill_process_group
 
@@ -47,13 +48,16 @@ def launch(
     env = launcher.environment(np)
     env[CHILD_ENV] = "1"
     print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"error: benchmark job exceeded {timeout:g} s; killing it", file=sys.stderr)
-        kill_process_group(proc)
-        return 124
-    except KeyboardInterrupt:
-        kill_process_group(proc)
-        return 130
+        # SIGINT/SIGTERM end the job's whole tree (the launcher's one interrupt mechanism).
+        with launcher_mod.interruptible():
+            proc = launcher_mod.start_job(cmd, env=env)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"error: benchmark job exceeded {timeout:g} s; killing it", file=sys.stderr)
+                kill_process_group(proc)
+                return 124
+    except launcher_mod.Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return launcher_mod.exit_status(exc.signum)

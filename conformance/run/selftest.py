@@ -471,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hostfile=args.hostfile,
     )
     try:
-        return selftest(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        # SIGINT/SIGTERM end every job still running, in every worker thread, and stop new ones.
+        with launcher_mod.interruptible():
+            return selftest(opts)
+    except launcher_mod.Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return launcher_mod.exit_status(exc.signum)
