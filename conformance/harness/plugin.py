@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from conformance.backend import Backend, load_backend
-from conformance.harness import control as control_plane, isolation
+from conformance.harness import control as control_plane, isolation, tiers
 from conformance.harness import levels, outcomes, runinfo
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
 from conformance.harness.watchdog import EXIT_HUNG, CommMailbox, FileMailbox, Mailbox, Watchdog
@@ -284,6 +284,7 @@ class Harness:
             self.watchdog.disarm()
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        tiers.deselect_opt_in(self.config, items)
         if self.isolate == "auto":
             items[:] = isolation.run_order(items, levels.level_of)
         for item in items:
