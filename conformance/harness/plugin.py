@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from conformance.backend import Backend, load_backend
-from conformance.harness import control as control_plane, isolation, tiers
-from conformance.harness import levels, outcomes, runinfo
+from conformance.harness import control as control_plane
+from conformance.harness import isolation, levels, outcomes, runinfo, tiers
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
 from conformance.harness.watchdog import EXIT_HUNG, CommMailbox, FileMailbox, Mailbox, Watchdog
 from conformance.harness.watchdog import set_current as set_current_watchdog
