@@ -1,0 +1,267 @@
+"""Element counts around the sizes where collective implementations change behaviour.
+
+Real backends switch algorithm, chunk, pipeline or change protocol at size thresholds (ring vs
+tree, reduce-scatter + all_gather above some size, eager vs rendezvous p2p, 32-bit byte counts),
+and the bugs live at and just past those thresholds: a last partial chunk left out, a count not
+divisible by the number of ranks, blocks reordered above a threshold. So the sweep takes every
+power of two from 1 Ki to 16 Mi elements with its neighbours (2^k - 1, 2^k, 2^k + 1), primes,
+and the counts around the group size (1, N - 1, N, N + 1).
+
+Results are compared chunk by chunk (``CHUNK`` elements at a time, so memory stays bounded
+at 16 Mi elements and more) and a failure names the first wrong element's index, its value and
+the expected one, and the count. Inputs come from ``data.contribution``; ``blocks`` keeps
+recent ones, so the five collectives of one count build every rank's input once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from conformance.specs import data, reductions
+from conformance.specs.tolerance import mismatch
+
+KI = 1024
+MI = 1024 * KI
+
+# Primes between the thresholds: counts that no chunk or block size divides.
+PRIMES: tuple[int, ...] = (2, 3, 5, 7, 13, 61, 251, 1021, 4099, 65521, 262147, 1048573, 16777213)
+
+# Default run: every threshold region up to 256 Ki (2^k - 1, 2^k, 2^k + 1), then the partial
+# last chunk past 512 Ki and 1 Mi. The soak tier adds the rest up to 16 Mi + 1 elements (64 MiB
+# per rank in float32) and the large counts.
+DEFAULT_FULL_MAX = 256 * KI + 1
+DEFAULT_LARGE_COUNTS: tuple[int, ...] = (512 * KI + 1, MI + 1)
+SOAK_MAX_COUNT = 16 * MI + 1
+SOAK_LARGE_COUNTS: tuple[int, ...] = (4 * MI + 3, 16 * MI + 5)
+# The 14 dtypes at a few large counts (the dtype x size matrix is sparse; float32 has the sweep).
+DTYPE_COUNTS_DEFAULT: tuple[int, ...] = (64 * KI + 1,)
+DTYPE_COUNTS_SOAK: tuple[int, ...] = (MI - 1, 4 * MI + 1, 16 * MI + 1)
+
+# Compare this many elements at a time: bounded memory for the float64 copies a comparison makes.
+CHUNK = MI
+# Bytes of inputs kept between tests: a whole default float32 sweep at 4 ranks.
+CACHE_BYTES = 96 * MI
+
+
+def threshold_counts(low: int, high: int) -> list[int]:
+    """2^k - 1, 2^k and 2^k + 1 for every power of two 2^k in [low, high]."""
+    out: list[int] = []
+    k = max(0, math.ceil(math.log2(max(low, 1))))
+    while 2**k <= high:
+        out += [2**k - 1, 2**k, 2**k + 1]
+        k += 1
+    return out
+
+
+def sweep_counts(group_size: int, max_count: int, low: int = KI) -> list[int]:
+    """The sweep up to ``max_count``: 1, N - 1, N, N + 1, 2N + 1, 3N - 1, primes, and
+    2^k - 1, 2^k, 2^k + 1 from ``low``."""
+    n = group_size
+    small = [1, n - 1, n, n + 1, 2 * n + 1, 3 * n - 1]
+    counts = {c for c in (*small, *PRIMES, *threshold_counts(low, max_count)) if c >= 1}
+    return sorted(c for c in counts if c <= max_count)
+
+
+def default_counts(group_size: int) -> list[int]:
+    """The default run's slice: every threshold region up to 256 Ki plus the large counts."""
+    return sweep_counts(group_size, DEFAULT_FULL_MAX) + list(DEFAULT_LARGE_COUNTS)
+
+
+def soak_bands() -> dict[str, list[int]]:
+    """The soak tier's counts (what the default slice leaves out, up to ``SOAK_MAX_COUNT``) by
+    threshold region, ``"2^k"`` -> its counts, so that each region is one test within the
+    per-test deadline. None of them depends on the group size."""
+    done = set(default_counts(1))
+    swept = sweep_counts(1, SOAK_MAX_COUNT, low=DEFAULT_FULL_MAX) + list(SOAK_LARGE_COUNTS)
+    bands: dict[str, list[int]] = {}
+    for count in sorted(set(swept) - done):
+        if count > DEFAULT_FULL_MAX:
+            bands.setdefault(f"2^{count.bit_length() - 1}", []).append(count)
+    return bands
+
+
+def scatter_rows(group_size: int, count: int) -> int:
+    """sum_scatter's input rows for a swept ``count``: the multiple of N nearest above it, so the
+    block each rank gets (``count / N`` rounded up) is odd for most counts."""
+    block = max(1, -(-count // group_size))
+    return block * group_size
+
+
+class _BlockCache:
+    """Every rank's contribution per (group size, count, dtype, salt), least recently used out
+    first once more than ``limit`` bytes are kept. The arrays are read-only: shared by tests."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: OrderedDict[tuple[int, int, str, int], tuple[np.ndarray, ...]] = OrderedDict()
+
+    def get(self, size: int, count: int, dtype: str, salt: int) -> tuple[np.ndarray, ...]:
+        key = (size, count, dtype, salt)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        blocks = tuple(data.contributions(size, (count,), dtype, salt))
+        for b in blocks:
+            b.flags.writeable = False
+        self.entries[key] = blocks
+        while sum(b.nbytes for e in self.entries.values() for b in e) > self.limit:
+            if len(self.entries) == 1:
+                break
+            self.entries.popitem(last=False)
+        return blocks
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_CACHE = _BlockCache(CACHE_BYTES)
+
+
+def blocks(size: int, count: int, dtype: str, salt: int = 0) -> tuple[np.ndarray, ...]:
+    """Every rank's 1-D input of ``count`` elements (``data.contribution``), kept between tests
+    while small enough; large counts are built fresh and the cache emptied first."""
+    if count * data.np_dtype(dtype).itemsize * size > CACHE_BYTES // 2:
+        _CACHE.clear()
+        return tuple(data.contributions(size, (count,), dtype, salt))
+    return _CACHE.get(size, count, dtype, salt)
+
+
+# -- comparing in chunks ------------------------------------------------------------------------
+Expect = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+def first_wrong(
+    got: np.ndarray, expect: Expect, length: int, label: str, offset: int = 0
+) -> str | None:
+    """Compare ``got`` (1-D, ``length`` elements) with what ``expect(start, stop)`` says the
+    elements ``[start, stop)`` must be (values, float tolerance or None), chunk by chunk.
+
+    A finding names the first wrong element by its index (plus ``offset``, its place in the
+    whole result), what it holds and what it should hold, and how many of its chunk are off.
+    """
+    for start in range(0, length, CHUNK):
+        stop = min(start + CHUNK, length)
+        want, tol = expect(start, stop)
+        found = mismatch(got[start:stop], want, tol, label)
+        if found is None:
+            continue
+        index = _bisect(got, expect, start, stop, label)
+        value, wanted = _scalar(got[index]), _scalar(expect(index, index + 1)[0][0])
+        off = _OFF.search(found)
+        where = f"{off.group(1)} in [{offset + start}, {offset + stop})" if off else ""
+        return (
+            f"{label}: first wrong element at index {offset + index} of {length}: got {value!r},"
+            f" expected {wanted!r}" + (f" ({where})" if where else "")
+        )
+    return None
+
+
+_OFF = re.compile(r"\((\d+ of \d+ elements off)\)")
+
+
+def _scalar(x: object) -> object:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _bisect(got: np.ndarray, expect: Expect, start: int, stop: int, label: str) -> int:
+    """The first index in [start, stop) whose element is wrong (the range has one)."""
+    while stop - start > 1:
+        middle = (start + stop) // 2
+        want, tol = expect(start, middle)
+        if mismatch(got[start:middle], want, tol, label) is not None:
+            stop = middle
+        else:
+            start = middle
+    return start
+
+
+def _slices(blocks_: Sequence[np.ndarray], start: int, stop: int) -> list[np.ndarray]:
+    return [b[start:stop] for b in blocks_]
+
+
+def check_result(
+    op: str, got: object, blocks_: Sequence[np.ndarray], rank: int, label: str
+) -> str | None:
+    """Why ``op``'s result ``got`` on ``rank`` is wrong for 1-D inputs ``blocks_``, or None.
+
+    Never raises (a malformed result is a finding), so every rank reaches the settle after it.
+    """
+    size, count = len(blocks_), blocks_[0].shape[0]
+    dtype = blocks_[0].dtype
+    shape = _result_shape(op, size, count)
+    if not isinstance(got, np.ndarray) or got.dtype != dtype or got.shape != shape:
+        what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
+        return f"{label}: result is {what}, expected {data.dtype_name(dtype)} {shape}"
+    if size == 1:
+        return first_wrong(got, lambda a, b: (blocks_[0][a:b], None), count, label)
+    if op == "all_gather":
+        for r in range(size):
+            part = got[r * count : (r + 1) * count]
+            found = first_wrong(
+                part, _exact(blocks_[r]), count, f"{label} block of rank {r}", r * count
+            )
+            if found:
+                return found
+        return None
+    if op == "sum_scatter":
+        rows = count // size
+        base = rank * rows
+
+        def scatter(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+            parts = _slices(blocks_, base + a, base + b)
+            return reductions.expected("all_sum", parts, 0), reductions.tolerance(
+                "all_sum", parts, 0
+            )
+
+        return first_wrong(got, scatter, rows, label)
+
+    def reduce(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        parts = _slices(blocks_, a, b)
+        return reductions.expected(op, parts, rank), reductions.tolerance(op, parts, rank)
+
+    return first_wrong(got, reduce, count, label)
+
+
+def _exact(block: np.ndarray) -> Expect:
+    return lambda a, b: (block[a:b], None)
+
+
+def _result_shape(op: str, size: int, count: int) -> tuple[int, ...]:
+    if size == 1:
+        return (count,)
+    if op == "all_gather":
+        return (count * size,)
+    if op == "sum_scatter":
+        return (count // size,)
+    return (count,)
+
+
+def received(got: object, sent: np.ndarray, label: str) -> str | None:
+    """Why a received array ``got`` differs from what was ``sent`` (exact), or None."""
+    if not isinstance(got, np.ndarray) or got.dtype != sent.dtype or got.shape != sent.shape:
+        what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
+        return f"{label}: received {what}, expected {data.describe(sent)}"
+    return first_wrong(got.reshape(-1), _exact(sent.reshape(-1)), sent.size, label)
+
+
+def label(op: str, dtype: str, count: int, extra: str = "") -> str:
+    """How findings name a case: ``all_sum float32 count=1048577 (4.0 MiB)``."""
+    nbytes = count * data.np_dtype(dtype).itemsize
+    return f"{op} {dtype} count={count} ({_bytes(nbytes)}){extra}"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", MI), ("KiB", KI)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def total_bytes(counts: Iterable[int], dtype: str) -> int:
+    """Bytes of one rank's inputs over ``counts`` (to size a sweep)."""
+    return sum(counts) * data.np_dtype(dtype).itemsize

@@ -1,0 +1,110 @@
+"""Spec of every collective and send/recv on several groups: groups as an axis of the suite.
+
+SEMANTICS.md, "Sizes, groups and call sequences"; manifest rule ``groups`` of all_sum, all_max,
+all_min, all_gather, sum_scatter and send. Each op runs on the world, on the halves (split by
+rank < N/2), on the world split with reversed keys, on odd/even ranks, and on several groups of
+the same size used alternately from the same rank (a world in order and reversed; from 3 ranks,
+two different pairs), the shapes of ``groups.GROUP_SHAPES``. A backend that caches subgroup
+communicators by size, mixes up group ranks and world ranks, or runs a call on the wrong members
+gets a wrong result here. Inputs of world rank w are ``data.contribution(w, ...)``, so each rank
+knows what its group must return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conformance.harness.collective import expect_unsupported
+from conformance.specs import data, exchanges, reductions
+from conformance.specs.calls import settle
+from conformance.specs.groups import GROUP_SHAPES, form_groups
+from conformance.specs.tolerance import mismatch
+
+pytestmark = [pytest.mark.core, pytest.mark.groups]
+
+COLLECTIVES = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter")
+RULE = "groups"
+# (dtype, elements per group rank): a small message and one past a 16 KiB eager limit.
+CASES = (("int64", 13), ("float32", 5003))
+# The alternating shape goes round its groups this many times.
+ROUNDS = 3
+
+
+def _ops() -> list[Any]:
+    return [
+        pytest.param(op, marks=pytest.mark.spec(op, rule=RULE), id=op)
+        for op in (*COLLECTIVES, "send")
+    ]
+
+
+def _rows(op: str, group_size: int, per_rank: int) -> int:
+    return per_rank * group_size if op == "sum_scatter" else per_rank
+
+
+def collective_on(backend: Any, op: str, group: Any, mates: list[int], rank: int, salt: int):
+    """``op`` on ``group`` (members ``mates``, world ranks in group-rank order); the findings."""
+    me = mates.index(rank)
+    problems: list[str | None] = []
+    if (group.rank(), group.size()) != (me, len(mates)):
+        problems.append(f"group of {mates}: rank/size {group.rank()}/{group.size()}")
+    for dtype, per_rank in CASES:
+        shape = (_rows(op, len(mates), per_rank),)
+        blocks = [data.contribution(w, shape, dtype, salt) for w in mates]
+        what = f"{op} {dtype} {shape} on the group of world ranks {mates}"
+        got = reductions.run(backend, op, blocks[me], group)
+        want, tol = reductions.expected(op, blocks, me), reductions.tolerance(op, blocks, me)
+        problems.append(mismatch(got, want, tol, what))
+    return problems
+
+
+def ring_on(backend: Any, group: Any, mates: list[int], rank: int, salt: int):
+    """send to group rank + 1, recv from group rank - 1 inside ``group``; the findings."""
+    if len(mates) == 1:
+        return []  # a group of one has no peer (its send raising is test_send_recv's)
+    me = mates.index(rank)
+    src = mates[(me - 1) % len(mates)]
+    problems: list[str | None] = []
+    for dtype, count in CASES:
+        mine = data.contribution(rank, (count,), dtype, salt)
+        theirs = data.contribution(src, (count,), dtype, salt)
+        found = exchanges.ring_exchange(backend, group, mine, theirs, use_recv_like=salt % 2 == 1)
+        problems += [f"group of world ranks {mates}: {p}" for p in found if p]
+    return problems
+
+
+@pytest.mark.parametrize("shape", list(GROUP_SHAPES))
+@pytest.mark.parametrize("op", _ops())
+def test_op_on_group(backend, world, control, capabilities, op, shape):
+    """The op on the world, halves, reversed keys, odd/even and alternating same-size groups.
+
+    SEMANTICS.md, Sizes, groups and call sequences: "Every collective, and send/recv, behaves
+    the same on any group: the world, halves, a split with reversed keys, odd/even ranks. A rank
+    may hold several subgroups, even of the same size, and use them alternately; each call
+    involves exactly the members of the group it is given, in that group's rank order."
+    Manifest: <op> / groups.
+    """
+    rank, size = world.rank(), world.size()
+    if shape != "world":
+        if size == 1:
+            pytest.skip(f"{shape}: a group of one cannot be split (the world is its only group)")
+        if expect_unsupported(capabilities, "split", world.split, 0):
+            return
+    if op != "send" and not capabilities.supports(op):
+        x = data.contribution(rank, (size,), "float32")
+        reductions.unsupported_raises(backend, op, x, world)
+        return
+    if op == "send" and size == 1:
+        pytest.skip("send needs a peer; the world has one rank")
+    groups = form_groups(world, shape)
+    problems: list[str | None] = []
+    rounds = ROUNDS if len(groups) > 1 else 1
+    for round_ in range(rounds):
+        for i, (group, mates) in enumerate(groups):
+            salt = 1000 + 10 * round_ + i
+            if op == "send":
+                problems += ring_on(backend, group, mates, rank, salt)
+            else:
+                problems += collective_on(backend, op, group, mates, rank, salt)
+    settle(problems, f"{op} on {shape} groups")
