@@ -2,8 +2,9 @@
 
 SEMANTICS.md, "Size-1 groups", "Reductions", "all_gather", "sum_scatter" and "Cross-rank
 agreement". Each call validates its arguments, then runs the agreement round (which also carries
-small payloads, see ``reference.agreement``), then, for payloads too large to travel inline, one
-MPI collective straight from the caller's buffer into the result's buffer.
+small payloads, see ``reference.agreement``), then, for payloads too large to travel inline, moves
+the data on the plane ``reference.dataplane`` picks: one MPI collective straight from the caller's
+buffer into the result's buffer, or the shared-memory plane of ``reference.shm``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from reference import buffers, deadline
+from reference import buffers, deadline, shm
 from reference.agreement import agree
+from reference.dataplane import segment_for
 from reference.dtypes import as_array
 from reference.group import Group, cached_default, init
 from reference.reductions import MAX, MIN, SUM, local_reduce, mpi_datatype, mpi_op
@@ -62,6 +64,24 @@ def _wait(group: Group, op: str, request: Any, *buffers_in_use: np.ndarray) -> N
     deadline.wait_all([request], stalled)
 
 
+def _through_shm(group: Group, op: str, segment: shm.Segment, move: Any) -> None:
+    """Run ``move`` on the shared-memory plane; a stalled peer retires the group and segment.
+
+    Late peers only ever write their own slots of the segment, never a result: the segment is
+    kept mapped (in the group's orphans) and never used again.
+    """
+
+    def stalled(peers: list[int], seconds: float) -> TimeoutError:
+        group._orphans.append(segment)
+        late = ", ".join(map(str, peers))
+        return group._break(
+            f"{op} on {group._label} timed out after {seconds:g} s moving data through shared "
+            f"memory: rank(s) {late} stopped making progress after every rank had arrived"
+        )
+
+    shm.run(move, stalled)
+
+
 def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
     group = resolve_group(group, op)
     array, error = _prepare(x, op, group)
@@ -71,6 +91,11 @@ def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
     if agreement.inline is not None:
         return local_reduce(kind, agreement.inline)
     out = buffers.empty(array.shape, array.dtype)
+    segment = segment_for(group, op, array.nbytes)
+    if segment is not None:
+        flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+        _through_shm(group, op, segment, lambda: segment.all_reduce(kind, flat_in, flat_out))
+        return out
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Iallreduce(
         [_flat_bytes(array), array.size, datatype],
@@ -115,6 +140,11 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     if agreement.inline is not None:
         out[...] = agreement.inline.reshape(shape)
         return out
+    segment = segment_for(group, "all_gather", array.nbytes)
+    if segment is not None:
+        flat_in, flat_out = _flat_bytes(array), _flat_bytes(out)
+        _through_shm(group, "all_gather", segment, lambda: segment.all_gather(flat_in, flat_out))
+        return out
     request = group._comm.Iallgather(_flat_bytes(array), _flat_bytes(out))
     _wait(group, "all_gather", request, array, out)
     return out
@@ -148,6 +178,11 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
     if agreement.inline is not None:
         return local_reduce(SUM, agreement.inline[:, rank * rows : (rank + 1) * rows])
     out = buffers.empty((rows, *array.shape[1:]), array.dtype)
+    segment = segment_for(group, "sum_scatter", array.nbytes)
+    if segment is not None:
+        flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+        _through_shm(group, "sum_scatter", segment, lambda: segment.sum_scatter(flat_in, flat_out))
+        return out
     datatype = mpi_datatype(array.dtype)
     request = group._comm.Ireduce_scatter_block(
         [_flat_bytes(array), datatype],

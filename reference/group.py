@@ -60,6 +60,8 @@ class Group:
         group._message_numbers = collections.Counter()
         # Sends that stalled mid-transfer: MPI may still read their arrays, so they stay alive.
         group._orphans = []
+        # The shared-memory segment (reference.shm), mapped on first use; False: spans nodes.
+        group._segment = None
         return group
 
     def rank(self) -> int:

@@ -68,6 +68,18 @@ def local_reduce(kind: str, stacked: np.ndarray) -> np.ndarray:
     return result if stacked.ndim > 1 else np.asarray(result)
 
 
+def combine_into(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = a (kind) b`` by the same rule, without a temporary where it is a ufunc.
+
+    ``out`` may be ``a`` or ``b`` itself (element-wise ufuncs allow exact aliasing).
+    """
+    pair = _pairwise(kind, a.dtype)
+    if isinstance(pair, functools.partial):
+        out[...] = pair(a, b)
+    else:
+        pair(a, b, out=out)
+
+
 @functools.cache
 def _pairwise(kind: str, dtype: np.dtype):
     """The element-wise function ``combine`` picks for (kind, dtype), looked up once."""

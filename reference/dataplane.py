@@ -1,0 +1,81 @@
+"""Which data plane moves a collective's payload once the agreement round has passed.
+
+docs/contracts.md, "Data planes". ``mpi``: one MPI collective from the caller's buffer into the
+result (works everywhere). ``shm``: the shared-memory plane of ``reference.shm``, for a group whose
+ranks all share one node. ``auto`` (the default) takes shm when the group is on one node and the
+payload is at least the op's threshold below, measured at 2 ranks on a 2-core machine
+(docs/benchmarks.md); a group that spans nodes always uses MPI.
+
+``REFERENCE_DATA_PLANE=mpi|shm|auto`` or ``set_data_plane(name)`` chooses; every rank of a group
+must choose the same (the choice is made on every rank from agreed facts only: op, payload size,
+and whether the group shares a node). ``shm`` on a group that spans nodes falls back to MPI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from reference.shm import Segment
+
+if TYPE_CHECKING:
+    from reference.group import Group
+
+PLANE_ENV = "REFERENCE_DATA_PLANE"
+PLANES = ("mpi", "shm", "auto")
+
+# Smallest payload (bytes per rank's input) for which ``auto`` takes shared memory; None: never.
+AUTO_THRESHOLDS: dict[str, int | None] = {
+    "all_sum": None,
+    "all_max": None,
+    "all_min": None,
+    "all_gather": None,
+    "sum_scatter": None,
+}
+
+
+def _parse(value: str, what: str) -> str:
+    if value not in PLANES:
+        raise ValueError(
+            f"{what}={value!r} is not a data plane; expected one of {', '.join(PLANES)}"
+        )
+    return value
+
+
+_plane = _parse(os.environ.get(PLANE_ENV, "auto"), PLANE_ENV)
+
+
+def get_data_plane() -> str:
+    """The data plane setting: ``mpi``, ``shm`` or ``auto``."""
+    return _plane
+
+
+def set_data_plane(name: str) -> str:
+    """Choose the data plane of later collectives (on every rank alike); returns the previous."""
+    global _plane
+    previous, _plane = _plane, _parse(name, "the data plane")
+    return previous
+
+
+def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
+    """The group's shared segment when this call should use it, else None (use MPI).
+
+    Collective on the group's first shared-memory call (the segment is mapped then); every rank
+    reaches the same answer because it depends on agreed facts only.
+    """
+    if _plane == "mpi":
+        return None
+    if _plane == "auto":
+        threshold = AUTO_THRESHOLDS[op]
+        if threshold is None or nbytes < threshold:
+            return None
+    if group._segment is None:
+
+        def stalled(seconds: float) -> TimeoutError:
+            return group._break(
+                f"{op} on {group._label} timed out after {seconds:g} s setting up shared memory: "
+                "a peer stopped before every rank had arrived"
+            )
+
+        group._segment = Segment.create(group._comm, stalled) or False
+    return group._segment or None

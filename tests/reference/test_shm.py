@@ -1,0 +1,239 @@
+"""The shared-memory data plane (reference.shm, reference.dataplane).
+
+Results are checked against numpy on every rank's ``encode`` data (in rank order), against the MPI
+data plane bit for bit where the contract requires it (integers, bool, max, min), and across ranks
+(every rank gets the same bits). Small chunks on fresh subgroups make every payload cross several
+chunk boundaries and wrap the pipeline's buffers many times. Stalls are made by a rank whose data
+phase does nothing or comes late: the others must raise TimeoutError naming it, retire the group,
+and keep what they already hold intact.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+
+import numpy as np
+import pytest
+from transport_helpers import DTYPES, allgather, attempt, sync, world_data
+
+import reference
+from reference import dataplane, shm
+from reference.dtypes import NUMPY_DTYPES
+
+SMALL_CHUNK = 4096
+SHORT = 0.5
+
+
+@pytest.fixture
+def plane():
+    """Force a data plane for one test, on every rank alike; restore the setting afterwards."""
+    previous = dataplane.get_data_plane()
+    yield dataplane.set_data_plane
+    dataplane.set_data_plane(previous)
+
+
+def small_chunk_group(world, chunk: int = SMALL_CHUNK):
+    """A fresh subgroup whose segment uses ``chunk``-byte chunks (mapped now, collectively)."""
+    sub = world.split(0)
+    sub._segment = shm.Segment.create(sub._comm, TimeoutError, chunk_bytes=chunk)
+    assert sub._segment, "the ranks of this job should share one node"
+    return sub
+
+
+def expected_reduction(op: str, inputs: list[np.ndarray]) -> np.ndarray:
+    """numpy's answer, reducing in rank order (the reference's documented order)."""
+    dtype = inputs[0].dtype
+    if op == "all_sum" and dtype == np.bool_:
+        return functools.reduce(np.logical_or, inputs)
+    if op == "all_sum":
+        return functools.reduce(lambda a, b: np.add(a, b, dtype=dtype), inputs)
+    if dtype == np.bool_:
+        return functools.reduce(np.logical_or if op == "all_max" else np.logical_and, inputs)
+    stacked = np.stack(inputs)
+    if dtype.kind == "c":
+        order = np.lexsort((stacked.imag, stacked.real), axis=0)
+        pick = order[-1] if op == "all_max" else order[0]
+        return np.take_along_axis(stacked, pick[None], axis=0)[0]
+    return (np.max if op == "all_max" else np.min)(stacked, axis=0)
+
+
+def counts_for(dtype_name: str, size: int, chunk: int) -> list[int]:
+    """Element counts around the chunk boundaries, beyond the inline limit, not multiples of N."""
+    per = chunk // NUMPY_DTYPES[dtype_name].itemsize
+    return [per * 2 + 1, per * 3 - size - 1]
+
+
+def run_on(plane_setter, name: str, fn, *args, **kwargs):
+    plane_setter(name)
+    return fn(*args, **kwargs)
+
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def test_data_plane_setting_is_checked(plane):
+    """Only mpi, shm and auto are data planes; set_data_plane returns the previous one."""
+    previous = plane("shm")
+    assert plane("mpi") == "shm"
+    assert dataplane.get_data_plane() == "mpi"
+    with pytest.raises(ValueError, match="not a data plane"):
+        plane("nvlink")
+    assert dataplane.get_data_plane() == "mpi"
+    assert previous in dataplane.PLANES
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("op", ["all_sum", "all_max", "all_min"])
+def test_reductions_match_numpy_and_the_mpi_plane(world, comm, plane, op, dtype_name):
+    """Every dtype and reduction, across chunk boundaries: numpy's rank-order result, the same
+    bits on every rank, and for everything but float sums the MPI plane's exact bits."""
+    sub = small_chunk_group(world)
+    for salt, count in enumerate(counts_for(dtype_name, comm.size, SMALL_CHUNK)):
+        inputs = world_data(comm.size, (count,), NUMPY_DTYPES[dtype_name], salt)
+        got = run_on(plane, "shm", getattr(reference, op), inputs[comm.rank], group=sub)
+        via_mpi = run_on(plane, "mpi", getattr(reference, op), inputs[comm.rank], group=sub)
+        want = expected_reduction(op, inputs)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if not (
+            op == "all_sum"
+            and dtype_name in ("float16", "bfloat16", "float32", "float64", "complex64")
+        ):
+            assert got.tobytes() == via_mpi.tobytes()
+        everyone = allgather(comm, got.tobytes())
+        assert all(bits == everyone[0] for bits in everyone)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_all_gather_matches_numpy(world, comm, plane, dtype_name):
+    """all_gather on shared memory concatenates every rank's array in rank order, bit for bit,
+    for 2-d inputs whose size crosses chunk boundaries."""
+    sub = small_chunk_group(world)
+    for salt, count in enumerate(counts_for(dtype_name, comm.size, SMALL_CHUNK)):
+        inputs = world_data(comm.size, (count, 1), NUMPY_DTYPES[dtype_name], salt)
+        got = run_on(plane, "shm", reference.all_gather, inputs[comm.rank], group=sub)
+        want = np.concatenate(inputs)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_sum_scatter_matches_numpy(world, comm, plane, dtype_name):
+    """sum_scatter on shared memory gives each rank its block of the rank-order sum, for blocks
+    that cross chunk boundaries; integers and bool bit for bit as on the MPI plane."""
+    sub = small_chunk_group(world)
+    size, rank = comm.size, comm.rank
+    per = SMALL_CHUNK // size // NUMPY_DTYPES[dtype_name].itemsize
+    for salt, rows in enumerate([per * 2 + 1, per + size + 2]):
+        inputs = world_data(size, (size * rows, 2), NUMPY_DTYPES[dtype_name], salt)
+        got = run_on(plane, "shm", reference.sum_scatter, inputs[rank], group=sub)
+        via_mpi = run_on(plane, "mpi", reference.sum_scatter, inputs[rank], group=sub)
+        want = expected_reduction("all_sum", inputs)[rank * rows : (rank + 1) * rows]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if got.dtype.kind in "biu":
+            assert got.tobytes() == via_mpi.tobytes()
+
+
+def test_default_chunks_and_a_long_sequence(world, comm, plane):
+    """The real chunk size: a payload of 2.5 chunks, then many calls of different sizes in a
+    row, each checked against numpy (the counters carry over from call to call)."""
+    plane("shm")
+    sub = world.split(0)
+    count = int(shm.CHUNK_BYTES * 2.5) // 4 + 3
+    inputs = world_data(comm.size, (count,), np.int32)
+    np.testing.assert_array_equal(
+        reference.all_sum(inputs[comm.rank], group=sub), expected_reduction("all_sum", inputs)
+    )
+    for salt in range(30):
+        inputs = world_data(comm.size, (200 + 997 * salt,), np.int64, salt)
+        got = reference.all_max(inputs[comm.rank], group=sub)
+        np.testing.assert_array_equal(got, expected_reduction("all_max", inputs))
+    assert sub._segment and sub._segment.chunk_bytes == shm.CHUNK_BYTES
+
+
+def test_mpi_plane_never_maps_a_segment(world, comm, plane):
+    """With the mpi plane, or auto below its threshold, no shared memory is set up."""
+    plane("mpi")
+    sub = world.split(0)
+    reference.all_sum(np.ones(100_000, np.float32), group=sub)
+    assert sub._segment is None
+    plane("auto")
+    threshold = dataplane.AUTO_THRESHOLDS["all_sum"]
+    if threshold is None or threshold > 4096:
+        reference.all_sum(np.ones(1024, np.float32), group=sub)
+        assert sub._segment is None
+
+
+def stall_on(rank_to_stall: int, comm, behaviour):
+    """Make rank ``rank_to_stall``'s data phase run ``behaviour`` instead (other ranks: real)."""
+    if comm.rank != rank_to_stall:
+        return None
+    original = shm.Segment.all_reduce
+    shm.Segment.all_reduce = behaviour
+    return original
+
+
+@pytest.mark.parametrize("late", ["last", "first"])
+def test_a_peer_that_stops_in_the_data_phase_is_named(world, comm, plane, late):
+    """A rank that passed the agreement round but never moves its data: the others raise
+    TimeoutError within the deadline naming exactly that rank, and the group is retired."""
+    plane("shm")
+    sub = small_chunk_group(world)
+    stalled = comm.size - 1 if late == "last" else 0
+    x = np.arange(20_000, dtype=np.float32)
+    original = stall_on(stalled, comm, lambda self, kind, src, out: None)
+    elapsed = 0.0
+    try:
+        previous = reference.set_timeout(SHORT)
+        start = time.monotonic()
+        outcome = attempt(reference.all_sum, x, group=sub)
+        elapsed = time.monotonic() - start
+        reference.set_timeout(previous)
+    finally:
+        if original is not None:
+            shm.Segment.all_reduce = original
+    sync(comm)
+    if comm.rank == stalled:
+        return
+    after = attempt(reference.all_sum, x, group=sub)
+    kind, message = outcome
+    assert kind == "TimeoutError", outcome
+    assert SHORT * 0.9 <= elapsed < SHORT + 10
+    named = re.search(r"rank\(s\) ([\d, ]+) stopped", message)
+    assert named is not None, message
+    assert {int(r) for r in named.group(1).split(",")} == {stalled}
+    assert "all_sum" in message and "shared memory" in message
+    assert after[0] == "RuntimeError" and "timed out" in after[1]
+    assert any(item is sub._segment for item in sub._orphans)
+
+
+def test_a_late_peer_cannot_touch_results_already_returned(world, comm, plane):
+    """Rank 0's data phase comes after the others gave up: it raises too (never a result), and
+    when it finally writes the segment, nothing the others hold changes."""
+    plane("shm")
+    sub = small_chunk_group(world)
+    good = [world_data(comm.size, (5000,), np.int32, salt)[comm.rank] for salt in range(2)]
+    kept = reference.all_sum(good[0], group=sub)
+    snapshot = kept.copy()
+    late_rank = 0
+
+    def late(self, kind, src, out):
+        time.sleep(3 * SHORT)
+        original(self, kind, src, out)
+
+    original = stall_on(late_rank, comm, late)
+    try:
+        previous = reference.set_timeout(SHORT)
+        outcome = attempt(reference.all_sum, good[1], group=sub)
+        reference.set_timeout(previous)
+    finally:
+        if original is not None:
+            shm.Segment.all_reduce = original
+    sync(comm)
+    outcomes = allgather(comm, outcome[0])
+    assert all(kind == "TimeoutError" for kind in outcomes), outcomes
+    assert kept.tobytes() == snapshot.tobytes()
+    assert reference.all_sum(np.int32(1), group=world) == comm.size
