@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from conformance.bench.formulas import algbw, busbw
-from conformance.bench.machine import others_runnable
+from conformance.bench.machine import Footprint, others_runnable
 from conformance.bench.ops import Case
 from conformance.bench.stats import Summary, paired_ratios, summarize
 
@@ -73,6 +73,8 @@ class CaseResult:
     check: str | None = None
     # Other runnable tasks on the machine, sampled by rank 0 before each repetition.
     busy: Summary | None = None
+    # Peak resident set per rank (bytes, the largest rank's) of each side as if run alone.
+    peak_rss: dict[str, int | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class CaseResult:
             "ratio": None if self.ratio is None else self.ratio.as_dict(),
             "check": self.check,
             "busy": None if self.busy is None else self.busy.as_dict(),
+            "peak_rss": self.peak_rss,
         }
 
 
@@ -102,16 +105,36 @@ def _first_error(ctl: Any, error: str | None) -> str | None:
     return None
 
 
-def _timed(ctl: Any, run: Any, iters: int, profiler: Any = None) -> float:
+def _timed(
+    ctl: Any,
+    run: Any,
+    iters: int,
+    profiler: Any = None,
+    memory: tuple[Footprint, str] | None = None,
+) -> float:
     ctl.Barrier()
     if profiler is not None:
         profiler.enable()
     start = time.perf_counter()
-    run(iters)
+    if memory is None:
+        run(iters)
+    else:
+        memory[0].run(memory[1], lambda: run(iters))
     elapsed = time.perf_counter() - start
     if profiler is not None:
         profiler.disable()
     return elapsed
+
+
+def _peak_rss(ctl: Any, footprint: Footprint, sides: list[str]) -> dict[str, int | None]:
+    """Each side's peak resident set, the largest over the ranks (None where not measured)."""
+    mine = [footprint.peak(side) for side in sides]
+    everyone = ctl.allgather(mine)
+    peaks: dict[str, int | None] = {}
+    for index, side in enumerate(sides):
+        values = [ranks[index] for ranks in everyone if ranks[index] is not None]
+        peaks[side] = max(values) if values else None
+    return peaks
 
 
 def _combine(ctl: Any, local: list[float], timing_rank: int | None) -> list[float]:
@@ -146,8 +169,9 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
     around the backend's timed samples only.
     """
     error = None
+    footprint = Footprint()
     try:
-        case.run_backend(1)
+        footprint.run("backend", lambda: case.run_backend(1))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     backend_error = _first_error(ctl, error)
@@ -157,9 +181,11 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
     per_iter = 0.0
     warmup = max(1, settings.warmup)
     if backend_ok:
-        per_iter = max(per_iter, _timed(ctl, case.run_backend, warmup) / warmup)
+        elapsed = _timed(ctl, case.run_backend, warmup, memory=(footprint, "backend"))
+        per_iter = max(per_iter, elapsed / warmup)
     if case.has_baseline:
-        per_iter = max(per_iter, _timed(ctl, case.run_baseline, warmup) / warmup)
+        elapsed = _timed(ctl, case.run_baseline, warmup, memory=(footprint, "baseline"))
+        per_iter = max(per_iter, elapsed / warmup)
     per_iter = ctl.allreduce(per_iter, op=_max())
     if per_iter > 0:
         iters = math.ceil(settings.sample_time / per_iter)
@@ -191,7 +217,7 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
         ordered = sides if rep % 2 == 0 else sides[::-1]
         for name, run in ordered:
             prof = profiler if name == "backend" else None
-            local[name].append(_timed(ctl, run, iters, prof))
+            local[name].append(_timed(ctl, run, iters, prof, (footprint, name)))
 
     elapsed = {name: _combine(ctl, times, case.timing_rank) for name, times in local.items()}
     backend = (
@@ -216,6 +242,7 @@ def measure(case: Case, ctl: Any, settings: Settings, profiler: Any = None) -> C
         ratio=ratio,
         check=check,
         busy=summarize(busy) if busy else None,
+        peak_rss=_peak_rss(ctl, footprint, ["backend", "baseline"]),
     )
 
 

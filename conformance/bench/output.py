@@ -78,7 +78,8 @@ def render_table(report: Mapping[str, Any]) -> str:
         f"{meta.get('loadavg_start')} -> {meta.get('loadavg')}",
         "ratio = backend throughput / baseline throughput, paired per repetition "
         "(1.00 = as fast as raw MPI); busy = other runnable tasks on the machine while "
-        "measuring (median)",
+        "measuring (median); rss = peak resident set per rank, backend/baseline, each as if "
+        "run alone",
     ]
     blocks: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for result in report["results"]:
@@ -86,7 +87,7 @@ def render_table(report: Mapping[str, Any]) -> str:
     header = (
         f"{'size':>6} {'iters':>6} | {'time(us)':>10} {'spread':>6} {'algbw':>7} {'busbw':>7} "
         f"| {'base(us)':>10} {'spread':>6} {'busbw':>7} | {'ratio':>6} {'[p25, p75]':>13} "
-        f"{'busy':>4}"
+        f"{'busy':>4} | {'rss MiB':>9}"
     )
     for (op, mode), rows in blocks.items():
         lines += ["", f"{op} ({_UNITS.get(mode, mode)}; GB/s)", header, "-" * len(header)]
@@ -119,8 +120,19 @@ def _row(row: Mapping[str, Any]) -> str:
         f"{format_size(row['nbytes']):>6} {row['iters']:>6} | {_num(t, 10)} {_pct(spread)} "
         f"{_num(back.get('algbw_GBps'), 7)} {_num(back.get('busbw_GBps'), 7)} | "
         f"{_num(bt, 10)} {_pct(bspread)} {_num(base.get('busbw_GBps') if base else None, 7)} | "
-        f"{ratio_text} {busy_text}"
+        f"{ratio_text} {busy_text} | {_rss(row):>9}"
     )
+
+
+def _rss(row: Mapping[str, Any]) -> str:
+    """Peak resident set per rank, backend/baseline, in MiB (``-`` where not measured)."""
+    peaks = row.get("peak_rss") or {}
+
+    def mib(side: str) -> str:
+        value = peaks.get(side)
+        return "-" if value is None else f"{value / 2**20:.0f}"
+
+    return f"{mib('backend')}/{mib('baseline')}"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -143,8 +155,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"**{op}** ({_UNITS.get(mode, mode)})",
             "",
             "| size | time (us) | spread | busbw (GB/s) | mpi4py time (us) | mpi4py busbw | "
-            "ratio [p25, p75] | busy |",
-            "|---:|---:|---:|---:|---:|---:|---|---:|",
+            "ratio [p25, p75] | busy | peak RSS MiB (backend/mpi4py) |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for row in rows:
             lines.append(_markdown_row(row))
@@ -171,5 +183,5 @@ def _markdown_row(row: Mapping[str, Any]) -> str:
     busy_text = f"{busy['median']:.0f}" if busy else "-"
     if row.get("check"):
         ratio_text += f" (wrong result: {row['check']})"
-    cells = [format_size(row["nbytes"]), *back, base[0], base[2], ratio_text, busy_text]
+    cells = [format_size(row["nbytes"]), *back, base[0], base[2], ratio_text, busy_text, _rss(row)]
     return "| " + " | ".join(cells) + " |"
