@@ -74,15 +74,20 @@ def default_counts(group_size: int) -> list[int]:
 
 def soak_bands() -> dict[str, list[int]]:
     """The soak tier's counts (what the default slice leaves out, up to ``SOAK_MAX_COUNT``) by
-    threshold region, ``"2^k"`` -> its counts, so that each region is one test within the
-    per-test deadline. None of them depends on the group size."""
+    threshold region (``"256Ki"``: counts from 256 Ki up to 512 Ki), so that each region is one
+    test within the per-test deadline. None of them depends on the group size."""
     done = set(default_counts(1))
     swept = sweep_counts(1, SOAK_MAX_COUNT, low=DEFAULT_FULL_MAX) + list(SOAK_LARGE_COUNTS)
     bands: dict[str, list[int]] = {}
     for count in sorted(set(swept) - done):
         if count > DEFAULT_FULL_MAX:
-            bands.setdefault(f"2^{count.bit_length() - 1}", []).append(count)
+            bands.setdefault(_region(count), []).append(count)
     return bands
+
+
+def _region(count: int) -> str:
+    power = 2 ** (count.bit_length() - 1)
+    return f"{power // MI}Mi" if power >= MI else f"{power // KI}Ki"
 
 
 def scatter_rows(group_size: int, count: int) -> int:
