@@ -10,9 +10,16 @@ modules expected to catch it (the selftest runs only those), and the smallest wo
 the fault shows at all (below it the backend behaves like the reference).
 
 Faults stay collective-safe where a real bug would: every rank makes the same calls, so a wrong
-result never leaves a peer waiting. The two exceptions are the point of their faults
-(``hang_all_min`` blocks one rank forever; the harness watchdog must end the test) and they touch
-one op only, so they hang only tests that use it.
+result never leaves a peer waiting. The exceptions are the point of their faults (``hangs``: one
+rank waits for a completion that never comes), and even they keep the backend's deadline, as the
+contract's robust rule asks: the call ends with TimeoutError on every rank, so a spec that wanted
+a result fails in its call phase (the selftest runs fault jobs with a backend deadline shorter than
+the harness's). A hang that no deadline ends tests the harness's watchdog, not the spec.
+
+Most faults of the second half are *subtle*: wrong only above a size, for one layout, for some
+values, on some groups or after some number of calls, the way real transports break (chunking,
+algorithm switches, caches, SIMD paths). Their thresholds are this module's own; no spec was
+tuned to them.
 
 ``CONTROLS`` holds backends that are *not* faulty (``none``: the reference itself); they are not
 run by default and exist so the selftest's own tests can check that a fault that is no fault is
@@ -21,8 +28,8 @@ reported as not caught.
 
 from __future__ import annotations
 
-import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +61,9 @@ class Fault:
     specs: tuple[str, ...]
     build: Callable[[], dict[str, Any]]
     min_np: int = 2
+    #: The fault is a hang (a peer that never comes): it counts as caught only when a test's
+    #: call failed with the backend's TimeoutError, i.e. the deadline ended it and a spec noticed.
+    hangs: bool = False
 
     def active_at(self, np_: int) -> bool:
         """Whether the fault shows with ``np_`` ranks (below ``min_np`` it is the reference)."""
@@ -65,7 +75,13 @@ CONTROLS: dict[str, Fault] = {}
 
 
 def _fault(
-    name: str, fault: str, rule: str, specs: tuple[str, ...], min_np: int = 2, control=False
+    name: str,
+    fault: str,
+    rule: str,
+    specs: tuple[str, ...],
+    min_np: int = 2,
+    control: bool = False,
+    hangs: bool = False,
 ):
     """Register the decorated builder as the faulty backend ``name`` (its docstring is set from
     the fault and the rule it breaks, so ``help()`` on the backend says what is wrong)."""
@@ -73,7 +89,7 @@ def _fault(
     def register(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         build.__doc__ = f"faulty:{name}: {fault}. Breaks SEMANTICS.md, {rule}."
         table = CONTROLS if control else FAULTS
-        table[name] = Fault(name, fault, rule, specs, build, min_np)
+        table[name] = Fault(name, fault, rule, specs, build, min_np, hangs)
         return build
 
     return register
@@ -120,6 +136,15 @@ def _gather_rows(x: np.ndarray, group: Any) -> np.ndarray:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _never_completes(op: str) -> None:
+    """Wait for a completion that never comes, until the backend's deadline (TimeoutError)."""
+
+    def gave_up(seconds: float) -> TimeoutError:
+        return TimeoutError(f"{op} timed out after {seconds:g} s waiting for its own completion")
+
+    _deadline.poll(lambda: None, gave_up)
 
 
 def _adopt(group: reference.Group, cls: type) -> reference.Group:
@@ -239,15 +264,17 @@ def _complex_max_by_magnitude() -> dict[str, Any]:
 
 @_fault(
     "hang_all_min",
-    "all_min blocks forever on the last rank (waits for a completion that never comes)",
+    "all_min blocks on the last rank, waiting for a completion that never comes, until the "
+    "backend's deadline ends the call with TimeoutError on every rank",
     "Hangs (robust): a blocking operation ends, by result or by TimeoutError",
     ("test_all_min.py",),
+    hangs=True,
 )
 def _hang_all_min() -> dict[str, Any]:
     def all_min(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
         size, rank = _size_rank(group, "all_min")
         if size > 1 and rank == size - 1:
-            threading.Event().wait()  # no deadline: only the harness watchdog ends this
+            _never_completes("all_min")
         return reference.all_min(x, group=group, stream=stream)
 
     return {"all_min": all_min}
@@ -531,6 +558,421 @@ def _init_not_cached() -> dict[str, Any]:
         return reference.init(strict=strict, backend=backend)
 
     return {"init": init}
+
+
+# -- subtle faults: sizes ----------------------------------------------------------------------
+# Each shows only past a size of its own, the way chunked, pipelined or algorithm-switching
+# transports break. The threshold is the fault's, not any spec's.
+
+
+def _only_rank0(array: np.ndarray, group: Any) -> np.ndarray:
+    """Rank 0's ``array`` on every rank (an all_sum where the others add zeros: exact)."""
+    rank = resolve_group(group, "all_sum").rank()
+    mine = np.array(array, order="C") if rank == 0 else np.zeros_like(array, order="C")
+    return reference.all_sum(mine, group=group)
+
+
+#: all_sum switches to a pipelined ring above this many elements ...
+_RING_ELEMENTS = 96 * 1024
+#: ... whose last segment is reduced in whole vectors of this many elements only.
+_RING_VECTOR = 48
+
+
+@_fault(
+    "all_sum_ring_tail_unreduced",
+    f"all_sum above {_RING_ELEMENTS} elements leaves the last (count mod {_RING_VECTOR}) "
+    "elements as the caller's own input (a pipelined ring reduces whole vectors only)",
+    "Reductions: element-wise sum over the group, every element",
+    ("test_size_sweep.py",),
+)
+def _all_sum_ring_tail_unreduced() -> dict[str, Any]:
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_sum(x, group=group, stream=stream)
+        tail = out.size % _RING_VECTOR
+        if out.size <= _RING_ELEMENTS or tail == 0 or _size_rank(group, "all_sum")[0] == 1:
+            return out
+        out.reshape(-1)[-tail:] = as_array(x, "all_sum").reshape(-1)[-tail:]
+        return out
+
+    return {"all_sum": all_sum}
+
+
+#: all_gather switches to a bandwidth-optimal schedule from this many bytes per block.
+_GATHER_BYTES = 3 * 2**19
+
+
+@_fault(
+    "all_gather_swaps_blocks_large",
+    f"all_gather of blocks of {_GATHER_BYTES} bytes or more puts rank 1's block where rank 0's "
+    "belongs and vice versa (a recursive-doubling schedule with a wrong partner table)",
+    "all_gather: blocks in rank order",
+    ("test_size_sweep.py",),
+)
+def _all_gather_swaps_blocks_large() -> dict[str, Any]:
+    def all_gather(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_gather(x, group=group, stream=stream)
+        size = _size_rank(group, "all_gather")[0]
+        block = out.shape[0] // size if out.ndim else 0
+        if size == 1 or block == 0 or out.nbytes // size < _GATHER_BYTES:
+            return out
+        first, second = out[:block].copy(), out[block : 2 * block].copy()
+        out[:block], out[block : 2 * block] = second, first
+        return out
+
+    return {"all_gather": all_gather}
+
+
+#: all_min takes a tree path from this many elements on.
+_TREE_ELEMENTS = 40_000
+
+
+@_fault(
+    "all_min_broadcasts_root_large",
+    f"all_min of {_TREE_ELEMENTS} elements or more returns rank 0's input on every rank "
+    "(the tree's reduce step skipped, only its broadcast done)",
+    "Reductions: element-wise minimum over the group",
+    ("test_size_sweep.py",),
+)
+def _all_min_broadcasts_root_large() -> dict[str, Any]:
+    def all_min(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_min(x, group=group, stream=stream)  # validates, agrees on shapes
+        if out.size < _TREE_ELEMENTS or _size_rank(group, "all_min")[0] == 1:
+            return out
+        return _only_rank0(as_array(x, "all_min"), group)
+
+    return {"all_min": all_min}
+
+
+#: sum_scatter's reduce-scatter step is skipped for output blocks of this many elements or more.
+_SCATTER_ELEMENTS = 24_000
+
+
+@_fault(
+    "sum_scatter_local_large",
+    f"sum_scatter with an output block of {_SCATTER_ELEMENTS} elements or more returns the "
+    "caller's own slice of its input, unreduced",
+    "sum_scatter: output = all_sum(x)[r*c:(r+1)*c] on rank r",
+    ("test_size_sweep.py",),
+)
+def _sum_scatter_local_large() -> dict[str, Any]:
+    def sum_scatter(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.sum_scatter(x, group=group, stream=stream)
+        size, rank = _size_rank(group, "sum_scatter")
+        if out.size < _SCATTER_ELEMENTS or size == 1:
+            return out
+        rows = out.shape[0]
+        return np.array(as_array(x, "sum_scatter")[rank * rows : (rank + 1) * rows], copy=True)
+
+    return {"sum_scatter": sum_scatter}
+
+
+#: send splits payloads into 2 MiB frames and drops every frame past the third.
+_FRAME_BYTES, _FRAMES = 2**21, 3
+
+
+@_fault(
+    "send_truncates_large",
+    f"send of more than {_FRAME_BYTES * _FRAMES} bytes delivers only the first "
+    f"{_FRAME_BYTES * _FRAMES} bytes (the rest arrives as zeros: a frame counter that wraps)",
+    "send / recv: recv returns what src sent, every element",
+    ("test_size_sweep.py",),
+)
+def _send_truncates_large() -> dict[str, Any]:
+    def send(x: Any, dst: int, *, group: Any = None, stream: Any = None) -> Any:
+        try:
+            array = as_array(x, "send")
+        except (TypeError, ValueError):
+            return reference.send(x, dst, group=group, stream=stream)  # the reference's error
+        if array.nbytes <= _FRAME_BYTES * _FRAMES:
+            return reference.send(array, dst, group=group, stream=stream)
+        wire = np.array(array, order="C", copy=True)
+        wire.reshape(-1).view(np.uint8)[_FRAME_BYTES * _FRAMES :] = 0
+        reference.send(wire, dst, group=group, stream=stream)
+        out = array.view()
+        out.flags.writeable = False
+        return out
+
+    return {"send": send}
+
+
+# -- subtle faults: values and dtypes ----------------------------------------------------------
+
+
+@_fault(
+    "float64_sum_in_float32",
+    "all_sum of float64 is reduced in float32 and widened back (a 4-byte MPI type for a "
+    "8-byte dtype only where the values need more than float32 keeps)",
+    "Reductions: float64 sums within the float64 tolerance",
+    ("test_values.py",),
+)
+def _float64_sum_in_float32() -> dict[str, Any]:
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        array = as_array(x, "all_sum")
+        if array.dtype != np.float64 or _size_rank(group, "all_sum")[0] == 1:
+            return reference.all_sum(array, group=group, stream=stream)
+        with np.errstate(all="ignore"):
+            narrow = reference.all_sum(array.astype(np.float32), group=group, stream=stream)
+        return narrow.astype(np.float64)
+
+    return {"all_sum": all_sum}
+
+
+#: bfloat16 sums of this many elements or more go through a float16 accumulator.
+_HALF_ELEMENTS = 2048
+
+
+@_fault(
+    "bfloat16_sum_through_float16_large",
+    f"all_sum of bfloat16 with {_HALF_ELEMENTS} or more elements converts to float16 and back "
+    "(overflows past 65504, flushes tiny values, drops low bits)",
+    "Reductions: bfloat16 sums within the bfloat16 tolerance",
+    ("test_values.py", "test_size_sweep.py"),
+)
+def _bfloat16_sum_through_float16_large() -> dict[str, Any]:
+    bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        array = as_array(x, "all_sum")
+        if array.dtype != bfloat16 or array.size < _HALF_ELEMENTS:
+            return reference.all_sum(array, group=group, stream=stream)
+        if _size_rank(group, "all_sum")[0] == 1:
+            return reference.all_sum(array, group=group, stream=stream)
+        with np.errstate(all="ignore"):
+            half = reference.all_sum(array.astype(np.float16), group=group, stream=stream)
+            return half.astype(bfloat16)
+
+    return {"all_sum": all_sum}
+
+
+#: Lanes of a 128-bit vector register, per small integer width: the vector body saturates.
+_VECTOR_BYTES = 16
+
+
+@_fault(
+    "small_int_sum_saturates_vectorized",
+    "all_sum of 8- and 16-bit integers saturates in the vectorised body (16 int8 or 8 int16 "
+    "lanes per step, so from 8 int16 elements on) and wraps only in the scalar tail",
+    "Reductions: integers wrap around on overflow",
+    ("test_values.py", "test_all_sum.py"),
+)
+def _small_int_sum_saturates_vectorized() -> dict[str, Any]:
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_sum(x, group=group, stream=stream)
+        if out.dtype.kind not in "iu" or out.dtype.itemsize > 2:
+            return out
+        body = out.size - out.size % (_VECTOR_BYTES // out.dtype.itemsize)
+        if body == 0 or _size_rank(group, "all_sum")[0] == 1:
+            return out
+        wide = reference.all_sum(as_array(x, "all_sum").astype(np.int64), group=group)
+        info = np.iinfo(out.dtype)
+        flat = out.reshape(-1)
+        flat[:body] = np.clip(wide.reshape(-1)[:body], info.min, info.max)
+        return out
+
+    return {"all_sum": all_sum}
+
+
+def _c_style_fold(rows: np.ndarray, larger: bool) -> np.ndarray:
+    """``acc = x > acc ? x : acc`` over the ranks in order (the textbook MPI user op): NaN
+    survives only in the accumulator, and of two equal zeros the earlier rank's sign wins."""
+    acc = rows[0].copy()
+    for row in rows[1:]:
+        better = row > acc if larger else row < acc
+        acc = np.where(better, row, acc)
+    return acc
+
+
+@_fault(
+    "float_extreme_c_style",
+    "all_max/all_min of floats use a C comparison fold in rank order: a NaN propagates only "
+    "when rank 0 holds it, and -0.0 vs 0.0 depends on which rank holds which",
+    "Reductions: NaN propagates in max/min, whichever rank holds it",
+    ("test_values.py",),
+)
+def _float_extreme_c_style() -> dict[str, Any]:
+    def extreme(op: str, larger: bool) -> Callable[..., np.ndarray]:
+        correct = getattr(reference, op)
+
+        def reduce(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+            out = correct(x, group=group, stream=stream)
+            array = as_array(x, op)
+            floating = array.dtype.kind == "f" or array.dtype == np.dtype(ml_dtypes.bfloat16)
+            if not floating or _size_rank(group, op)[0] == 1:
+                return out
+            return _c_style_fold(_gather_rows(array, group), larger).astype(out.dtype)
+
+        return reduce
+
+    return {"all_max": extreme("all_max", True), "all_min": extreme("all_min", False)}
+
+
+# -- subtle faults: layouts --------------------------------------------------------------------
+
+
+# numpy 2 moved byte_bounds out of the main namespace.
+_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds", None) or np.byte_bounds
+
+
+def _storage_order(x: np.ndarray) -> np.ndarray:
+    """What a transport that takes the lowest address and the element count sees of ``x``: the
+    elements in memory order (Fortran order transposed, reversed views reversed back, strided
+    views with their gaps), shaped like ``x``."""
+    if x.flags.f_contiguous:
+        return x.ravel(order="F").reshape(x.shape)
+    reversed_axes = tuple(axis for axis, stride in enumerate(x.strides) if stride < 0)
+    forward = np.flip(x, axis=reversed_axes) if reversed_axes else x
+    if forward.flags.c_contiguous:
+        return np.array(forward)
+    base = forward
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    low, high = _byte_bounds(base)
+    start = _byte_bounds(forward)[0]
+    if low <= start and start + forward.nbytes <= high:
+        dense = np.lib.stride_tricks.as_strided(
+            forward, shape=x.shape, strides=np.empty(x.shape, x.dtype).strides, writeable=False
+        )
+        return np.array(dense)
+    return forward.ravel(order="K").reshape(x.shape)
+
+
+@_fault(
+    "all_gather_reads_storage_order",
+    "all_gather of a non-C-contiguous input sends its buffer in memory order (Fortran-order "
+    "inputs arrive transposed, strided views send their gaps, reversed views come back reversed)",
+    "all_gather: any input layout gives the same result as its C-contiguous copy",
+    ("test_layouts.py",),
+)
+def _all_gather_reads_storage_order() -> dict[str, Any]:
+    def all_gather(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim and x.size and not x.flags.c_contiguous:
+            x = _storage_order(x)
+        return reference.all_gather(x, group=group, stream=stream)
+
+    return {"all_gather": all_gather}
+
+
+#: all_sum reduces in place (MPI_IN_PLACE on the caller's buffer) from this many elements on.
+_IN_PLACE_ELEMENTS = 1000
+
+
+@_fault(
+    "all_sum_in_place_large",
+    f"all_sum of a writable C-contiguous input of {_IN_PLACE_ELEMENTS} or more elements "
+    "writes the sum into the caller's array (MPI_IN_PLACE) and returns it",
+    "Inputs are not modified by any operation",
+    ("test_layouts.py",),
+)
+def _all_sum_in_place_large() -> dict[str, Any]:
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_sum(x, group=group, stream=stream)
+        usable = isinstance(x, np.ndarray) and x.flags.c_contiguous and x.flags.writeable
+        if not usable or x.size < _IN_PLACE_ELEMENTS or x.dtype != out.dtype:
+            return out
+        x[...] = out
+        return x
+
+    return {"all_sum": all_sum}
+
+
+# -- subtle faults: groups and call counts -----------------------------------------------------
+
+_COLLECTIVES = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter")
+
+
+class _CommCache:
+    """Communicators cached by group size while the group lives: the second live subgroup of a
+    size a rank is in runs its collectives on the first one."""
+
+    def __init__(self) -> None:
+        self.by_size: weakref.WeakValueDictionary[int, reference.Group] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def lookup(self, group: Any, op: str) -> Any:
+        g = resolve_group(group, op)
+        if g.size() == 1 or g is _group_mod.cached_default():
+            return group
+        return self.by_size.setdefault(g.size(), g)
+
+
+@_fault(
+    "subgroup_cache_by_size",
+    "collectives on a subgroup run on the first live subgroup of the same size the rank is in "
+    "(a communicator cache keyed by size): two same-size subgroups used alternately mix up",
+    "Group.split: a collective on a group involves exactly its members, in its rank order",
+    ("test_group_axis.py",),
+)
+def _subgroup_cache_by_size() -> dict[str, Any]:
+    cache = _CommCache()
+
+    def cached(op: str) -> Callable[..., Any]:
+        correct = getattr(reference, op)
+
+        def run(x: Any, *, group: Any = None, stream: Any = None) -> Any:
+            return correct(x, group=cache.lookup(group, op), stream=stream)
+
+        return run
+
+    return {op: cached(op) for op in _COLLECTIVES}
+
+
+#: Collective calls per group carry an 8-bit sequence number.
+_SEQUENCE_WRAP = 256
+
+
+@_fault(
+    "stale_result_after_wrap",
+    f"every {_SEQUENCE_WRAP}th collective call on a group returns the previous call's result "
+    "when shape and dtype match (an 8-bit sequence number wraps and matches a stale buffer)",
+    "Reductions / all_gather / sum_scatter: every call's result is its own inputs' result",
+    ("test_call_sequences.py",),
+)
+def _stale_result_after_wrap() -> dict[str, Any]:
+    def sequenced(op: str) -> Callable[..., Any]:
+        correct = getattr(reference, op)
+
+        def run(x: Any, *, group: Any = None, stream: Any = None) -> Any:
+            out = correct(x, group=group, stream=stream)
+            g = resolve_group(group, op)
+            if g.size() == 1:
+                return out
+            calls = getattr(g, "_fault_calls", 0) + 1
+            previous = getattr(g, "_fault_previous", None)
+            g._fault_calls, g._fault_previous = calls, out.copy()
+            stale = previous is not None and calls % _SEQUENCE_WRAP == 0
+            if stale and previous.shape == out.shape and previous.dtype == out.dtype:
+                return previous
+            return out
+
+        return run
+
+    return {op: sequenced(op) for op in _COLLECTIVES}
+
+
+#: One all_sum call in this many deadlocks at 3+ ranks (upstream ml-explore/mlx#4475).
+_DEADLOCK_PERIOD = 37
+
+
+@_fault(
+    "all_sum_deadlocks_sometimes",
+    f"one all_sum call in {_DEADLOCK_PERIOD} on a group of 3+ ranks deadlocks: the last rank "
+    "never joins, and the backend's deadline ends the call with TimeoutError on every rank",
+    "Hangs (robust) / Reductions: when every rank calls, every rank gets the result",
+    ("test_call_sequences.py",),
+    min_np=3,
+    hangs=True,
+)
+def _all_sum_deadlocks_sometimes() -> dict[str, Any]:
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        g = resolve_group(group, "all_sum")
+        if g.size() >= 3:
+            g._fault_sums = getattr(g, "_fault_sums", 0) + 1
+            if g._fault_sums % _DEADLOCK_PERIOD == 0 and g.rank() == g.size() - 1:
+                _never_completes("all_sum")
+        return reference.all_sum(x, group=group, stream=stream)
+
+    return {"all_sum": all_sum}
 
 
 # -- controls ----------------------------------------------------------------------------------

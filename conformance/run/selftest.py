@@ -5,16 +5,31 @@ Contract:
 - The reference runs the whole suite through the runner (``conformance.run.runner``) at every rank
   count of ``--np``; it must pass.
 - Every fault of ``conformance.adapters.faulty.FAULTS`` (or those named with ``--fault``) runs,
-  at every rank count where it shows (``Fault.min_np``), as one MPI job of ``pytest -x`` over the
+  at every rank count where it shows (``Fault.min_np``), as an MPI job of ``pytest -x`` over the
   spec modules the fault declares, through the runner's job machinery (its job-level watchdog
-  bounds a job whose plugin watchdog failed). A fault is *caught* at a rank count when some test
-  failed, errored or hung there (a job that died mid-test counts too); it is caught when caught
-  at every rank count where it shows.
-- Prints a table: fault, verdict per rank count, caught (yes/no/n/a), the tests that caught it,
-  time; writes it (``selftest.md``) and the details (``selftest.json``) to ``--report-dir``.
-- Exit status 0 only when the reference passed and every selected fault was caught (a fault
-  that shows at none of the chosen rank counts is ``n/a`` and does not fail the run); 1
-  otherwise; 2 for usage errors and a missing MPI.
+  bounds a job whose plugin watchdog failed). A job stopped by a test that does not count (an
+  error outside the call, a hang with a record) is resumed past it, a few times at most.
+- Verdict of one rank count (``judge``):
+
+  * ``caught``: some test *failed in its call phase* (outcome ``failed``, schema 1, or any
+    call-phase failure outcome of ``conformance.records``: ``wrong``, and ``error`` when the
+    record says it came from the call). For a fault that ``hangs``, the failure must also show
+    the backend's TimeoutError: the fault jobs run with the backend's deadline (the reference's
+    ``REFERENCE_TIMEOUT``) at half the harness's per-test deadline, so a hang the backend can
+    end reaches the spec as a TimeoutError where a result was due.
+  * ``inconclusive``: no such failure, but the job crashed, was killed, or a test hung (a
+    watchdog ``hung`` or runner ``crashed`` record): the fault broke the run, the spec did not
+    notice it.
+  * ``missed``: every test ran to its end (errors in setup or teardown do not count).
+  * ``problem``: the backend did not load or the job could not run tests.
+
+  A fault is caught (``yes``) when caught at every rank count where it shows; ``no`` when missed
+  at one; ``problem`` / ``inconclusive`` otherwise; ``n/a`` when it shows at none.
+- Prints a table: fault, verdict per rank count, caught, the tests that caught it, time; writes
+  it (``selftest.md``) and the details (``selftest.json``) to ``--report-dir``.
+- Exit status 0 only when the reference passed (or was skipped) and every selected fault is
+  ``yes`` or ``n/a``; 1 otherwise (so the ``none`` control, reported missed, fails the run); 2 for
+  usage errors and a missing MPI.
 """
 
 from __future__ import annotations
@@ -28,23 +43,40 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from conformance import records as records_mod
 from conformance.adapters import faulty
 from conformance.run import hostfile, runner
 from conformance.run import launcher as launcher_mod
 
 DEFAULT_NPS = (2, 3)
-#: Per-test deadline of the selftest's jobs: short, since one fault hangs on purpose.
-DEFAULT_TIMEOUT = 20.0
-#: Outcomes that mean the suite noticed the fault.
-CATCHING = ("failed", "error", "hung", "crashed")
+#: Per-test deadline of the fault jobs: the runner's (the harness's), as in a run, since the size
+#: sweep has long tests.
+DEFAULT_TIMEOUT = runner.DEFAULT_TIMEOUT
+#: The backend's own deadline in fault jobs, as a fraction of the per-test deadline: shorter, so
+#: that a hang the backend ends reaches the test as a TimeoutError before the watchdog acts.
+BACKEND_DEADLINE_SHARE = 0.5
+#: Outcomes that are a failure of the call phase whatever the record says of the phase.
+CALL_FAILURES = frozenset({"failed", "wrong"})
+#: Outcomes that may come from the call or from setup/teardown: caught only when the record
+#: names the call as the failing phase.
+MAYBE_CALL_FAILURES = frozenset({"error"})
+#: Outcomes that mean the run broke without a spec noticing.
+BROKEN_RUN = frozenset({"hung", "crashed"})
+#: Record fields that may name the failing phase (whichever the records format uses).
+PHASE_FIELDS = ("phase", "when", "failed_phase")
+#: Text that shows a backend TimeoutError in a failure.
+TIMEOUT_EVIDENCE = ("TimeoutError", "timed out")
+#: Jobs per fault and rank count at most (the first and resumptions past tests that do not count).
+MAX_JOBS = 3
 # Exit statuses of a job that could not run tests at all (usage error, ranks out of step).
 _UNUSABLE = (2, 4)
 
-CAUGHT, MISSED, NOT_SHOWN, PROBLEM = "caught", "missed", "n/a", "problem"
+CAUGHT, MISSED, INCONCLUSIVE = "caught", "missed", "inconclusive"
+NOT_SHOWN, PROBLEM = "n/a", "problem"
 
 
 @dataclasses.dataclass
@@ -52,11 +84,12 @@ class Attempt:
     """One fault at one rank count."""
 
     np: int
-    status: str  # CAUGHT, MISSED, NOT_SHOWN or PROBLEM
+    status: str  # CAUGHT, MISSED, INCONCLUSIVE, NOT_SHOWN or PROBLEM
     tests: list[str] = dataclasses.field(default_factory=list)
     duration: float = 0.0
     detail: str = ""
     ran: int = 0  # tests with a record
+    jobs: int = 0
 
 
 @dataclasses.dataclass
@@ -70,11 +103,15 @@ class FaultResult:
 
     @property
     def verdict(self) -> str:
-        """``yes`` when caught wherever it shows, ``n/a`` when it showed nowhere, else ``no``."""
-        shown = [a for a in self.attempts.values() if a.status != NOT_SHOWN]
+        """``yes`` when caught wherever it shows, ``n/a`` when it showed nowhere, ``no`` when
+        missed somewhere, else ``problem`` or ``inconclusive``."""
+        shown = {a.status for a in self.attempts.values() if a.status != NOT_SHOWN}
         if not shown:
             return "n/a"
-        return "yes" if all(a.status == CAUGHT for a in shown) else "no"
+        for status, verdict in ((MISSED, "no"), (PROBLEM, "problem"), (INCONCLUSIVE, INCONCLUSIVE)):
+            if status in shown:
+                return verdict
+        return "yes"
 
     @property
     def duration(self) -> float:
@@ -99,34 +136,110 @@ def short_id(nodeid: str) -> str:
     return nodeid.rsplit("/", 1)[-1] if "::" in nodeid else nodeid
 
 
-def judge(
-    records: Sequence[dict[str, Any]], returncode: int | None, killed: bool
-) -> tuple[str, list[str], str]:
-    """Status, catching tests and a detail line for one job's records.
+def _text(record: Mapping[str, Any]) -> str:
+    return f"{record.get('message') or ''}\n{record.get('longrepr') or ''}"
 
-    A test that failed, errored or hung catches the fault, unless the backend could not even be
-    loaded (a bug of the faulty backend, not a catch). A job that ended early without a record
-    catches it too (the suite's run died of the fault), except when it could not run tests at all.
+
+def _phase(record: Mapping[str, Any]) -> str | None:
+    for name in PHASE_FIELDS:
+        if record.get(name):
+            return str(record[name])
+    return None
+
+
+def failed_in_call(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is a test that failed in its call phase."""
+    outcome = str(record.get("outcome"))
+    if outcome in CALL_FAILURES:
+        return True
+    return outcome in MAYBE_CALL_FAILURES and _phase(record) == "call"
+
+
+def shows_timeout(record: Mapping[str, Any]) -> bool:
+    """Whether the failure shows the backend's TimeoutError (a hang its deadline ended)."""
+    text = _text(record)
+    return any(evidence in text for evidence in TIMEOUT_EVIDENCE)
+
+
+def judge(
+    records: Sequence[Mapping[str, Any]],
+    returncode: int | None,
+    killed: bool,
+    hangs: bool = False,
+) -> tuple[str, list[str], str]:
+    """Status, catching tests and a detail line for one fault at one rank count.
+
+    ``records`` are every test record of its jobs; ``returncode`` and ``killed`` describe the last
+    job; ``hangs`` asks for TimeoutError evidence (see the module docstring).
     """
-    load_errors = [
-        r for r in records if "BackendLoadError" in f"{r.get('message', '')}{r.get('longrepr', '')}"
-    ]
+    load_errors = [r for r in records if "BackendLoadError" in _text(r)]
     if load_errors:
-        return PROBLEM, [], f"the backend did not load: {load_errors[0].get('message', '')[:200]}"
-    caught = [r for r in records if r.get("outcome") in CATCHING]
+        first = (load_errors[0].get("message") or "")[:200]
+        return PROBLEM, [], f"the backend did not load: {first}"
+    in_call = [r for r in records if failed_in_call(r)]
+    caught = [r for r in in_call if shows_timeout(r)] if hangs else in_call
     if caught:
-        tests = [short_id(r["nodeid"]) for r in caught]
         first = caught[0]
         message = (first.get("message") or "").strip().splitlines()
-        detail = f"{first.get('outcome')}: {message[0][:200] if message else ''}"
-        return CAUGHT, tests, detail
+        detail = f"{first.get('outcome')} in call: {message[0][:200] if message else ''}"
+        return CAUGHT, [short_id(str(r["nodeid"])) for r in caught], detail
+    broken = [r for r in records if r.get("outcome") in BROKEN_RUN]
+    if in_call:
+        head = (in_call[0].get("message") or "").strip()[:160]
+        return INCONCLUSIVE, [], f"failed in call, but without the backend's TimeoutError: {head}"
+    if broken:
+        first = broken[0]
+        what = f"{first.get('outcome')} in {short_id(str(first.get('nodeid')))}"
+        return INCONCLUSIVE, [], f"{what}: the run broke, no test failed in its call"
     if killed:
-        return CAUGHT, ["(job ended by the watchdog)"], "no test finished before the job watchdog"
-    if returncode in (0, 1, 5):
-        return MISSED, [], f"{len(records)} tests ran, none failed"
+        return INCONCLUSIVE, [], "the job-level watchdog ended the job before any test failed"
     if returncode in _UNUSABLE and not records:
         return PROBLEM, [], f"the job could not run tests (status {returncode})"
-    return CAUGHT, [f"(job ended with status {returncode})"], "the MPI job died"
+    if returncode not in (0, 1, 5):
+        return INCONCLUSIVE, [], f"the MPI job died (status {returncode}), no test failed"
+    errors = [r for r in records if r.get("outcome") in MAYBE_CALL_FAILURES]
+    detail = f"{len(records)} tests ran, none failed in its call"
+    if errors:
+        detail += f" ({len(errors)} error(s) outside the call do not count)"
+    return MISSED, [], detail
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The test records of a results file, through ``conformance.records`` (a missing file or a
+    torn last line, from a job killed mid-write, reads as the records before it)."""
+    try:
+        return [dict(r) for r in records_mod.read_records(path)]
+    except (OSError, ValueError):
+        return [r for r in runner.read_results(path) if "nodeid" in r and "outcome" in r]
+
+
+def _resumable(records: Sequence[Mapping[str, Any]], job: runner.JobOutcome) -> bool:
+    """A job stopped by a test that does not count, with a record to skip it by."""
+    if job.killed or not records or job.returncode in (0, 5, *_UNUSABLE):
+        return False
+    last = records[-1]
+    return last.get("outcome") in {*MAYBE_CALL_FAILURES, "hung"} and not failed_in_call(last)
+
+
+class _WithEnvironment:
+    """A launcher whose jobs get extra environment variables (the backend's deadline)."""
+
+    def __init__(self, launcher: launcher_mod.Launcher, extra: Mapping[str, str]) -> None:
+        self._launcher = launcher
+        self._extra = dict(extra)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._launcher, name)
+
+    def environment(self, np: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = self._launcher.environment(np, base)
+        env.update(self._extra)
+        return env
+
+
+def fault_environment(opts: SelftestOptions) -> dict[str, str]:
+    """What fault jobs add to the environment: the reference's deadline below the harness's."""
+    return {"REFERENCE_TIMEOUT": f"{opts.timeout * BACKEND_DEADLINE_SHARE:g}"}
 
 
 def run_fault_job(
@@ -157,12 +270,33 @@ def run_fault_job(
         quiet=True,
     )
     stop = ["-x"] if opts.maxfail == 1 else ([f"--maxfail={opts.maxfail}"] if opts.maxfail else [])
-    job = runner.run_job(launcher, run_opts, np, stop, results, base / "logs", base / "job.out")
-    records = runner.read_results(results)
-    status, tests, detail = judge(records, job.returncode, job.killed)
-    if status == PROBLEM:
-        detail += f"; see {base / 'job.out'}"
-    return Attempt(np, status, tests, job.duration, detail, len(records))
+    with_deadline = _WithEnvironment(launcher, fault_environment(opts))
+    duration = 0.0
+    for jobs in range(1, MAX_JOBS + 1):
+        extra = list(stop)
+        done = read_records(results)
+        if done:
+            deselect = base / f"deselect-{jobs}.txt"
+            deselect.write_text("".join(f"--deselect={r['nodeid']}\n" for r in done), "utf-8")
+            extra.append(f"@{deselect}")
+        out = base / ("job.out" if jobs == 1 else f"job{jobs}.out")
+        job = runner.run_job(
+            with_deadline,  # type: ignore[arg-type]
+            run_opts,
+            np,
+            extra,
+            results,
+            base / "logs" / f"job{jobs}",
+            out,
+        )
+        duration += job.duration
+        found = read_records(results)
+        status, tests, detail = judge(found, job.returncode, job.killed, fault.hangs)
+        if status == CAUGHT or not _resumable(found, job):
+            break
+    if status in (PROBLEM, INCONCLUSIVE):
+        detail += f"; see {out}"
+    return Attempt(np, status, tests, duration, detail, len(found), jobs)
 
 
 def run_reference(opts: SelftestOptions) -> ReferenceResult:
@@ -202,7 +336,7 @@ def format_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
             if attempt is None:
                 continue
             tests += [t for t in attempt.tests if t not in tests]
-            if attempt.status in (MISSED, PROBLEM):
+            if attempt.status in (MISSED, PROBLEM, INCONCLUSIVE):
                 tests.append(f"[np={n}: {attempt.detail}]")
         cells = [result.name]
         cells += [result.attempts[n].status if n in result.attempts else "-" for n in nps]
@@ -229,10 +363,28 @@ def markdown_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def summary_line(results: Sequence[FaultResult]) -> str:
+    """One line: every fault caught, or which were missed, inconclusive or a problem."""
+    parts = []
+    for verdict, label in (
+        ("no", "NOT caught"),
+        ("inconclusive", "inconclusive"),
+        ("problem", "a problem"),
+    ):
+        names = [r.name for r in results if r.verdict == verdict]
+        if names:
+            parts.append(f"{len(names)} fault(s) {label}: {', '.join(names)}")
+    caught = sum(r.verdict == "yes" for r in results)
+    if not parts:
+        return f"every fault caught in a call phase ({caught})"
+    return f"{caught} of {len(results)} caught in a call phase; " + "; ".join(parts)
+
+
 def exit_status(reference: ReferenceResult, results: Iterable[FaultResult]) -> int:
-    """0 when the reference passed (or was skipped on request) and no fault was missed."""
+    """0 when the reference passed (or was skipped on request) and every fault was caught in a
+    call phase wherever it shows; 1 when one was missed, inconclusive or a problem."""
     reference_ok = reference.ok or reference.status is None
-    return 0 if reference_ok and all(r.verdict != "no" for r in results) else 1
+    return 0 if reference_ok and all(r.verdict in ("yes", "n/a") for r in results) else 1
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -384,13 +536,8 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
         else f"reference: {'passed' if reference.ok else 'FAILED'} "
         f"({reference.duration:.1f}s) {reference.detail}"
     )
-    missed = [r.name for r in ordered if r.verdict == "no"]
     status = exit_status(reference, ordered)
-    verdict = (
-        "every fault caught"
-        if not missed
-        else f"{len(missed)} fault(s) NOT caught: {', '.join(missed)}"
-    )
+    verdict = summary_line(ordered)
     stream.write(f"\n{table}\n\n{ref_line}\n{verdict}; wall time {wall:.1f}s, CPU {cpu:.1f}s\n")
     _write_reports(opts, ordered, reference, wall, cpu, status)
     return status

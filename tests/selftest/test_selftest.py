@@ -43,16 +43,42 @@ ISSUE_FAULTS = {
     "a 0-d all_gather returning 0-d at size > 1": "all_gather_0d_stays_0d",
 }
 
+# Every fault kind issue 11 lists, mapped to the subtle backend that implements it.
+ISSUE11_FAULTS = {
+    "chunked all_sum leaving the tail unreduced on large arrays": "all_sum_ring_tail_unreduced",
+    "large all_gather with two ranks' blocks swapped": "all_gather_swaps_blocks_large",
+    "all_min broadcasting one rank's input, large arrays only": "all_min_broadcasts_root_large",
+    "large sum_scatter returning the local slice unreduced": "sum_scatter_local_large",
+    "half-precision sums wrong on large arrays": "bfloat16_sum_through_float16_large",
+    "float64 reduced as float32": "float64_sum_in_float32",
+    "all_gather reading a non-C-contiguous input in storage order": (
+        "all_gather_reads_storage_order"
+    ),
+    "an input modified by the call": "all_sum_in_place_large",
+    "a stale result after many calls on one group": "stale_result_after_wrap",
+    "a subgroup collective running on another subgroup of the same size": "subgroup_cache_by_size",
+    "NaN/-0.0 max/min depending on which rank holds it": "float_extreme_c_style",
+    "send/recv truncating large payloads": "send_truncates_large",
+    "integer sums saturating only from 8 elements": "small_int_sum_saturates_vectorized",
+    "a few per cent of all_sum calls deadlock at 3+ ranks": "all_sum_deadlocks_sometimes",
+}
+
 SPECS = Path(runner.default_paths()[0])
 
 
 # -- the registry --------------------------------------------------------------------------------
 
 
-def test_registry_covers_every_fault_of_the_issue():
-    missing = {text: name for text, name in ISSUE_FAULTS.items() if name not in faulty.FAULTS}
+def test_registry_covers_every_fault_of_the_issues():
+    listed = {**ISSUE_FAULTS, **ISSUE11_FAULTS}
+    missing = {text: name for text, name in listed.items() if name not in faulty.FAULTS}
     assert not missing
-    assert set(faulty.FAULTS) == set(ISSUE_FAULTS.values()), "a fault the issue does not list?"
+    assert set(faulty.FAULTS) == set(listed.values()), "a fault no issue lists?"
+
+
+def test_hang_faults_are_the_deadline_ended_ones():
+    hangs = {name for name, fault in faulty.FAULTS.items() if fault.hangs}
+    assert hangs == {"hang_all_min", "all_sum_deadlocks_sometimes"}
 
 
 @pytest.mark.parametrize("name", sorted(faulty.FAULTS))
@@ -108,21 +134,56 @@ def test_faults_keep_size_one_groups_intact():
 # -- verdicts ----------------------------------------------------------------------------------
 
 
-def _record(nodeid, outcome, message=""):
-    return {"nodeid": f"conformance/specs/{nodeid}", "outcome": outcome, "message": message}
+def _record(nodeid, outcome, message="", **fields):
+    return {
+        "nodeid": f"conformance/specs/{nodeid}",
+        "outcome": outcome,
+        "message": message,
+        **fields,
+    }
 
 
-def test_judge_failed_test_catches():
-    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2[x]", "failed", "boom")]
+@pytest.mark.parametrize("outcome", ["failed", "wrong"])
+def test_judge_failure_in_call_catches(outcome):
+    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2[x]", outcome, "boom")]
     status, tests, detail = selftest.judge(records, 1, False)
     assert (status, tests) == (selftest.CAUGHT, ["test_a.py::t2[x]"])
-    assert "boom" in detail
+    assert "boom" in detail and "in call" in detail
 
 
-@pytest.mark.parametrize("outcome", ["error", "hung", "crashed"])
-def test_judge_other_bad_outcomes_catch(outcome):
-    status, tests, _ = selftest.judge([_record("test_a.py::t", outcome)], 3, False)
-    assert status == selftest.CAUGHT and tests == ["test_a.py::t"]
+@pytest.mark.parametrize("field", selftest.PHASE_FIELDS)
+def test_judge_error_raised_in_call_catches(field):
+    records = [_record("test_a.py::t", "error", "ValueError: x", **{field: "call"})]
+    assert selftest.judge(records, 1, False)[0] == selftest.CAUGHT
+
+
+@pytest.mark.parametrize("phase", [None, "setup", "teardown"])
+def test_judge_error_outside_the_call_is_not_a_catch(phase):
+    fields = {"phase": phase} if phase else {}
+    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2", "error", **fields)]
+    status, tests, detail = selftest.judge(records, 1, False)
+    assert (status, tests) == (selftest.MISSED, [])
+    assert "outside the call" in detail
+
+
+@pytest.mark.parametrize("outcome", ["hung", "crashed"])
+def test_judge_broken_run_is_inconclusive(outcome):
+    records = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2", outcome)]
+    status, tests, detail = selftest.judge(records, 3, False)
+    assert (status, tests) == (selftest.INCONCLUSIVE, [])
+    assert f"{outcome} in test_a.py::t2" in detail
+
+
+def test_judge_dead_or_killed_job_is_inconclusive():
+    assert selftest.judge([_record("test_a.py::t", "passed")], 134, False)[0] == (
+        selftest.INCONCLUSIVE
+    )
+    assert selftest.judge([], None, True)[0] == selftest.INCONCLUSIVE
+
+
+def test_judge_call_failure_wins_over_a_broken_run():
+    records = [_record("test_a.py::t1", "hung"), _record("test_a.py::t2", "wrong", "bad")]
+    assert selftest.judge(records, 137, True)[:2] == (selftest.CAUGHT, ["test_a.py::t2"])
 
 
 def test_judge_all_passed_is_missed():
@@ -130,6 +191,19 @@ def test_judge_all_passed_is_missed():
     status, tests, detail = selftest.judge(records, 0, False)
     assert (status, tests) == (selftest.MISSED, [])
     assert "2 tests ran" in detail
+
+
+def test_judge_hang_fault_needs_the_backends_timeout():
+    late = _record("test_a.py::t", "wrong", "all_min raised TimeoutError: all_min timed out")
+    other = _record("test_a.py::u", "wrong", "result differs at [0]")
+    assert selftest.judge([late], 1, False, hangs=True)[:2] == (
+        selftest.CAUGHT,
+        ["test_a.py::t"],
+    )
+    status, _, detail = selftest.judge([other], 1, False, hangs=True)
+    assert status == selftest.INCONCLUSIVE and "TimeoutError" in detail
+    watchdog = _record("test_a.py::t", "hung", "no progress within 60 s")
+    assert selftest.judge([watchdog], 3, False, hangs=True)[0] == selftest.INCONCLUSIVE
 
 
 def test_judge_backend_that_does_not_load_is_a_problem_not_a_catch():
@@ -141,9 +215,12 @@ def test_judge_job_that_could_not_run_is_a_problem():
     assert selftest.judge([], 4, False)[0] == selftest.PROBLEM
 
 
-def test_judge_job_that_died_mid_test_catches():
-    assert selftest.judge([_record("test_a.py::t", "passed")], 134, False)[0] == selftest.CAUGHT
-    assert selftest.judge([], None, True)[0] == selftest.CAUGHT
+def test_read_records_tolerates_a_missing_file_and_a_torn_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    assert selftest.read_records(path) == []
+    good = json.dumps({"nodeid": "a.py::t", "outcome": "passed"})
+    path.write_text(good + "\n" + good[:10], encoding="utf-8")
+    assert [r["nodeid"] for r in selftest.read_records(path)] == ["a.py::t"]
 
 
 # -- table and exit status ---------------------------------------------------------------------
@@ -159,6 +236,8 @@ def _result(name, *attempts):
 CAUGHT2 = selftest.Attempt(2, selftest.CAUGHT, ["test_a.py::t[x]"], 1.5)
 CAUGHT3 = selftest.Attempt(3, selftest.CAUGHT, ["test_a.py::t[x]", "test_b.py::u"], 2.0)
 MISSED3 = selftest.Attempt(3, selftest.MISSED, [], 4.0, "12 tests ran, none failed")
+HUNG3 = selftest.Attempt(3, selftest.INCONCLUSIVE, [], 9.0, "hung in test_a.py::t")
+PROBLEM2 = selftest.Attempt(2, selftest.PROBLEM, [], 1.0, "the backend did not load")
 NA2 = selftest.Attempt(2, selftest.NOT_SHOWN, detail="shows only with 3+ ranks")
 
 
@@ -167,6 +246,9 @@ def test_verdicts():
     assert _result("f", CAUGHT2, MISSED3).verdict == "no"
     assert _result("f", NA2, CAUGHT3).verdict == "yes"
     assert _result("f", NA2).verdict == "n/a"
+    assert _result("f", CAUGHT2, HUNG3).verdict == "inconclusive"
+    assert _result("f", PROBLEM2, HUNG3).verdict == "problem"
+    assert _result("f", PROBLEM2, MISSED3).verdict == "no"
     assert _result("f", CAUGHT2, CAUGHT3).duration == pytest.approx(3.5)
 
 
@@ -199,6 +281,23 @@ def test_exit_status():
     assert selftest.exit_status(skipped, good) == 0
     assert selftest.exit_status(failed, good) == 1
     assert selftest.exit_status(passed, [*good, _result("c", CAUGHT2, MISSED3)]) == 1
+    assert selftest.exit_status(passed, [*good, _result("c", CAUGHT2, HUNG3)]) == 1
+    assert selftest.exit_status(passed, [*good, _result("c", PROBLEM2)]) == 1
+
+
+def test_summary_line_names_each_kind():
+    line = selftest.summary_line(
+        [_result("a", CAUGHT2), _result("b", HUNG3), _result("c", MISSED3)]
+    )
+    assert line.startswith("1 of 3 caught in a call phase")
+    assert "NOT caught: c" in line and "inconclusive: b" in line
+    assert selftest.summary_line([_result("a", CAUGHT2)]).startswith("every fault caught")
+
+
+def test_fault_jobs_get_a_backend_deadline_below_the_harness_one():
+    opts = selftest.SelftestOptions(timeout=40)
+    seconds = float(selftest.fault_environment(opts)["REFERENCE_TIMEOUT"])
+    assert 0 < seconds < opts.timeout
 
 
 def test_select_and_usage_errors(capsys):
@@ -232,7 +331,7 @@ def test_a_fault_that_is_no_fault_is_reported_missed(tmp_path):
     assert rows["none"][1:3] == ["missed", "no"], text
     assert rows["send_returns_none"][1:3] == ["caught", "yes"], text
     assert "test_send_recv.py::" in rows["send_returns_none"][4], text
-    assert "1 fault(s) NOT caught: none" in text
+    assert "1 fault(s) NOT caught: none" in text  # the control is a miss, never a catch
     report = json.loads((tmp_path / "selftest.json").read_text())
     assert report["ok"] is False
     assert {f["name"]: f["caught"] for f in report["faults"]} == {
