@@ -19,6 +19,7 @@ from reference.dataplane import segment_for
 from reference.dtypes import as_array
 from reference.group import Group, cached_default, init
 from reference.reductions import MAX, MIN, SUM, local_reduce, mpi_datatype, mpi_op
+from reference.scatter import sum_scatter_into
 
 
 def resolve_group(group: Any, op: str) -> Group:
@@ -183,11 +184,6 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
         flat_in, flat_out = array.reshape(-1), out.reshape(-1)
         _through_shm(group, "sum_scatter", segment, lambda: segment.sum_scatter(flat_in, flat_out))
         return out
-    datatype = mpi_datatype(array.dtype)
-    request = group._comm.Ireduce_scatter_block(
-        [_flat_bytes(array), datatype],
-        [_flat_bytes(out), out.size, datatype],
-        mpi_op(SUM, array.dtype),
-    )
-    _wait(group, "sum_scatter", request, array, out)
+    # Not MPI's reduce-scatter: a pairwise exchange, summed here (see reference.scatter).
+    sum_scatter_into(group, array, out)
     return out

@@ -90,11 +90,15 @@ _testall: Callable[[Sequence[MPI.Request]], bool] | None = None
 
 
 def wait_all(
-    requests: Sequence[MPI.Request], on_timeout: Callable[[list[int], float], Exception]
+    requests: Sequence[MPI.Request],
+    on_timeout: Callable[[list[int], float], Exception],
+    *,
+    cancel: bool = True,
 ) -> None:
     """Complete every request, or raise ``on_timeout(pending_indices, seconds)`` at the deadline.
 
-    Pending requests are cancelled before raising, so their buffers are not written later.
+    Pending requests are cancelled before raising (unless ``cancel`` is false: then the caller's
+    ``on_timeout`` keeps them and their buffers alive), so their buffers are not written later.
     """
     global _testall
     if _testall is None:
@@ -106,7 +110,7 @@ def wait_all(
     if _wait_until(_testall, requests):
         return
     pending = [index for index, request in enumerate(requests) if not request.Test()]
-    for index in pending:
+    for index in pending if cancel else ():
         try:
             requests[index].Cancel()
         except Exception:  # cancelling is best effort; the TimeoutError below is what matters

@@ -80,3 +80,43 @@ def test_results_have_the_requested_shape_and_dtype():
         array = buffers.empty(shape, np.dtype(dtype))
         assert array.shape == shape and array.dtype == dtype
         assert array.flags.c_contiguous and array.flags.writeable
+
+
+# Above the huge-page threshold: an anonymous mapping advised for transparent huge pages.
+HUGE_COUNT = (buffers._HUGE_FROM + 3 * 4096) // 4
+
+
+def test_large_buffers_are_aligned_to_huge_pages_and_reused():
+    """Buffers of at least _HUGE_FROM bytes start on a 2 MiB boundary and are recycled too."""
+    gc.collect()
+    first = buffers.empty((HUGE_COUNT,), np.dtype(np.float32))
+    where = address(first)
+    assert where % (2 << 20) == 0
+    first[...] = 3
+    del first
+    gc.collect()
+    again = buffers.empty((HUGE_COUNT,), np.dtype(np.float32))
+    assert address(again) == where
+    del again
+
+
+@pytest.mark.parametrize("count", [COUNT, HUGE_COUNT], ids=["heap", "mapped"])
+def test_the_pool_grows_to_the_working_set_and_never_hands_out_a_held_result(count):
+    """A caller holding k results of one size gets k + 1 distinct buffers, each keeping what was
+    written into it, and the first one dropped is the one handed out next."""
+    gc.collect()
+    held = []
+    for value in range(4):
+        result = buffers.empty((count,), np.dtype(np.float32))
+        result[...] = value
+        held.append(result)
+    assert len({address(r) for r in held}) == 4
+    for value, result in enumerate(held):
+        assert (result == value).all()
+    dropped = address(held[1])
+    del held[1], result
+    gc.collect()
+    reused = buffers.empty((count,), np.dtype(np.float32))
+    assert address(reused) == dropped
+    reused[...] = -1
+    assert [float(r[0]) for r in held] == [0.0, 2.0, 3.0]

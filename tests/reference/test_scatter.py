@@ -1,0 +1,89 @@
+"""sum_scatter's pairwise exchange (reference.scatter): rank-order sums, no buffer left writable.
+
+The blocks move point to point and every rank sums its own block locally in rank order, so the
+result must equal numpy's sum taken in that order, bit for bit, for floats too; and a timed-out
+exchange must never leave MPI writing a buffer that a later result is built on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from transport_helpers import attempt, sync
+
+import reference
+from reference import buffers, collectives
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+SHORT = 0.5
+
+
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16", "float64"])
+def test_floats_are_summed_in_rank_order(world, comm, name):
+    """Rank r's rows equal ((x0 + x1) + x2) + ... of those rows, bit-identical: the order the
+    exchange promises, on inputs whose sums round differently in other orders."""
+    dtype = reference.SUPPORTED_DTYPES[reference.DTYPE_NAMES.index(name)]
+    rows = 1500  # every rank's block is above the inline limit
+    rng = np.random.default_rng(7)
+    scale = 10.0 ** rng.integers(-3, 4, size=(comm.size, comm.size * rows))
+    data = [
+        (rng.standard_normal(comm.size * rows) * scale[r]).astype(dtype) for r in range(comm.size)
+    ]
+    result = reference.sum_scatter(data[comm.rank], group=world)
+    mine = slice(comm.rank * rows, (comm.rank + 1) * rows)
+    expected = data[0][mine].copy()
+    with np.errstate(over="ignore"):
+        for r in range(1, comm.size):
+            expected = np.add(expected, data[r][mine], dtype=dtype)
+    assert result.dtype == dtype
+    assert result.tobytes() == expected.tobytes()
+
+
+def test_the_result_and_staging_buffers_are_not_recycled_after_a_timeout(world, comm, monkeypatch):
+    """A rank arriving late in the exchange writes its blocks into the buffers of the ranks that
+    gave up: those buffers must stay out of the pool, so results handed out after the timeout
+    keep what their owner wrote; the late rank gets either the right rows or an error."""
+    sub = world.split(0)
+    slow = comm.size - 1
+    rows = 1 << 15  # float32 blocks of 128 KiB: pooled sizes
+    x = np.full(comm.size * rows, comm.rank + 1, np.float32)
+    outcome = None
+    if comm.rank == slow:
+        real = collectives.sum_scatter_into
+
+        def late(*args):
+            time.sleep(3 * SHORT)
+            return real(*args)
+
+        monkeypatch.setattr(collectives, "sum_scatter_into", late)
+        previous = reference.set_timeout(3.0)
+        try:
+            outcome = attempt(reference.sum_scatter, x, group=sub)
+        finally:
+            reference.set_timeout(previous)
+        monkeypatch.undo()
+        sync(comm)
+        sync(comm)
+        if outcome[0] == "ok":
+            total = comm.size * (comm.size + 1) / 2
+            assert outcome[1].tolist() == [total] * rows, "the late rank got a wrong sum"
+        return
+    previous = reference.set_timeout(SHORT)
+    try:
+        outcome = attempt(reference.sum_scatter, x, group=sub)
+    finally:
+        reference.set_timeout(previous)
+    assert outcome[0] == "TimeoutError"
+    # What the next results of the result's and the staging buffer's sizes are built on.
+    recycled = [buffers.empty((rows,), np.dtype(np.float32))]
+    if comm.size > 2:
+        recycled.append(buffers.empty((comm.size - 2, rows), np.dtype(np.float32)))
+    for array in recycled:
+        array[...] = -1
+    sync(comm)  # the late rank sends its blocks now; polling lets MPI deliver them
+    time.sleep(0.1)
+    sync(comm)
+    assert all((array == -1).all() for array in recycled), "a recycled buffer was written"
