@@ -17,7 +17,7 @@ from conformance.adapters import mlx as mlx_adapter
 from conformance.harness import hostaddr
 from conformance.harness.ranklog import keep_peer_log
 from conformance.harness.watchdog import FileMailbox, Watchdog
-from conformance.run import hostfile
+from conformance.run import hostfile, preflight
 from conformance.run.launcher import MPICH, OPENMPI, Launcher
 
 
@@ -147,3 +147,19 @@ def test_hang_stacks_and_logs_travel_through_the_mailbox(tmp_path: Path) -> None
     assert stacks[1] == "rank 1 stack" and "no stack within" in stacks[2]
     assert "test_hang_stacks_and_logs_travel" in stacks[0]
     assert kept == {1: "rank 1 log"}
+
+
+def test_preflight_names_the_pairs_that_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    peers = [("h0", "10.0.0.1", 5000), ("h1", "10.0.0.2", 5001)]
+    failures: list[dict[int, str]] = [{1: "TimeoutError: timed out"}, {0: ""}]
+    assert preflight._report(peers, failures) == 1
+    out = capsys.readouterr().out
+    assert "rank 0   h0  listens on 10.0.0.1:5000   reached by every peer" in out
+    assert "rank 1   h1  listens on 10.0.0.2:5001   NOT reached by rank 0: TimeoutError" in out
+    assert "preflight: FAILED" in out
+
+
+def test_preflight_job_on_this_host(capsys: pytest.CaptureFixture[str]) -> None:
+    assert preflight.main(["--np", "2", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("listens on 127.0.0.1:") == 2 and "preflight: ok" in out
