@@ -46,6 +46,17 @@ def parse_ops(text: str) -> list[str]:
     return ops
 
 
+def parse_planes(text: str) -> list[str]:
+    """Data plane names of the reference, in the order given; ValueError for unknown ones."""
+    from reference.dataplane import PLANES
+
+    planes = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [plane for plane in planes if plane not in PLANES]
+    if unknown or not planes:
+        raise ValueError(f"unknown data planes {unknown or text!r}; expected some of {PLANES}")
+    return planes
+
+
 def _typed(parse: Any) -> Any:
     def convert(text: str) -> Any:
         try:
@@ -141,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a launched job after this many seconds (default %(default)s)",
     )
     parser.add_argument("--mpiexec", help="mpiexec for --np (default: the one matching mpi4py)")
+    parser.add_argument(
+        "--data-planes",
+        type=_typed(parse_planes),
+        help="reference backend only: measure each of these data planes (comma-separated: "
+        "mpi, shm, auto), each against raw mpi4py, in the same job",
+    )
     hostfile.add_option(parser)
     return parser
 
@@ -294,6 +311,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.data_planes and args.backend != "reference":
+        say("error: --data-planes is for the reference backend only", file=sys.stderr)
+        return 2
     settings = Settings(args.warmup, args.reps, args.sample_time, args.max_iters)
     started = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -312,14 +332,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             say("note: sendrecv needs 2 ranks; skipped", file=sys.stderr)
             continue
         for size in args.sizes:
-            for case in make_cases(op, size, args.dtype, backend, data, ctl, args.window):
-                if not args.baseline:
-                    case.has_baseline = False
-                result = measure(case, ctl, settings, profiler)
-                wrong = wrong or result.check is not None
-                results.append(result.as_dict())
-                say(_progress(result), file=sys.stderr, flush=True)
-            del case
+            for plane in args.data_planes or [None]:
+                _choose_plane(plane)
+                for case in make_cases(op, size, args.dtype, backend, data, ctl, args.window):
+                    if not args.baseline:
+                        case.has_baseline = False
+                    result = measure(case, ctl, settings, profiler)
+                    wrong = wrong or result.check is not None
+                    results.append(_labelled(result.as_dict(), plane))
+                    say(_progress(result), plane or "", file=sys.stderr, flush=True)
+                del case
 
     report = make_report(_meta(args, argv, backend, n, started), results)
     if profiler is not None:
@@ -341,6 +363,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     ctl.Free()
     data.Free()
     return 1 if wrong else 0
+
+
+def _choose_plane(plane: str | None) -> None:
+    """Switch the reference's data plane on this rank (every rank runs the same loop)."""
+    if plane is not None:
+        from reference.dataplane import set_data_plane
+
+        set_data_plane(plane)
+
+
+def _labelled(row: dict[str, Any], plane: str | None) -> dict[str, Any]:
+    """A result row of one data plane: its own table block, so planes sit side by side."""
+    if plane is not None:
+        row["plane"] = plane
+        row["op"] = f"{row['op']} [{plane} plane]"
+    return row
 
 
 def _progress(result: Any) -> str:

@@ -28,7 +28,7 @@ def absent_ranks(pattern: str, size: int) -> set[int]:
 
 
 def call(op: str, group, size: int):
-    x = np.arange(size * 300, dtype=np.float32)  # large enough for the MPI data phase
+    x = np.arange(size * 1300, dtype=np.float32)  # large enough for the MPI data phase
     if op == "split":
         return group.split(0)
     return getattr(reference, op)(x, group=group)
@@ -202,8 +202,11 @@ def test_a_data_phase_timeout_leaves_no_transfer_behind(world, comm, monkeypatch
     """When a peer is slow in the data phase (it arrives after the others gave up), the ranks
     that raised TimeoutError must not have MPI still reading their input or writing into a
     buffer that the next large result gets; the slow rank must not get a wrong sum."""
-    from reference import buffers, collectives
+    from reference import buffers, collectives, dataplane
 
+    # The delay goes into the MPI data plane's op: pin that plane (test_shm.py covers a late
+    # peer on the shared-memory plane).
+    monkeypatch.setattr(dataplane, "_plane", "mpi")
     sub = world.split(0)
     slow = 1
     count = 1 << 16  # float32: 256 KiB, above the buffer cache's threshold
