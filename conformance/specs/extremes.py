@@ -1,4 +1,4 @@
-"""The checks all_max and all_min share (test_all_max.py and test_all_min.py call them).
+"""The checks all_max and all_min share (test_all_max_all_min.py calls them, once per op).
 
 Each function runs one rule of SEMANTICS.md "Reductions" for ``op`` in ("all_max", "all_min") and
 settles its findings collectively.
