@@ -61,6 +61,8 @@ FAILING_OUTCOMES = frozenset(o.value for o in BAD_OUTCOMES)
 #: Outcomes that make an expected failure "pass unexpectedly".
 PASSING_OUTCOMES = frozenset(o.value for o in GOOD_OUTCOMES)
 _WILDCARDS = ("*", "?")
+#: How far a run reached (``apply``'s ``scope``).
+SCOPES = ("all", "files", "selected")
 _KEYS = {"test", "tests", "feature", "np", "expect", "reason", "upstream", "no_upstream", "flaky"}
 
 DEVIATIONS_DIR = Path(__file__).parent.parent / "deviations"
@@ -265,14 +267,18 @@ def apply(
     deviations: Iterable[Deviation],
     collected: Mapping[int, Iterable[str]] | None = None,
     *,
-    full_run: bool = True,
+    scope: str = "all",
 ) -> Applied:
     """Mark records covered by ``deviations`` (see the module contract).
 
     ``collected`` maps rank count -> the node ids selected for it. An entry none of whose tests
-    has a record at any of its rank counts is stale when one of its tests was selected, or, in a
-    ``full_run`` (no -k/-m/paths), when none of them exists at all.
+    has a record at any of its rank counts is stale when one of its tests was selected, or when
+    none of its tests exists and ``scope`` says the entry was in reach: ``"all"`` (a full run),
+    ``"files"`` (paths were given: entries about the selected files), ``"selected"`` (-k/-m:
+    only entries whose tests were selected).
     """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
     entries = [d for d in deviations if d.tests]
     applied = Applied()
     used: set[int] = set()
@@ -285,12 +291,16 @@ def apply(
                 break
     selected = {(np, nodeid) for np, ids in (collected or {}).items() for nodeid in ids}
     everything = {nodeid for _, nodeid in selected}
+    files = {nodeid.split("::", 1)[0] for nodeid in everything}
     for i, entry in enumerate(entries):
         if i in used:
             continue
         chosen = any(entry.covers(nodeid, np) for np, nodeid in selected)
         missing = not (set(entry.tests) & everything)
-        if chosen or (full_run and missing):
+        in_reach = scope == "all" or (
+            scope == "files" and any(t.split("::", 1)[0] in files for t in entry.tests)
+        )
+        if chosen or (missing and in_reach):
             applied.stale.append(entry)
     return applied
 

@@ -204,7 +204,7 @@ def summarize_run(
     problems: list[str],
     deviations: list[deviations_mod.Deviation],
     deviations_file: Path | str = "",
-    full_run: bool = True,
+    scope: str = "all",
     duration: float = 0.0,
     launcher: str = "",
 ) -> RunSummary:
@@ -212,9 +212,7 @@ def summarize_run(
     ``results``, rank count -> its results file, whose session headers are read), add what they
     found to the problems and warnings, and stamp the suite's identity and the command line."""
     done = sorted(results)
-    applied = deviations_mod.apply(
-        records, deviations, {np: collected for np in done}, full_run=full_run
-    )
+    applied = deviations_mod.apply(records, deviations, {np: collected for np in done}, scope=scope)
     sessions = {np: s for np, path in results.items() if (s := read_session(path)) is not None}
     excused = deviations_mod.excused_features(deviations)
     summary = RunSummary(
@@ -512,7 +510,8 @@ def _failure_section(group: list[dict[str, Any]]) -> list[str]:
         if text:
             label = f"np={_nps(where)}:" if len(messages) > 1 else ""
             lines += ([label] if label else []) + ["```", text, "```", ""]
-    lines += ["Reproduce:", "", "```sh", record.get("reproduce", ""), "```", ""]
+    commands = list(dict.fromkeys(r.get("reproduce", "") for r in group))
+    lines += ["Reproduce:", "", "```sh", *commands, "```", ""]
     detail = (record.get("longrepr") or "").strip()
     if detail:
         lines += ["<details><summary>details</summary>", "", "```", detail, "```", "</details>"]

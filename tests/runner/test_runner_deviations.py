@@ -195,7 +195,10 @@ def test_stale_entries_are_reported_when_their_test_was_selected() -> None:
     full = deviations.apply([], entries, collected)
     assert full.stale == entries
     # Under -k/-m/paths an entry about a test that was not selected says nothing ...
-    partial = deviations.apply([], entries, {4: ["m.py::ran_elsewhere"]}, full_run=False)
+    partial = deviations.apply([], entries, {4: ["m.py::ran_elsewhere"]}, scope="selected")
     assert partial.stale == [selected_not_run]
+    # With paths, entries about the selected files are in reach even when their test is gone.
+    files = deviations.apply([], entries, {4: ["m.py::ran_elsewhere"]}, scope="files")
+    assert files.stale == entries
     # ... but a selected test whose entry matched nothing is still reported.
     assert "matched no test that ran" in partial.warnings()[0]
