@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
 from hypothesis import strategies as st
 
@@ -35,6 +36,7 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Floats are multiples of 1/2 within +-_FLOAT_BOUND: sums over up to 16 ranks stay exact even in
 # bfloat16 (8 significant bits), so float reductions can be compared exactly when the spec wants.
+# With ``full_precision`` they use every significand bit instead (and sums need the tolerance).
 _FLOAT_BOUND = 8
 _INT_BOUND = 100
 
@@ -102,10 +104,17 @@ def value_bound(dtype: str, world_size: int) -> int:
 
 
 def rank_array(
-    seed: int, rank: int, shape: Sequence[int], dtype: str, *, world_size: int = 1
+    seed: int,
+    rank: int,
+    shape: Sequence[int],
+    dtype: str,
+    *,
+    world_size: int = 1,
+    full_precision: bool = False,
 ) -> np.ndarray:
     """The array rank ``rank`` contributes for ``seed``: deterministic, different on every rank and
-    at every position, within ``value_bound(dtype, world_size)``."""
+    at every position, within ``value_bound(dtype, world_size)``. ``full_precision``: floats (and
+    both parts of complex64) have every significand bit random, not only multiples of 1/2."""
     shape = tuple(int(n) for n in shape)
     rng = np.random.default_rng([seed, rank])
     bound = value_bound(dtype, world_size)
@@ -115,16 +124,32 @@ def rank_array(
         low = 0 if dtype.startswith("u") else -bound
         values = rng.integers(low, bound, size=shape, endpoint=True)
     elif dtype == "complex64":
-        values = _halves(rng, shape, bound) + 1j * _halves(rng, shape, bound)
+        part = _full if full_precision else _halves
+        values = part(rng, shape, bound, "float32") + 1j * part(rng, shape, bound, "float32")
     else:
-        values = _halves(rng, shape, bound)
+        values = (_full if full_precision else _halves)(rng, shape, bound, dtype)
     return np.asarray(values).astype(numpy_dtype(dtype))
 
 
-def _halves(rng: np.random.Generator, shape: tuple[int, ...], bound: int) -> np.ndarray:
+def _halves(rng: np.random.Generator, shape: tuple[int, ...], bound: int, dtype: str) -> np.ndarray:
     return rng.integers(-2 * bound, 2 * bound, size=shape, endpoint=True) / 2
 
 
-def world_arrays(seed: int, size: int, shape: Sequence[int], dtype: str) -> list[np.ndarray]:
+def _full(rng: np.random.Generator, shape: tuple[int, ...], bound: int, dtype: str) -> np.ndarray:
+    """Uniform in (-bound, bound) with every significand bit of ``dtype`` random (the magnitude
+    spans several binades, so small values keep full precision too)."""
+    bits = ml_dtypes.finfo(numpy_dtype(dtype)).nmant
+    significand = 1 + rng.integers(0, 2**bits, size=shape) / 2**bits
+    exponent = rng.integers(-6, int(np.log2(bound)), size=shape)
+    sign = rng.choice(np.array([-1.0, 1.0]), size=shape)
+    return sign * np.ldexp(significand, exponent)
+
+
+def world_arrays(
+    seed: int, size: int, shape: Sequence[int], dtype: str, *, full_precision: bool = False
+) -> list[np.ndarray]:
     """Every rank's ``rank_array`` for a world of ``size`` ranks, in rank order."""
-    return [rank_array(seed, rank, shape, dtype, world_size=size) for rank in range(size)]
+    return [
+        rank_array(seed, rank, shape, dtype, world_size=size, full_precision=full_precision)
+        for rank in range(size)
+    ]

@@ -2,6 +2,7 @@
 
 Every rank draws the same dtype, shape and seed (``conformance.strategies`` + ``lockstep``); each
 rank's input comes from the seed and its rank, so every rank also knows every other rank's input.
+Floats are drawn both as short multiples of 1/2 and with every significand bit random (``full``).
 Every expected value comes from numpy on those inputs (``data.expected_*``), never from the
 backend's other ops (a backend wrong in two ops the same way would pass a relation between them):
 all_sum is the sum of the inputs, sum_scatter the rank's slice of it, all_max/all_min the
@@ -15,6 +16,7 @@ import os
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conformance.specs import reductions
 from conformance.specs.calls import call_everywhere, differing, settle
@@ -42,9 +44,9 @@ def _checked(control, backend, op, x, world, blocks, what):
 
 @pytest.mark.spec("all_sum", rule="values")
 @EXAMPLES
-@given(dtype=dtype_names(), shape=shapes(max_dims=2), seed=seeds())
+@given(dtype=dtype_names(), shape=shapes(max_dims=2), seed=seeds(), full=st.booleans())
 @lockstep
-def test_all_sum_is_numpy_sum(backend, world, control, dtype, shape, seed):
+def test_all_sum_is_numpy_sum(backend, world, control, dtype, shape, seed, full):
     """all_sum(x) equals numpy's element-wise sum of every rank's input, the same everywhere.
 
     SEMANTICS.md, Reductions: "Floating sums: reduction order is impl-defined, so float results
@@ -52,16 +54,16 @@ def test_all_sum_is_numpy_sum(backend, world, control, dtype, shape, seed):
     results are exact." Manifest: all_sum / values.
     """
     size, rank = world.size(), world.rank()
-    blocks = world_arrays(seed, size, shape, dtype)
+    blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
     settle(_checked(control, backend, "all_sum", blocks[rank], world, blocks, "all_sum"))
 
 
 @pytest.mark.spec("sum_scatter", rule="slice-of-sum")
 @EXAMPLES
-@given(dtype=dtype_names(), seed=seeds(), rows=shapes(max_dims=1))
+@given(dtype=dtype_names(), seed=seeds(), rows=shapes(max_dims=1), full=st.booleans())
 @lockstep
 def test_sum_scatter_is_slice_of_numpy_sum(
-    backend, world, control, capabilities, dtype, seed, rows
+    backend, world, control, capabilities, dtype, seed, rows, full
 ):
     """sum_scatter(x) on rank r equals rows [r*c, (r+1)*c) of numpy's sum, c = rows // N.
 
@@ -72,15 +74,15 @@ def test_sum_scatter_is_slice_of_numpy_sum(
         pytest.skip("sum_scatter declared unsupported")
     size, rank = world.size(), world.rank()
     shape = (size * (1 + (rows[0] if rows else 0)), 2)
-    blocks = world_arrays(seed, size, shape, dtype)
+    blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
     settle(_checked(control, backend, "sum_scatter", blocks[rank], world, blocks, "sum_scatter"))
 
 
 @pytest.mark.spec("all_max", rule="values")
 @EXAMPLES
-@given(dtype=dtype_names(), shape=shapes(max_dims=2), seed=seeds())
+@given(dtype=dtype_names(), shape=shapes(max_dims=2), seed=seeds(), full=st.booleans())
 @lockstep
-def test_max_and_min_are_numpy_extremes(backend, world, control, dtype, shape, seed):
+def test_max_and_min_are_numpy_extremes(backend, world, control, dtype, shape, seed, full):
     """all_max and all_min equal numpy's element-wise maximum and minimum of every rank's input
     (complex64 lexicographic), exactly, the same everywhere.
 
@@ -88,7 +90,7 @@ def test_max_and_min_are_numpy_extremes(backend, world, control, dtype, shape, s
     inputs), "Every rank gets the same result." Manifest: all_max / values.
     """
     size, rank = world.size(), world.rank()
-    blocks = world_arrays(seed, size, shape, dtype)
+    blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
     problems = []
     for op in ("all_max", "all_min"):
         problems += _checked(control, backend, op, blocks[rank], world, blocks, op)
@@ -97,14 +99,16 @@ def test_max_and_min_are_numpy_extremes(backend, world, control, dtype, shape, s
 
 @pytest.mark.spec("all_gather", rule="rank-order")
 @EXAMPLES
-@given(dtype=dtype_names(), shape=shapes(min_dims=1, max_dims=3), seed=seeds())
+@given(dtype=dtype_names(), shape=shapes(min_dims=1, max_dims=3), seed=seeds(), full=st.booleans())
 @lockstep
-def test_gather_identical_everywhere_in_rank_order(backend, world, control, dtype, shape, seed):
+def test_gather_identical_everywhere_in_rank_order(
+    backend, world, control, dtype, shape, seed, full
+):
     """all_gather gives every rank the same array, whose block r is rank r's input.
 
     SEMANTICS.md, all_gather: "blocks in rank order; ... Every rank gets the same result."
     Manifest: all_gather / rank-order.
     """
     size, rank = world.size(), world.rank()
-    blocks = world_arrays(seed, size, shape, dtype)
+    blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
     settle(_checked(control, backend, "all_gather", blocks[rank], world, blocks, "all_gather"))
