@@ -233,7 +233,7 @@ def _bool_sum_as_integer() -> dict[str, Any]:
     "all_max_is_min_for_int16",
     "all_max of int16 returns the minimum (a copy-pasted entry of the op table)",
     "Reductions: element-wise maximum over the group",
-    ("test_all_max.py",),
+    ("test_all_max_all_min.py",),
 )
 def _all_max_is_min_for_int16() -> dict[str, Any]:
     def all_max(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
@@ -248,7 +248,7 @@ def _all_max_is_min_for_int16() -> dict[str, Any]:
     "complex_max_by_magnitude",
     "all_max of complex64 picks the element of largest magnitude, not lexicographic order",
     "Reductions: complex64 max/min compare lexicographically (real part, then imaginary)",
-    ("test_all_max.py",),
+    ("test_all_max_all_min.py",),
 )
 def _complex_max_by_magnitude() -> dict[str, Any]:
     def all_max(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
@@ -267,7 +267,7 @@ def _complex_max_by_magnitude() -> dict[str, Any]:
     "all_min blocks on the last rank, waiting for a completion that never comes, until the "
     "backend's deadline ends the call with TimeoutError on every rank",
     "Hangs (robust): a blocking operation ends, by result or by TimeoutError",
-    ("test_all_min.py",),
+    ("test_all_max_all_min.py",),
     hangs=True,
 )
 def _hang_all_min() -> dict[str, Any]:
@@ -284,7 +284,7 @@ def _hang_all_min() -> dict[str, Any]:
     "all_max_raises_on_last_rank",
     "all_max raises RuntimeError on the last rank only, after the data moved",
     "Reductions: every rank gets the same result",
-    ("test_all_max.py",),
+    ("test_all_max_all_min.py",),
 )
 def _all_max_raises_on_last_rank() -> dict[str, Any]:
     def all_max(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:

@@ -339,3 +339,29 @@ def test_a_fault_that_is_no_fault_is_reported_missed(tmp_path):
         "send_returns_none": "yes",
     }
     assert (tmp_path / "selftest.md").read_text().count("\n|") == 4  # header, rule, 2 faults
+
+
+def test_fault_jobs_resume_only_past_tests_that_do_not_count(tmp_path):
+    def job(returncode, killed=False):
+        return runner.JobOutcome(returncode, killed, tmp_path / "out", tmp_path, 1.0)
+
+    setup_error = [_record("test_a.py::t1", "passed"), _record("test_a.py::t2", "error")]
+    hung = [_record("test_a.py::t1", "hung")]
+    assert selftest._resumable(setup_error, job(1))
+    assert selftest._resumable(hung, job(3))
+    assert not selftest._resumable(hung, job(None, killed=True))  # no record to skip it by
+    assert not selftest._resumable(setup_error, job(0))  # the session ran to its end
+    assert not selftest._resumable([_record("test_a.py::t", "wrong")], job(1))
+    assert not selftest._resumable([], job(134))
+
+
+def test_fault_job_launcher_adds_the_backend_deadline():
+    class Plain:
+        flavor = "mpich"
+
+        def environment(self, np, base=None):
+            return {"BASE": "1", "NP": str(np)}
+
+    wrapped = selftest._WithEnvironment(Plain(), {"REFERENCE_TIMEOUT": "30"})
+    assert wrapped.environment(2) == {"BASE": "1", "NP": "2", "REFERENCE_TIMEOUT": "30"}
+    assert wrapped.flavor == "mpich"
