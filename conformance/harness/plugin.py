@@ -29,14 +29,20 @@ from typing import Any
 import pytest
 
 from conformance.backend import Backend, load_backend
+from conformance.harness import collective, isolation, levels, outcomes, runinfo, tiers
 from conformance.harness import control as control_plane
-from conformance.harness import isolation, levels, outcomes, runinfo, tiers
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
-from conformance.harness.watchdog import EXIT_HUNG, CommMailbox, FileMailbox, Mailbox, Watchdog
+from conformance.harness.watchdog import (
+    DEFAULT_TIMEOUT,
+    EXIT_HUNG,
+    CommMailbox,
+    FileMailbox,
+    Mailbox,
+    Watchdog,
+)
 from conformance.harness.watchdog import set_current as set_current_watchdog
-from conformance.records import ResultsFile
+from conformance.records import Outcome, ResultsFile, make_record
 
-DEFAULT_TIMEOUT = 60.0
 DEFAULT_BACKEND = "reference"
 # Collection imports every test module (and maybe heavy packages) on a loaded machine: it gets
 # this many per-test deadlines.
@@ -185,7 +191,7 @@ class Harness:
             heartbeat=self.log_dir / "heartbeat" if self.rank == 0 else None,
         )
         self._previous_watchdog = set_current_watchdog(self.watchdog)
-        self.log.write(f"session start: {runinfo.describe_world(self.size)}")
+        self.log.write(f"session start: pid {os.getpid()}, {runinfo.describe_world(self.size)}")
 
     def _choose_log_dir(self) -> tuple[str, str, bool] | None:
         """(directory, job id, whether the directory is a temporary one), decided by rank 0."""
@@ -297,6 +303,7 @@ class Harness:
         mine = (digest, len(session.items), session.testsfailed)
         everyone = self.control.allgather(("session", "collection"), mine)
         if all(other == mine for other in everyone):
+            self._write_session_header()
             return
         lines = [
             f"rank {rank}: {count} tests, {errors} collection errors, digest {dig[:12]}"
@@ -314,6 +321,7 @@ class Harness:
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> Generator[None, Any, Any]:
         self.control.begin_test(item.nodeid)
+        collective.begin_test()
         self._current_item = item
         item.stash[VERDICTS] = {}
         self.watchdog.arm(item.nodeid)
@@ -365,22 +373,46 @@ class Harness:
                 returncode=pytest.ExitCode.INTERNAL_ERROR,
             )
 
+    def _write_session_header(self) -> None:
+        if self.results is None:
+            return
+        try:
+            backend = self.backend()
+        except Exception as exc:
+            header = runinfo.session_header(self.backend_spec, None, self.size, error=exc)
+        else:
+            header = runinfo.session_header(self.backend_spec, backend, self.size)
+        self.results.write(header)
+
     def _record(self, item: pytest.Item) -> None:
         if self.results is None:
             return
         verdicts = item.stash.get(VERDICTS, {})
         if not verdicts:
             return
-        record = outcomes.summarize(verdicts)
-        record.update(
-            nodeid=item.nodeid,
-            level=levels.level_of(item),
-            area=levels.area_of(item),
-            seed=self.seed,
-            world_size=self.size,
-            backend=self.backend_spec,
+        fields = outcomes.summarize(verdicts)
+        checked = collective.declared_checks()
+        if checked and fields["outcome"] == Outcome.PASSED:
+            fields["outcome"] = Outcome.UNSUPPORTED
+        self.results.write(
+            make_record(
+                item.nodeid,
+                fields.pop("outcome"),
+                **fields,
+                unsupported=checked,
+                **self._item_fields(item),
+            )
         )
-        self.results.write(record)
+
+    def _item_fields(self, item: pytest.Item | None) -> dict[str, Any]:
+        return {
+            "level": levels.level_of(item) if item is not None else None,
+            "tier": levels.tier_of(item) if item is not None else None,
+            "area": levels.area_of(item) if item is not None else None,
+            "seed": self.seed,
+            "world_size": self.size,
+            "backend": self.backend_spec,
+        }
 
     def _isolate_after(self, item: pytest.Item) -> None:
         """Stop the session after ``item`` when its job can no longer be trusted (every rank
@@ -419,20 +451,16 @@ class Harness:
         )
         if self.results is not None:
             self.results.write(
-                {
-                    "nodeid": label,
-                    "outcome": "hung",
-                    "failing_ranks": stuck,
-                    "message": message,
-                    "longrepr": "\n\n".join(stacks[rank] for rank in sorted(stacks)),
-                    "duration": self.timeout,
-                    "level": levels.level_of(item) if item is not None else None,
-                    "area": levels.area_of(item) if item is not None else None,
-                    "seed": self.seed,
-                    "world_size": self.size,
-                    "backend": self.backend_spec,
-                    "stacks": {str(rank): text for rank, text in sorted(stacks.items())},
-                }
+                make_record(
+                    label,
+                    Outcome.HUNG,
+                    failing_ranks=stuck,
+                    message=message,
+                    longrepr="\n\n".join(stacks[rank] for rank in sorted(stacks)),
+                    duration=self.timeout,
+                    stacks={str(rank): text for rank, text in sorted(stacks.items())},
+                    **self._item_fields(item),
+                )
             )
         self.log.write(message)
         if self._terminal_fd is not None:

@@ -48,7 +48,7 @@ def test_job_fails_and_records_every_test(ranks_job):
 def test_failing_rank_fails_everywhere_and_is_named(ranks_job):
     n, job, _ = ranks_job
     record = job.record("test_fails_on_last_rank")
-    assert record["outcome"] == "failed"
+    assert record["outcome"] == "wrong"  # an assertion failed
     assert record["failing_ranks"] == [n - 1]
     assert f"failed on ranks [{n - 1}] of {n}" in record["message"]
     assert "the last rank fails" in record["longrepr"]
@@ -57,7 +57,7 @@ def test_failing_rank_fails_everywhere_and_is_named(ranks_job):
 def test_raising_rank_traceback_is_shown(ranks_job):
     _, job, _ = ranks_job
     record = job.record("test_raises_on_rank_1")
-    assert (record["outcome"], record["failing_ranks"]) == ("failed", [1])
+    assert (record["outcome"], record["failing_ranks"]) == ("error", [1])  # raised, not asserted
     assert "rank 1" in record["longrepr"] and "boom on rank 1" in record["longrepr"]
 
 
@@ -65,7 +65,7 @@ def test_collective_assert_names_the_false_ranks(ranks_job):
     n, job, _ = ranks_job
     record = job.record("test_collective_assert_names_ranks")
     odd = [rank for rank in range(n) if rank % 2]
-    assert record["outcome"] == "failed"
+    assert record["outcome"] == "wrong"
     assert record["failing_ranks"] == odd
     assert f"collective assertion failed on ranks {odd} of {n}" in record["message"]
 
@@ -81,7 +81,7 @@ def test_collective_raises_names_the_rank_that_returned(ranks_job):
 def test_skip_on_one_rank_is_a_failure_not_a_deadlock(ranks_job):
     _, job, _ = ranks_job
     record = job.record("test_skip_on_rank_1_only")
-    assert (record["outcome"], record["failing_ranks"]) == ("failed", [1])
+    assert (record["outcome"], record["failing_ranks"]) == ("error", [1])
     assert "a skip must happen on every rank" in record["message"]
     assert job.record("test_skip_everywhere")["outcome"] == "skipped"
 
@@ -96,7 +96,7 @@ def test_setup_error_on_one_rank_skips_the_body_everywhere(ranks_job):
 def test_helper_called_by_one_rank_is_a_desync_and_the_job_recovers(ranks_job):
     n, job, _ = ranks_job
     record = job.record("test_helper_on_rank_0_only")
-    assert record["outcome"] == "failed"
+    assert record["outcome"] == "error"
     assert record["failing_ranks"] == list(range(1, n))
     assert "CollectiveDesync" in record["message"]
     for name in ("test_in_step_after_desync", "test_in_step_lockstep_all_sum"):
@@ -107,18 +107,18 @@ def test_helper_called_by_one_rank_is_a_desync_and_the_job_recovers(ranks_job):
 def test_divergent_draws_are_reported_as_such(ranks_job):
     n, job, _ = ranks_job
     record = job.record("test_divergent_draws")
-    assert record["outcome"] == "failed"
+    assert record["outcome"] == "error"
     assert record["failing_ranks"] == list(range(1, n))
     assert "divergent draws" in record["message"]
     inner = job.record("test_divergent_inner_draw")
-    assert inner["outcome"] == "failed" and inner["failing_ranks"] == list(range(1, n))
+    assert inner["outcome"] == "error" and inner["failing_ranks"] == list(range(1, n))
     assert "divergent draws" in inner["message"] and "lockstep inner draw" in inner["longrepr"]
 
 
 def test_lockstep_failure_on_one_rank_shrinks_in_step(ranks_job):
     _, job, _ = ranks_job
     record = job.record("test_lockstep_fails_on_rank_1")
-    assert (record["outcome"], record["failing_ranks"]) == ("failed", [1])
+    assert (record["outcome"], record["failing_ranks"]) == ("wrong", [1])
     assert "fails on rank 1" in record["longrepr"]
     # Every rank shrank to the same failing example.
     n = ranks_job[0]
@@ -133,9 +133,11 @@ def test_lockstep_failure_on_one_rank_shrinks_in_step(ranks_job):
 
 def test_unsupported_op_must_raise_everywhere(ranks_job):
     n, job, _ = ranks_job
-    assert job.record("test_unsupported_op_raises")["outcome"] == "passed"
+    # Raised as the manifest names for the declared-unsupported feature.
+    assert job.record("test_unsupported_op_raises")["outcome"] == "unsupported"
+    assert job.record("test_unsupported_op_raises")["unsupported"] == ["sum_scatter"]
     record = job.record("test_unsupported_op_does_not_raise")
-    assert (record["outcome"], record["failing_ranks"]) == ("failed", list(range(n)))
+    assert (record["outcome"], record["failing_ranks"]) == ("wrong", list(range(n)))
     assert "returned normally" in record["longrepr"]
     assert job.record("test_unsupported_dtype_is_declared")["outcome"] == "passed"
 
@@ -144,7 +146,7 @@ def test_mpi_marker_min_size_and_xfail(ranks_job):
     n, job, _ = ranks_job
     assert job.record("test_needs_64_ranks")["outcome"] == "skipped"
     record = job.record("test_xfail_on_rank_0")  # strict xfail passes on ranks 1.. -> failure
-    assert (record["outcome"], record["failing_ranks"]) == ("failed", list(range(1, n)))
+    assert (record["outcome"], record["failing_ranks"]) == ("error", list(range(1, n)))
 
 
 def test_only_rank_0_writes_the_terminal(ranks_job):

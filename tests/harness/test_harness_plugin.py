@@ -108,18 +108,19 @@ def test_results_file_has_the_contract_fields(pytester):
     )
     results = pytester.path / "out" / "results.jsonl"
     pytester.runpytest(f"--conformance-results={results}", "--conformance-seed=11")
-    records = {
-        json.loads(line)["nodeid"].split("::")[1]: json.loads(line)
-        for line in results.read_text().splitlines()
-    }
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    header, tests = lines[0], lines[1:]
+    assert (header["kind"], header["schema"], header["backend"]) == ("session", 2, "reference")
+    assert header["declared"] == [] and header["capabilities"]["split"] is True
+    records = {line["nodeid"].split("::")[1]: line for line in tests}
     fields = {
-        "nodeid", "outcome", "failing_ranks", "message", "longrepr", "duration",
-        "level", "area", "seed", "world_size", "backend",
+        "schema", "kind", "nodeid", "outcome", "failing_ranks", "message", "longrepr", "duration",
+        "level", "tier", "area", "seed", "world_size", "backend", "unsupported",
     }  # fmt: skip
     assert all(set(r) == fields for r in records.values())
     assert {name: r["outcome"] for name, r in records.items()} == {
         "test_passes": "passed",
-        "test_fails": "failed",
+        "test_fails": "wrong",
         "test_errors": "error",
         "test_xfails": "xfailed",
     }

@@ -20,7 +20,7 @@ def drive(stream: io.StringIO) -> str:
     records.append({"nodeid": "m.py::b", "outcome": "crashed"})
     progress.update(3, records, collected)
     progress.update(3, records, collected)
-    records.append({"nodeid": "m.py::c", "outcome": "failed"})
+    records.append({"nodeid": "m.py::c", "outcome": "wrong"})
     progress.update(3, records, collected, final=True)
     return stream.getvalue()
 
@@ -30,7 +30,7 @@ def test_log_output_has_plain_lines_and_each_failure_once() -> None:
     assert lines == [
         "np=3 1/3 tests done, 0 failed, 0 hung or crashed",
         "np=3 CRASHED m.py::b",
-        "np=3 FAILED m.py::c",
+        "np=3 WRONG m.py::c",
         "np=3 3/3 tests done, 1 failed, 1 hung or crashed",
     ]
 
@@ -44,5 +44,5 @@ def test_terminal_output_rewrites_one_line_and_ends_it() -> None:
 
 def test_quiet_prints_nothing() -> None:
     stream = io.StringIO()
-    Progress(stream, quiet=True).update(1, [{"nodeid": "x", "outcome": "failed"}], ["x"])
+    Progress(stream, quiet=True).update(1, [{"nodeid": "x", "outcome": "wrong"}], ["x"])
     assert stream.getvalue() == ""
