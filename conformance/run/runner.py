@@ -812,7 +812,7 @@ class _RunState:
             deviations=self.known,
             deviations_file=self.deviation_path,
             # Under -k/-m/paths an entry about tests that were not selected is out of scope.
-            full_run=not (opts.keyword or opts.markers or opts.paths),
+            scope="selected" if opts.keyword or opts.markers else "files" if opts.paths else "all",
             duration=time.monotonic() - self.started,
             launcher=f"{Path(self.launcher.path).name} ({self.launcher.flavor}: "
             f"{self.launcher.library_version})",
