@@ -72,22 +72,37 @@ def ends_job(
     return not agreement_checks or str(outcome) not in TRUSTED_OUTCOMES
 
 
-def job_end_line(nodeid: str, when: float) -> str:
-    """The line a test prints before ending its job on purpose."""
-    return f"{JOB_END_MARK} {nodeid} at {when:.3f}"
+def job_end_line(nodeid: str, when: float, **fields: str | None) -> str:
+    """The line a test prints before ending its job on purpose (``fields``: level, tier)."""
+    extra = "".join(f" {key}={value}" for key, value in sorted(fields.items()) if value)
+    return f"{JOB_END_MARK} {nodeid} at {when:.3f}{extra}"
 
 
-def expected_job_end(output: str, nodeid: str) -> float | None:
-    """The time a test announced ending its job on purpose in ``output``, or None."""
+def expected_job_end(output: str, nodeid: str) -> tuple[float, dict[str, str]] | None:
+    """When a test announced ending its job on purpose in ``output``, and its fields, or None."""
     found = None
     for line in output.splitlines():
         at = line.find(JOB_END_MARK)
         if at < 0:
             continue
         rest = line[at + len(JOB_END_MARK) :].split()
-        if len(rest) == 3 and rest[0] == nodeid and rest[1] == "at":
-            try:
-                found = float(rest[2])
-            except ValueError:
-                continue
+        if len(rest) < 3 or rest[0] != nodeid or rest[1] != "at":
+            continue
+        try:
+            when = float(rest[2])
+        except ValueError:
+            continue
+        found = when, dict(part.split("=", 1) for part in rest[3:] if "=" in part)
+    return found
+
+
+def announced_tests(output: str) -> list[str]:
+    """Node ids of the tests that announced ending their job in ``output``, in order."""
+    found = []
+    for line in output.splitlines():
+        at = line.find(JOB_END_MARK)
+        if at >= 0:
+            rest = line[at + len(JOB_END_MARK) :].split()
+            if rest:
+                found.append(rest[0])
     return found

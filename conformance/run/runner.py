@@ -599,7 +599,7 @@ class _Attempts:
                 return
             barren = 0
             if action is Action.BLAME:
-                record = blame_record(self.opts, self.np, remaining[0], job)
+                record = blame_record(self.opts, self.np, _running(job, remaining), job)
                 self.runner_records.append(record)
                 self.progress.update(self.np, self.current(), self.collected)
                 expected = record["outcome"] == "passed"
@@ -641,13 +641,23 @@ class _Attempts:
         )
 
 
+def _running(job: JobOutcome, remaining: list[str]) -> str:
+    """The test that was running when ``job`` ended: one that announced ending the job, else the
+    first collected test without a record (the job runs tests in collection order)."""
+    announced = isolation.announced_tests(tail(job.output_path, 10 * TAIL_LINES))
+    for nodeid in reversed(announced):
+        if nodeid in remaining:
+            return nodeid
+    return remaining[0]
+
+
 def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dict[str, Any]:
     """The runner's record of the test running when ``job`` ended early: ``hung`` when the
     runner ended it, ``passed`` when the test announced ending the job on purpose and the job
     ended within the deadline after that (SEMANTICS.md, "Dead and stalled peers"), else
     ``crashed``."""
     output = tail(job.output_path, 10 * TAIL_LINES)
-    announced = isolation.expected_job_end(output, nodeid)
+    announced, fields = isolation.expected_job_end(output, nodeid) or (None, {})
     if job.killed:
         outcome = "hung"
         message = (
@@ -670,7 +680,8 @@ def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dic
             outcome,
             message=message,
             duration=None,
-            level=None,
+            level=fields.get("level"),
+            tier=fields.get("tier"),
             area=_area_of(nodeid),
             seed=None,
             world_size=np,
@@ -820,6 +831,8 @@ class _RunState:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m conformance run``."""
+    # Long but flat: one add_argument per option, read top to bottom like --help.
     parser = argparse.ArgumentParser(
         prog="python -m conformance run",
         description="Run the conformance suite under MPI at several rank counts and write "

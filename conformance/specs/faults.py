@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conformance.harness import isolation
+from conformance.harness import isolation, levels
 from conformance.harness.control import active as active_control
 
 
@@ -32,15 +32,18 @@ def require_faults(config: pytest.Config, capabilities: object) -> None:
         pytest.skip("backend declares no timeouts; fault tests are opt-in (-m faults)")
 
 
-def announce_job_end(nodeid: str) -> None:
+def announce_job_end(item: pytest.Item) -> None:
     """Print the runner's job-end mark (rank 0) and wait until every rank is past this point,
     so the mark is out before any rank dies."""
     plane = active_control()
     if plane is None or plane.rank == 0:
-        sys.__stdout__.write(isolation.job_end_line(nodeid, time.time()) + "\n")
+        line = isolation.job_end_line(
+            item.nodeid, time.time(), level=levels.level_of(item), tier=levels.tier_of(item)
+        )
+        sys.__stdout__.write(line + "\n")
         sys.__stdout__.flush()
     if plane is not None:
-        plane.barrier(("faults", "job end announced", nodeid))
+        plane.barrier(("faults", "job end announced", item.nodeid))
     # Let the launcher forward the mark before the job is torn down.
     time.sleep(0.5)
 

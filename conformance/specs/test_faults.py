@@ -62,7 +62,7 @@ def test_killed_rank_ends_the_job_in_time(request, backend, world, short_deadlin
     """
     require_size(world, 2)
     rank, victim = world.rank(), faults.victim(world.size())
-    faults.announce_job_end(request.node.nodeid)
+    faults.announce_job_end(request.node)
     if rank == victim:
         if when == "before-collective":
             faults.kill_self()
