@@ -94,6 +94,10 @@ class Capabilities:
     sum_scatter: bool = True
     send_to_self: bool = True
     timeouts: bool = False
+    #: Whether mismatched collectives are detected across ranks before data moves. Without such
+    #: checks a robust test can pass yet leave stray bytes behind, so ``--isolate=auto`` gives
+    #: every robust test a job of its own.
+    agreement_checks: bool = True
 
     def __post_init__(self) -> None:
         unknown_ops = set(self.ops) - set(API_NAMES)

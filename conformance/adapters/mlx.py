@@ -102,6 +102,7 @@ def ring_capabilities(world_size: int = 2) -> Capabilities:
         sum_scatter=world_size == 1,
         send_to_self=False,
         timeouts=False,
+        agreement_checks=False,  # MLX checks nothing across ranks (SEMANTICS.md)
     )
 
 

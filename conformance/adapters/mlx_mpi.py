@@ -100,6 +100,7 @@ def mpi_capabilities(world_size: int) -> Capabilities:
         sum_scatter=world_size == 1,
         send_to_self=True,
         timeouts=False,
+        agreement_checks=False,  # MLX checks nothing across ranks (SEMANTICS.md)
     )
 
 
