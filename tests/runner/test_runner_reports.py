@@ -4,10 +4,13 @@ across rank counts, tier costs, no machine paths, JSON and JUnit."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conformance import records as records_mod
 from conformance.run import deviations, reports
@@ -291,3 +294,88 @@ def test_crash_details_from_launcher_output() -> None:
     assert reports.crash_details(hydra)["rank"] is None
     ompi = "mpiexec noticed that process rank 3 with PID 77 on node n1 exited on signal 11 (x)."
     assert reports.crash_details(ompi) == {"rank": 3, "pid": 77, "signal": 11}
+
+
+DECLARING_BACKEND = '''
+"""The reference, declaring complex64 all_max/all_min unsupported (a core feature) and raising
+as the manifest asks when given it."""
+import numpy as np
+
+import reference
+from conformance.backend import DATA_OPS, DTYPE_NAMES, Capabilities
+from reference import (  # noqa: F401
+    Group, all_gather, all_sum, init, is_available, recv, recv_like, send, sum_scatter,
+)
+
+BACKEND_NAME = "declaring"
+__version__ = "0.0.1"
+capabilities = Capabilities(
+    dtypes={
+        op: frozenset(DTYPE_NAMES) - ({"complex64"} if op in ("all_max", "all_min") else set())
+        for op in DATA_OPS
+    }
+)
+
+
+def _refuse(op, x, group):
+    if np.asarray(x).dtype == np.complex64:
+        raise TypeError(f"{op}: complex64 is not supported by this backend")
+    return getattr(reference, op)(x, group=group)
+
+
+def all_max(x, *, group=None, stream=None):
+    return _refuse("all_max", x, group)
+
+
+def all_min(x, *, group=None, stream=None):
+    return _refuse("all_min", x, group)
+'''
+
+
+@pytest.mark.slow
+def test_a_core_feature_declared_unsupported_fails_a_real_two_rank_run(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Every selected test ends as declared (complex64 raises as the manifest names), yet the run
+    fails: complex64 is core, and the report says which feature and why it is not optional. A
+    deviation entry naming the feature excuses it, and core is then DEVIATES, not PASS."""
+    from conformance.run import runner
+
+    (tmp_path / "h4_declaring.py").write_text(DECLARING_BACKEND, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+    spec = runner.package_root() / "conformance" / "specs" / "test_all_max_all_min.py"
+
+    def run(name: str, deviations_file: Path) -> tuple[int, dict[str, Any], str]:
+        opts = runner.RunOptions(
+            backend="h4_declaring",
+            nps=[2],
+            keyword="test_complex_lexicographic or test_bool_max_is_or_min_is_and",
+            paths=[str(spec)],
+            report_dir=tmp_path / name,
+            deviations=deviations_file,
+            timeout=30.0,
+            quiet=True,
+        )
+        status = runner.run(opts)
+        data = json.loads((tmp_path / name / "report.json").read_text())
+        return status, data, (tmp_path / name / "report.md").read_text()
+
+    status, data, md = run("declared", tmp_path / "none.toml")
+    assert status == 1
+    assert (data["totals"]["unsupported"], data["totals"]["passed"]) == (2, 2)
+    assert data["levels"]["core"]["verdict"] == "FAIL"
+    assert "all_max[complex64] is declared unsupported (np=2) but it is not optional" in md
+    assert "every data op takes all 14" in md and "| `all_min[complex64]` | 2 |" in md
+    excuse = tmp_path / "excuse.toml"
+    excuse.write_text(
+        "".join(
+            f'[[deviation]]\nfeature = "{op}[complex64]"\nreason = "no complex {op}"\n'
+            'no_upstream = "a test backend"\n\n'
+            for op in ("all_max", "all_min")
+        ),
+        encoding="utf-8",
+    )
+    status, data, md = run("excused", excuse)
+    assert status == 0, md
+    assert data["declared_away"] == [] and data["levels"]["core"]["verdict"] == "DEVIATES"
+    assert "core, excused by a deviation" in md
