@@ -121,7 +121,7 @@ def _supported(capabilities: Any) -> bool:
 @pytest.mark.sequences
 @pytest.mark.spec(OP, rule="repeated")
 def test_same_shape_hundreds_of_times(backend, world, control, capabilities):
-    """300 all_sum calls in a row with one shape and dtype, then a mixed sequence of 300 calls
+    """300 all_sum calls in a row with one shape and dtype, then a mixed sequence of 200 calls
     whose runs repeat (runs of 1 to 200 calls of one op, shape and dtype).
 
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls:
@@ -136,7 +136,7 @@ def test_same_shape_hundreds_of_times(backend, world, control, capabilities):
         collective_step(backend, "all_sum", world, mates, (5,), "int32", salt)
         for salt in range(SAME_SHAPE_CALLS)
     )
-    steps = itertools.chain(same, mixed(backend, world, mates, SAME_SHAPE_CALLS, 300))
+    steps = itertools.chain(same, mixed(backend, world, mates, SAME_SHAPE_CALLS, 200))
     problems, _ = run_steps(control, steps)
     settle(problems, "calls in a row on the world")
 

@@ -29,7 +29,7 @@ RULE = "groups"
 # (dtype, elements per group rank): a small message and one past a 16 KiB eager limit.
 CASES = (("int64", 13), ("float32", 5003))
 # The alternating shape goes round its groups this many times.
-ROUNDS = 3
+ROUNDS = 2
 
 
 def _ops() -> list[Any]:

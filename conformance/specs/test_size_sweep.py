@@ -59,9 +59,13 @@ def sweep_collective(
     size, rank = world.size(), world.rank()
     problems: list[str | None] = []
     for count in counts:
-        rows = sizes.scatter_rows(size, count) if op == "sum_scatter" else count
-        inputs = sizes.blocks(size, rows, dtype, salt)
-        what = sizes.label(op, dtype, rows)
+        inputs = sizes.blocks(size, count, dtype, salt)
+        if op == "sum_scatter":
+            rows = sizes.scatter_rows(size, count)
+            if rows == 0:
+                continue  # fewer elements than ranks: the other counts cover the small end
+            inputs = tuple(b[:rows] for b in inputs)
+        what = sizes.label(op, dtype, inputs[0].shape[0])
         got, digests = call_everywhere(control, what, _runner(backend, op, inputs[rank], world))
         if op != "sum_scatter":
             problems.append(differing(digests, what))
