@@ -3,7 +3,7 @@
 docs/contracts.md, "Data planes". ``mpi``: one MPI collective from the caller's buffer into the
 result (works everywhere). ``shm``: the shared-memory plane of ``reference.shm``, for a group whose
 ranks all share one node. ``auto`` (the default) takes shm when the group is on one node and the
-payload is at least the op's threshold below, measured at 2 ranks on a 2-core machine
+payload is in the op's range below, measured at 2 ranks on a 2-core machine
 (docs/benchmarks.md); a group that spans nodes always uses MPI.
 
 ``REFERENCE_DATA_PLANE=mpi|shm|auto`` or ``set_data_plane(name)`` chooses; every rank of a group
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 PLANE_ENV = "REFERENCE_DATA_PLANE"
 PLANES = ("mpi", "shm", "auto")
 
-# Smallest payload (bytes per rank's input) for which ``auto`` takes shared memory; None: never.
-AUTO_THRESHOLDS: dict[str, int | None] = {
+# Payload range (bytes of each rank's input, [from, below)) in which ``auto`` takes shared
+# memory; None: never.
+AUTO_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": None,
     "all_max": None,
     "all_min": None,
@@ -66,8 +67,8 @@ def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
     if _plane == "mpi":
         return None
     if _plane == "auto":
-        threshold = AUTO_THRESHOLDS[op]
-        if threshold is None or nbytes < threshold:
+        bounds = AUTO_RANGES[op]
+        if bounds is None or not bounds[0] <= nbytes < bounds[1]:
             return None
     if group._segment is None:
 

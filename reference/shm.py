@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # Per-rank chunk and pipeline depth: a rank copies chunk k+1 in while its peers still copy
 # chunk k out. Measured at 2 ranks on 2 cores (see docs/benchmarks.md).
-CHUNK_BYTES = 512 * 1024
+CHUNK_BYTES = 1 << 20
 DEPTH = 2
 # Each rank's counters sit on their own cache line: polling one rank's never stalls another's.
 _LINE = 64
@@ -90,7 +90,6 @@ class Segment:
         self._slots = memory[size * _LINE :].reshape(size, DEPTH, chunk_bytes)
         # Chunks every rank has started: the same on every rank, since all run the same calls.
         self._chunks = 0
-        self._scratch: np.ndarray | None = None
 
     @classmethod
     def create(
@@ -173,29 +172,49 @@ class Segment:
     # -- the collectives; inputs and outputs are flat and C-contiguous --
 
     def all_reduce(self, kind: str, src: np.ndarray, out: np.ndarray) -> None:
-        """``out = src (kind) over the ranks``: each rank reduces one slice of every chunk."""
+        """``out = src (kind) over the ranks``: each rank reduces one slice of every chunk.
+
+        A rank's own slice never leaves its private input: peers only read the other slices of
+        its slot, and it reduces its slice straight from ``src`` into that slice of its slot.
+        """
         per = self.chunk_bytes // src.itemsize
         count = max(1, math.ceil(src.size / per))
         first = self._reserve(count)
-        size = self.size
-        # (start, stop) of rank r's slice of a full chunk, and of the last (shorter) one.
-        self._copy_in(src, first, per, 0)
+        rank = self.rank
+        self._copy_in_others(src, first, per, 0)
         for index in range(count):
             chunk = first + index
             start = index * per
-            length = min(per, src.size - start)
-            bounds = [length * r // size for r in range(size + 1)]
+            bounds = self._bounds(min(per, src.size - start))
+            lo, hi = bounds[rank], bounds[rank + 1]
             self._wait(_COPIED_IN, chunk + 1)
             views = [row.view(src.dtype) for row in self._slots[:, chunk % DEPTH]]
-            self._reduce_slice(kind, views, bounds[self.rank], bounds[self.rank + 1])
+            parts = [view[lo:hi] for view in views]
+            parts[rank] = src[start + lo : start + hi]
+            _reduce(kind, parts, views[rank][lo:hi])
             self._publish(_REDUCED, chunk + 1)
             if index + 1 < count:
-                self._copy_in(src, first, per, index + 1)
+                self._copy_in_others(src, first, per, index + 1)
             self._wait(_REDUCED, chunk + 1)
-            for r in range(size):
+            for r in range(self.size):
                 lo, hi = bounds[r], bounds[r + 1]
                 out[start + lo : start + hi] = views[r][lo:hi]
             self._publish(_COPIED_OUT, chunk + 1)
+
+    def _bounds(self, length: int) -> list[int]:
+        """Rank r reduces elements ``[bounds[r], bounds[r + 1])`` of a chunk of ``length``."""
+        return [length * r // self.size for r in range(self.size + 1)]
+
+    def _copy_in_others(self, src: np.ndarray, first: int, per: int, index: int) -> None:
+        """Chunk ``index`` of ``src`` into this rank's buffer, but for its own slice."""
+        chunk = first + index
+        piece = src[index * per : (index + 1) * per]
+        bounds = self._bounds(piece.size)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        slot = self._buffer_free(chunk).view(src.dtype)
+        slot[:lo] = piece[:lo]
+        slot[hi : piece.size] = piece[hi:]
+        self._publish(_COPIED_IN, chunk + 1)
 
     def _copy_in(self, src: np.ndarray, first: int, per: int, index: int) -> None:
         chunk = first + index
@@ -203,28 +222,6 @@ class Segment:
         slot = self._buffer_free(chunk).view(src.dtype)
         slot[: piece.size] = piece
         self._publish(_COPIED_IN, chunk + 1)
-
-    def _reduce_slice(self, kind: str, views: list[np.ndarray], lo: int, hi: int) -> None:
-        """This rank's slice of the chunk, reduced in rank order into its own slot.
-
-        Partial results go to the own slot only once its own input has been read (any rank
-        other than 0 and 1 accumulates in private scratch until then).
-        """
-        if hi <= lo:
-            return
-        parts = [view[lo:hi] for view in views]
-        mine = parts[self.rank]
-        scratch = self._scratch_for(mine) if self.rank >= 2 else None
-        accumulated = parts[0]
-        for r in range(1, self.size):
-            target = mine if r >= self.rank else scratch
-            combine_into(kind, accumulated, parts[r], target)
-            accumulated = target
-
-    def _scratch_for(self, like: np.ndarray) -> np.ndarray:
-        if self._scratch is None:
-            self._scratch = np.empty(self.chunk_bytes, np.uint8)
-        return self._scratch[: like.nbytes].view(like.dtype)
 
     def all_gather(self, src: np.ndarray, out: np.ndarray) -> None:
         """``out[r * n : (r + 1) * n] = rank r's src`` (bytes): every rank copies every slot."""
@@ -266,21 +263,32 @@ class Segment:
             length = min(per, block - start)
             lo = self.rank * per
             parts = [row.view(src.dtype)[lo : lo + length] for row in self._slots[:, chunk % DEPTH]]
-            target = out[start : start + length]
-            accumulated = parts[0]
-            for r in range(1, size):
-                combine_into(SUM, accumulated, parts[r], target)
-                accumulated = target
+            parts[self.rank] = blocks[self.rank, start : start + length]
+            _reduce(SUM, parts, out[start : start + length])
             self._publish(_COPIED_OUT, chunk + 1)
 
     def _scatter_in(self, blocks: np.ndarray, first: int, per: int, index: int) -> None:
-        """Chunk ``index`` of every block into this rank's buffer, block r at offset r * per."""
+        """Chunk ``index`` of every peer's block into this rank's buffer, block r at r * per.
+
+        The block this rank reduces itself never leaves its private input.
+        """
         chunk = first + index
         pieces = blocks[:, index * per : (index + 1) * per]
         slot = self._buffer_free(chunk).view(blocks.dtype)
         length = pieces.shape[1]
-        slot[: self.size * per].reshape(self.size, per)[:, :length] = pieces
+        for r in self._peers:
+            slot[r * per : r * per + length] = pieces[r]
         self._publish(_COPIED_IN, chunk + 1)
+
+
+def _reduce(kind: str, parts: list[np.ndarray], target: np.ndarray) -> None:
+    """``target = parts[0] (kind) parts[1] (kind) ...``, in rank order; target is no input."""
+    if target.size == 0:
+        return
+    accumulated = parts[0]
+    for part in parts[1:]:
+        combine_into(kind, accumulated, part, target)
+        accumulated = target
 
 
 def run(move: Callable[[], None], on_stall: Callable[[list[int], float], Exception]) -> None:

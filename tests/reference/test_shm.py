@@ -161,8 +161,8 @@ def test_mpi_plane_never_maps_a_segment(world, comm, plane):
     reference.all_sum(np.ones(100_000, np.float32), group=sub)
     assert sub._segment is None
     plane("auto")
-    threshold = dataplane.AUTO_THRESHOLDS["all_sum"]
-    if threshold is None or threshold > 4096:
+    bounds = dataplane.AUTO_RANGES["all_sum"]
+    if bounds is None or bounds[0] > 4096:
         reference.all_sum(np.ones(1024, np.float32), group=sub)
         assert sub._segment is None
 
