@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,3 +170,38 @@ def _alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_signal_ends_every_tracked_job_tree_and_raises(tmp_path: Path) -> None:
+    """SIGTERM inside interruptible(): every job's tree (children that left its process group
+    included) is gone, Interrupted carries the signal, and no job starts afterwards."""
+    pids = tmp_path / "pids"
+    # The grandchild starts a session of its own, as MPICH's hydra does for each rank.
+    script = f"setsid sleep 300 & echo $! > {pids}; sleep 300"
+    try:
+        with pytest.raises(launcher.Interrupted) as caught:
+            with launcher.interruptible():
+                proc = launcher.start_job(["sh", "-c", script])
+                deadline = time.monotonic() + 30
+                while not (pids.exists() and pids.read_text().strip()):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                time.sleep(30)
+        assert caught.value.signum == signal.SIGTERM
+        assert launcher.exit_status(caught.value.signum) == 143
+        grandchild = int(pids.read_text())
+        assert proc.poll() is not None
+        assert not _alive(grandchild)
+        with pytest.raises(launcher.Interrupted):
+            launcher.start_job(["true"])
+    finally:
+        launcher.reset_interrupts()
