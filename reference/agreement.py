@@ -5,11 +5,12 @@ with the same shape and dtype; the reference checks before moving data, every ra
 disagreement or of an invalid argument on any rank, and all raise the same error naming the ranks
 and what each passed. No rank is left blocked.
 
-Each rank sends every peer one fixed-size slot: a header (error flag, call number, op, dtype,
-shape, byte count, two op arguments) followed by the payload itself when it fits in
-``INLINE_BYTES``. So a small collective costs exactly one exchange: once the headers agree, every
-rank already holds every block and reduces them locally. The header exchange is point to point so
-that a deadline can name exactly the peers that never arrived.
+Each rank sends every peer one slot: a header (error flag, call number, op, dtype, shape, byte
+count, two op arguments) followed by the payload itself when it fits in ``INLINE_BYTES``. So a
+small collective costs exactly one exchange: once the headers agree, every rank already holds
+every block and reduces them locally. Slots travel short (up to ``SHORT_BYTES`` of payload) or
+long; the receives always take a long one. The header exchange is point to point so that a
+deadline can name exactly the peers that never arrived.
 
 Only when something is wrong does a second exchange follow, carrying each rank's description of
 its call and its error text; every rank saw the same headers, so every rank takes that path.
@@ -34,7 +35,11 @@ if TYPE_CHECKING:
 # error, call number, op, dtype code, ndim, nbytes, shape hash, argument 0, argument 1
 HEADER = struct.Struct("<9q")
 _AGREED_FIELDS = slice(1, 7)
-INLINE_BYTES = 512
+# Up to 4 KiB a payload rides with the header: one exchange instead of two rounds (measured at
+# 2 ranks: a 4 KiB all_gather 7.9 us with a separate data phase). Up to SHORT_BYTES the slot is
+# sent short, so tiny calls do not copy 4 KiB.
+INLINE_BYTES = 4096
+SHORT_BYTES = 512
 SLOT_BYTES = HEADER.size + INLINE_BYTES
 
 TAG_HEADER = 11
@@ -68,10 +73,14 @@ class HeaderExchange:
         self.send_slot = self.slots[rank]
         self.rows = list(self.slots)
         self.peers = [peer for peer in range(size) if peer != rank]
-        self.requests: list[MPI.Prequest] = []
+        short_slot = self.send_slot[: HEADER.size + SHORT_BYTES]
+        # Per peer [receive, send]: index // 2 is the peer, an even index a receive.
+        self.short: list[MPI.Prequest] = []
+        self.long: list[MPI.Prequest] = []
         for peer in self.peers:
-            self.requests.append(comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER))
-            self.requests.append(comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER))
+            receive = comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER)
+            self.short += [receive, comm.Send_init([short_slot, MPI.BYTE], peer, TAG_HEADER)]
+            self.long += [receive, comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER)]
         self.start = MPI.Prequest.Startall
         self._stacked: dict[tuple[np.dtype, tuple[int, ...]], np.ndarray] = {}
 
@@ -107,7 +116,8 @@ def agree(
     rank = group._rank
     group._calls += 1
     nbytes = _pack(exchange.send_slot, group._calls, op, array, error, arguments)
-    exchange.start(exchange.requests)
+    requests = exchange.long if SHORT_BYTES < nbytes <= INLINE_BYTES else exchange.short
+    exchange.start(requests)
 
     def never_arrived(pending: list[int], seconds: float) -> Exception:
         missing = sorted({exchange.peers[index // 2] for index in pending if index % 2 == 0})
@@ -116,7 +126,7 @@ def agree(
             f"{_names(missing)} to call {op} (rank {rank} of {group._size} was waiting)"
         )
 
-    deadline.wait_all(exchange.requests, never_arrived)
+    deadline.wait_all(requests, never_arrived)
     headers = [HEADER.unpack_from(row) for row in exchange.rows]
     own = headers[rank][_AGREED_FIELDS]
     for header in headers:

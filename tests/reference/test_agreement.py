@@ -254,3 +254,24 @@ def test_inexact_float_sums_are_bit_identical_on_every_rank(world, comm, name, c
     everyone = allgather(comm, result.tobytes())
     assert result.dtype == x.dtype and result.shape == x.shape
     assert all(other == everyone[0] for other in everyone)
+
+
+def test_short_and_long_slots_alternate_without_stale_bytes(world, comm):
+    """Rounds alternate between short slots (payload up to SHORT_BYTES) and long ones (up to
+    INLINE_BYTES) on one group: every result is computed from its own call's data, never from
+    bytes a longer earlier slot left behind, and a disagreement across the two kinds is caught."""
+    short = agreement.SHORT_BYTES
+    sizes = [INLINE, 1, short + 1, short, INLINE - 1, 2, short // 2]
+    for salt, nbytes in enumerate(sizes):
+        x = encode(comm.rank, (nbytes,), np.uint8, salt=salt)
+        gathered = reference.all_gather(x, group=world)
+        total = reference.all_sum(x, group=world)
+        data = world_data(comm.size, (nbytes,), np.uint8, salt=salt)
+        assert gathered.tobytes() == np.concatenate(data).tobytes()
+        assert total.tobytes() == np.sum(np.stack(data), axis=0, dtype=np.uint8).tobytes()
+    # Rank 0 sends a long slot, the others short ones: every rank raises the disagreement.
+    nbytes = short + 8 if comm.rank == 0 else short - 8
+    outcome = attempt(reference.all_sum, np.zeros(nbytes, np.uint8), group=world)
+    outcomes = allgather(comm, outcome)
+    assert all(kind == "ValueError" and "disagree" in text for kind, text in outcomes)
+    assert_group_works(world, comm)
