@@ -12,6 +12,8 @@ knows what its group must return.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,6 +32,8 @@ RULE = "groups"
 CASES = (("int64", 13), ("float32", 5003))
 # The alternating shape goes round its groups this many times.
 ROUNDS = 2
+# Seconds a backend with deadlines gets per call here: small calls, far below the harness's.
+GROUP_DEADLINE = 20.0
 
 
 def _ops() -> list[Any]:
@@ -97,14 +101,30 @@ def test_op_on_group(backend, world, control, capabilities, op, shape):
         return
     if op == "send" and size == 1:
         pytest.skip("send needs a peer; the world has one rank")
-    groups = form_groups(world, shape)
-    problems: list[str | None] = []
-    rounds = ROUNDS if len(groups) > 1 else 1
-    for round_ in range(rounds):
-        for i, (group, mates) in enumerate(groups):
-            salt = 1000 + 10 * round_ + i
-            if op == "send":
-                problems += ring_on(backend, group, mates, rank, salt)
-            else:
-                problems += collective_on(backend, op, group, mates, rank, salt)
+    with bounded(backend, capabilities):
+        groups = form_groups(world, shape)
+        problems: list[str | None] = []
+        rounds = ROUNDS if len(groups) > 1 else 1
+        for round_ in range(rounds):
+            for i, (group, mates) in enumerate(groups):
+                salt = 1000 + 10 * round_ + i
+                if op == "send":
+                    problems += ring_on(backend, group, mates, rank, salt)
+                else:
+                    problems += collective_on(backend, op, group, mates, rank, salt)
     settle(problems, f"{op} on {shape} groups")
+
+
+@contextmanager
+def bounded(backend: Any, capabilities: Any) -> Iterator[None]:
+    """A backend with deadlines (``set_timeout``) gets ``GROUP_DEADLINE`` for the test: a call
+    on a group whose members do not all take part (a wrong communicator) then raises
+    TimeoutError, a failure naming the call, rather than hanging the job."""
+    if not capabilities.timeouts:
+        yield
+        return
+    previous = backend.set_timeout(GROUP_DEADLINE)
+    try:
+        yield
+    finally:
+        backend.set_timeout(previous)
