@@ -237,3 +237,40 @@ def test_a_late_peer_cannot_touch_results_already_returned(world, comm, plane):
     assert all(kind == "TimeoutError" for kind in outcomes), outcomes
     assert kept.tobytes() == snapshot.tobytes()
     assert reference.all_sum(np.int32(1), group=world) == comm.size
+
+
+class _SplitNode:
+    """A communicator whose node-local split is smaller than itself: ranks on several nodes."""
+
+    def __init__(self, comm) -> None:
+        self._comm = comm
+
+    def Ibarrier(self):
+        return self._comm.Ibarrier()
+
+    def Get_size(self) -> int:
+        return self._comm.Get_size()
+
+    def Split_type(self, split_type):
+        return _OneRankNode()
+
+
+class _OneRankNode:
+    def Get_size(self) -> int:
+        return 1
+
+    def Free(self) -> None:
+        pass
+
+
+def test_a_group_spanning_nodes_never_maps_a_segment(world, comm, plane):
+    """When the node-local split is smaller than the group, no segment is mapped and the
+    collective moves its data over MPI, even with the shm plane forced."""
+    plane("shm")
+    assert shm.Segment.create(_SplitNode(comm), TimeoutError) is None
+    sub = world.split(0)
+    sub._segment = False  # what segment_for records for a group that spans nodes
+    inputs = world_data(comm.size, (3000,), np.int32)
+    got = reference.all_sum(inputs[comm.rank], group=sub)
+    np.testing.assert_array_equal(got, expected_reduction("all_sum", inputs))
+    assert sub._segment is False
