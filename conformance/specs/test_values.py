@@ -21,9 +21,9 @@ from conformance.specs.tolerance import bits_mismatch, mismatch
 pytestmark = pytest.mark.values
 
 FLOATS = (*data.FLOAT_NAMES, "complex64")
-# Past the reference's inline paths (512 bytes, 16 KiB), where a chunked or vectorised
-# implementation takes another path.
-SIZES = (1000, 20_000)
+# Inline in the reference's agreement header (<= 512 bytes) and past every inline path (16 KiB),
+# where a chunked or vectorised implementation takes another path.
+SIZES = (40, 20_000)
 
 
 def _run(backend: Any, op: str, x: np.ndarray, group: Any) -> np.ndarray:
