@@ -32,11 +32,12 @@ MI = 1024 * KI
 # Primes between the thresholds: counts that no chunk or block size divides.
 PRIMES: tuple[int, ...] = (2, 3, 5, 7, 13, 61, 251, 1021, 4099, 65521, 262147, 1048573, 16777213)
 
-# Default run: every threshold region up to 256 Ki (2^k - 1, 2^k, 2^k + 1), then the partial
-# last chunk past 512 Ki and 1 Mi. The soak tier adds the rest up to 16 Mi + 1 elements (64 MiB
-# per rank in float32) and the large counts.
-DEFAULT_FULL_MAX = 256 * KI + 1
-DEFAULT_LARGE_COUNTS: tuple[int, ...] = (512 * KI + 1, MI + 1)
+# Default run: 2^k - 1, 2^k and 2^k + 1 up to 16 Ki, then both neighbours of every power of two
+# up to 256 Ki (the partial last chunk and the count one short), and 1 Mi + 1. The soak tier
+# adds the rest up to 16 Mi + 5 elements (64 MiB per rank in float32).
+DEFAULT_FULL_MAX = 16 * KI + 1
+DEFAULT_NEIGHBOURS_MAX = 256 * KI + 1
+DEFAULT_LARGE_COUNTS: tuple[int, ...] = (MI + 1,)
 SOAK_MAX_COUNT = 16 * MI + 1
 SOAK_LARGE_COUNTS: tuple[int, ...] = (4 * MI + 3, 16 * MI + 5)
 # The 14 dtypes at a few large counts (the dtype x size matrix is sparse; float32 has the sweep).
@@ -70,7 +71,10 @@ def sweep_counts(group_size: int, max_count: int, low: int = KI) -> list[int]:
 
 def default_counts(group_size: int) -> list[int]:
     """The default run's slice: every threshold region up to 256 Ki plus the large counts."""
-    return sweep_counts(group_size, DEFAULT_FULL_MAX) + list(DEFAULT_LARGE_COUNTS)
+    neighbours = threshold_counts(DEFAULT_FULL_MAX, DEFAULT_NEIGHBOURS_MAX)
+    neighbours = [c for c in neighbours if c & (c - 1)]  # 2^k - 1 and 2^k + 1
+    counts = sweep_counts(group_size, DEFAULT_FULL_MAX) + neighbours + list(DEFAULT_LARGE_COUNTS)
+    return sorted(set(counts))
 
 
 def soak_bands() -> dict[str, list[int]]:
@@ -79,10 +83,10 @@ def soak_bands() -> dict[str, list[int]]:
     test within the per-test deadline. None of them depends on the group size."""
     done = set(default_counts(1))
     swept = sweep_counts(1, SOAK_MAX_COUNT, low=DEFAULT_FULL_MAX) + list(SOAK_LARGE_COUNTS)
+    swept = [c for c in swept if c > DEFAULT_FULL_MAX]
     bands: dict[str, list[int]] = {}
     for count in sorted(set(swept) - done):
-        if count > DEFAULT_FULL_MAX:
-            bands.setdefault(_region(count), []).append(count)
+        bands.setdefault(_region(count), []).append(count)
     return bands
 
 

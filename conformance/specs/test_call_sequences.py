@@ -193,7 +193,7 @@ def _can_split(world: Any, capabilities: Any) -> bool:
 @pytest.mark.sequences
 @pytest.mark.spec(OP, rule="interleaved")
 def test_interleaved_groups_and_p2p(backend, world, control, capabilities):
-    """300 calls alternating world collectives, odd/even subgroup collectives, the world split
+    """200 calls alternating world collectives, odd/even subgroup collectives, the world split
     with reversed keys, and send/recv rings on the world and on the reversed group.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls:
@@ -204,7 +204,7 @@ def test_interleaved_groups_and_p2p(backend, world, control, capabilities):
         return
     if not _supported(capabilities):
         pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
-    problems, _ = run_steps(control, interleaved(backend, world, 300, 0))
+    problems, _ = run_steps(control, interleaved(backend, world, 200, 0))
     settle(problems, "interleaved groups and p2p")
 
 
