@@ -110,6 +110,20 @@ def _user_function(kind: str, dtype: np.dtype):
     return apply
 
 
+def has_native_op(kind: str, dtype: np.dtype) -> bool:
+    """Whether MPI's predefined ops already have the rule for ``kind`` on ``dtype``.
+
+    Where they do not (float max/min, complex max/min, float16/bfloat16 sums), an MPI reduction
+    would call back into Python for every chunk; the collectives then reduce by pairwise exchange
+    (``reference.scatter``) instead.
+    """
+    if dtype == BOOL:
+        return True
+    if kind == SUM:
+        return dtype not in _OVERFLOWING
+    return dtype not in FLOATING and dtype not in COMPLEX
+
+
 @functools.cache
 def mpi_op(kind: str, dtype: np.dtype) -> MPI.Op:
     """The MPI op implementing ``kind`` for ``dtype`` (cached; user ops are created once)."""

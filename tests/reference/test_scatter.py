@@ -87,3 +87,74 @@ def test_the_result_and_staging_buffers_are_not_recycled_after_a_timeout(world, 
     time.sleep(0.1)
     sync(comm)
     assert all((array == -1).all() for array in recycled), "a recycled buffer was written"
+
+
+@pytest.mark.parametrize(
+    "op, dtype",
+    [("all_max", np.float32), ("all_min", np.complex64), ("all_sum", np.float16)],
+)
+def test_exchanged_all_reduce_buffers_are_not_recycled_after_a_timeout(
+    world, comm, monkeypatch, op, dtype
+):
+    """The all-reduces without a native MPI op (exchange, then an in-place Iallgatherv): when a
+    rank arrives late, the ranks that gave up never get a recycled buffer that MPI writes later;
+    the late rank gets the right result or an error."""
+    sub = world.split(0)
+    slow = comm.size - 1
+    count = 1 << 15  # above the pool's threshold for every dtype here
+    x = np.full(count, comm.rank + 1, dtype)
+    expected = {"all_max": comm.size, "all_min": 1, "all_sum": comm.size * (comm.size + 1) / 2}
+    outcome = None
+    if comm.rank == slow:
+        real = collectives.all_reduce_into
+
+        def late(*args):
+            time.sleep(3 * SHORT)
+            return real(*args)
+
+        monkeypatch.setattr(collectives, "all_reduce_into", late)
+        previous = reference.set_timeout(3.0)
+        try:
+            outcome = attempt(getattr(reference, op), x, group=sub)
+        finally:
+            reference.set_timeout(previous)
+        monkeypatch.undo()
+        sync(comm)
+        sync(comm)
+        if outcome[0] == "ok":
+            assert (outcome[1] == expected[op]).all(), "the late rank got a wrong result"
+        return
+    previous = reference.set_timeout(SHORT)
+    try:
+        outcome = attempt(getattr(reference, op), x, group=sub)
+    finally:
+        reference.set_timeout(previous)
+    assert outcome[0] == "TimeoutError"
+    recycled = [buffers.empty((count,), np.dtype(dtype))]
+    if comm.size > 2:
+        per_block = -(-count // comm.size)
+        recycled.append(buffers.empty((comm.size - 2, per_block), np.dtype(dtype)))
+    for array in recycled:
+        array[...] = -1
+    sync(comm)
+    time.sleep(0.1)
+    sync(comm)
+    assert all((array == -1).all() for array in recycled), "a recycled buffer was written"
+
+
+@pytest.mark.parametrize("count", [5003, 4099, 1 << 14])
+def test_exchanged_max_is_bit_identical_everywhere_with_nan(world, comm, count):
+    """float max by exchange: uneven blocks, NaN from any rank propagates, and every rank holds
+    the same bytes as numpy's maximum folded in rank order."""
+    data = []
+    for r in range(comm.size):
+        x = ((np.arange(count) * (r + 3)) % 11 - 5).astype(np.float32) * 0.5
+        x[(np.arange(count) % (comm.size + 2)) == r] = np.nan
+        data.append(x)
+    result = reference.all_max(data[comm.rank], group=world)
+    expected = data[0]
+    for x in data[1:]:
+        expected = np.maximum(expected, x)
+    assert result.tobytes() == expected.tobytes()
+    everyone = comm.allgather(result.tobytes())
+    assert all(other == everyone[0] for other in everyone)
