@@ -33,6 +33,7 @@ from conformance.harness import collective, isolation, levels, outcomes, runinfo
 from conformance.harness import control as control_plane
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
 from conformance.harness.watchdog import (
+    COMPLETED_STATUSES,
     DEFAULT_TIMEOUT,
     EXIT_HUNG,
     CommMailbox,
@@ -214,7 +215,7 @@ class Harness:
 
     def close(self) -> None:
         self.log.write(f"session end, exit status {self.exitstatus}")
-        if self.size > 1 and not self._discard_logs() and self.exitstatus in (0, 1, 5):
+        if self.size > 1 and not self._discard_logs() and self.exitstatus in COMPLETED_STATUSES:
             # Ranks on other hosts keep their logs there; rank 0 gets a copy of each.
             self.watchdog.arm("sharing the per-rank logs")
             gather_logs(self.control, self.log)
@@ -269,10 +270,18 @@ class Harness:
 
     def _discard_logs(self) -> bool:
         """A temporary log directory is removed after a clean run; anything else is kept."""
-        return self._log_dir_is_temporary and self.exitstatus in (None, 0, 5)
+        return self._log_dir_is_temporary and self.exitstatus in (
+            None,
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.isolated and exitstatus in (0, 1, pytest.ExitCode.INTERRUPTED):
+        if self.isolated and exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.INTERRUPTED,
+        ):
             session.exitstatus = exitstatus = isolation.EXIT_ISOLATED
         self.exitstatus = int(exitstatus)
 

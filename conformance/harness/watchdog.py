@@ -34,9 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
+
 EXIT_HUNG = 3
 #: The per-test deadline (seconds) when none is given: the plugin's, the runner's, selftest's.
 DEFAULT_TIMEOUT = 60.0
+#: pytest exit statuses of a session that ran to its end (tests passed, failed, or none collected).
+COMPLETED_STATUSES = frozenset(
+    {pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED}
+)
 
 HangHandler = Callable[[str, dict[int, str]], None]
 

@@ -42,13 +42,11 @@ import conformance
 from conformance import records as records_mod
 from conformance.harness import isolation
 from conformance.harness.isolation import EXIT_ISOLATED
-from conformance.harness.watchdog import DEFAULT_TIMEOUT, EXIT_HUNG
+from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
 from conformance.run import hostfile, reports
 from conformance.run import launcher as launcher_mod
 
-#: pytest exit statuses that mean "the session ran to its end".
-COMPLETED_STATUSES = frozenset({ExitCode.OK, ExitCode.TESTS_FAILED, ExitCode.NO_TESTS_COLLECTED})
 #: pytest exit statuses of a session that could not run tests (interrupted; usage error, which
 #: the plugin also uses for ranks that collected different tests).
 _NOT_RUN = (ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR)

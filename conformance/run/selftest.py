@@ -195,7 +195,7 @@ def judge(
         return INCONCLUSIVE, [], "the job-level watchdog ended the job before any test failed"
     if returncode in _UNUSABLE and not records:
         return PROBLEM, [], f"the job could not run tests (status {returncode})"
-    if returncode not in (0, 1, 5):
+    if returncode not in runner.COMPLETED_STATUSES:
         return INCONCLUSIVE, [], f"the MPI job died (status {returncode}), no test failed"
     errors = [r for r in records if r.get("outcome") in MAYBE_CALL_FAILURES]
     detail = f"{len(records)} tests ran, none failed in its call"
