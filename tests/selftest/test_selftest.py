@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import reference
+from conformance import records
 from conformance.adapters import faulty
 from conformance.backend import BackendLoadError, load_backend
 from conformance.run import runner, selftest
@@ -365,3 +366,12 @@ def test_fault_job_launcher_adds_the_backend_deadline():
     wrapped = selftest._WithEnvironment(Plain(), {"REFERENCE_TIMEOUT": "30"})
     assert wrapped.environment(2) == {"BASE": "1", "NP": "2", "REFERENCE_TIMEOUT": "30"}
     assert wrapped.flavor == "mpich"
+
+
+def test_judge_classifies_every_outcome_the_records_define():
+    # A new outcome in conformance.records must get a decision here: does it catch a fault?
+    not_failures = {"passed", "skipped", "xfailed", "xpassed", "unsupported"}
+    classified = (
+        selftest.CALL_FAILURES | selftest.MAYBE_CALL_FAILURES | selftest.BROKEN_RUN | not_failures
+    )
+    assert {o.value for o in records.Outcome} <= classified
