@@ -168,6 +168,8 @@ class RunSummary:
         """The run's one word: FAIL unless ok; else PASS only if every level that ran passed."""
         if not self.ok:
             return "FAIL"
+        if not self.counts()["passed"]:
+            return "NO PASSES"
         words = {self.level_verdict(level)[0] for level in LEVELS} - {"NOT RUN"}
         return "PASS" if words <= {"PASS"} else "DEVIATES" if "DEVIATES" in words else "NO PASSES"
 

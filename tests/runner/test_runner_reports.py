@@ -125,6 +125,11 @@ def test_no_pass_for_a_level_where_nothing_passed() -> None:
     assert "PASS" not in reports.markdown(run).splitlines()[0].replace("NO PASSES", "")
 
 
+def test_no_pass_for_a_run_where_nothing_passed() -> None:
+    assert summary([]).verdict() == "NO PASSES"
+    assert summary([rec("s/test_a.py::x", 1, "skipped", level=None)]).verdict() == "NO PASSES"
+
+
 def test_a_level_with_excused_failures_deviates() -> None:
     run = summary(
         [rec("s/test_a.py::x", 1, "passed"), rec("s/test_a.py::y", 2, "wrong", deviation="k")]
