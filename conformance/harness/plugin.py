@@ -258,15 +258,18 @@ class Harness:
         try:
             backend = self.backend()
             described = f"{self.backend_spec} ({backend.name} {backend.version})"
+            declared = runinfo.declared_line(backend)
         except Exception as exc:
             described = f"{self.backend_spec} (failed to load: {exc})"
-        return runinfo.header_lines(
+            declared = []
+        lines = runinfo.header_lines(
             backend=described,
             world_size=self.size,
             timeout=self.timeout,
             log_dir=self.log_dir,
             seed=self.seed,
         )
+        return [*lines, *declared]
 
     def _discard_logs(self) -> bool:
         """A temporary log directory is removed after a clean run; anything else is kept."""

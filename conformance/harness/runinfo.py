@@ -90,3 +90,15 @@ def session_header(
         declared=declared,
         world_size=world_size,
     )
+
+
+def declared_line(backend: Any) -> list[str]:
+    """The header line naming every feature the backend declares unsupported, each marked
+    optional or core by the manifest (none: no line)."""
+    from conformance.specs.manifest import declared_unsupported
+
+    found = declared_unsupported(backend.capabilities)
+    if not found:
+        return []
+    shown = ", ".join(f"{d.feature} ({'optional' if d.optional else 'CORE'})" for d in found)
+    return [f"conformance declared unsupported: {shown}"]
