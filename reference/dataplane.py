@@ -24,20 +24,22 @@ PLANE_ENV = "REFERENCE_DATA_PLANE"
 PLANES = ("mpi", "shm", "auto")
 
 # Payload range (bytes of each rank's input, [from, below)) in which ``auto`` takes shared
-# memory; None: never. Measured at 2 ranks on the 2-core machine, plane alone against MPICH's
-# collective on the same buffers (load average under 3): all-reduce 2.2-3.4x and sum_scatter
-# 1.4-4x from 256 KiB to 64 MiB; all_gather 1.4x up to 1 MiB but 0.8-0.9x from 16 MiB (MPICH
-# copies once, the segment twice), so it stays on MPI. The threshold sits at 1 MiB, not 256 KiB:
-# with the machine shared by ~20 busy processes the shm plane measured 0.7-1.0x MPI's below
-# 1 MiB as often as above, and the reference's tests that inject delays into the MPI data phase
-# use payloads up to 512 KiB.
-_FROM_1_MIB = (1 << 20, 1 << 62)
+# memory; None: never. Measured at 2 ranks on the 2-core machine: the plane alone against
+# MPICH's collectives on an idle pair, all-reduce 2.2-3.4x and sum_scatter 1.4-4x from 256 KiB
+# to 64 MiB, all_gather 1.4x up to 1 MiB but 0.8-0.9x from 16 MiB (MPICH copies once, the
+# segment twice). But through the API, against the MPI plane of the same commit (its exchanges
+# for sum_scatter and large all-reduces, load average ~13): all_sum 0.91/1.58/1.09/1.15/1.49x
+# raw at 256K/1M/4M/16M/64M where the MPI plane gave 0.45/0.75/1.17/1.02/3.52x; sum_scatter
+# shm 1.11/0.96/0.66/0.92/2.69x, MPI plane 2.38/2.78/0.97/1.44/4.91x; all_gather shm
+# 2.03/1.29/0.79/0.64/0.38x, MPI plane 1.32/0.54/1.23/1.09/0.83x. Shared memory wins only
+# around 256 KiB-1 MiB for all_sum and all_gather, on a loaded machine: ``auto`` stays on MPI
+# until an idle measurement (``bench --data-planes mpi,shm``) sets a range here.
 AUTO_RANGES: dict[str, tuple[int, int] | None] = {
-    "all_sum": _FROM_1_MIB,
-    "all_max": _FROM_1_MIB,
-    "all_min": _FROM_1_MIB,
+    "all_sum": None,
+    "all_max": None,
+    "all_min": None,
     "all_gather": None,
-    "sum_scatter": _FROM_1_MIB,
+    "sum_scatter": None,
 }
 
 
