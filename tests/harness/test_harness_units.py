@@ -338,3 +338,29 @@ class TestWatchdog:
             dog.stop()
         assert (hung, ended) == ([], [])
         assert dog._thread not in threading.enumerate()
+
+
+class TestDeclaredCapabilities:
+    def test_only_the_manifests_optional_features_are_optional(self):
+        from conformance.specs.manifest import declared_unsupported
+
+        ring = Capabilities(
+            p2p_topology="neighbours", split=False, sum_scatter=False, send_to_self=False
+        )
+        found = declared_unsupported(ring)
+        assert [(d.feature, d.optional) for d in found] == [
+            ("sum_scatter", True),
+            ("Group.split", True),
+            ("send:neighbours", True),
+            ("send:self", True),
+        ]
+        assert found[0].error_types == ("RuntimeError",) and "sum_scatter" in found[0].error_match
+        no_complex = Capabilities(dtypes={"all_max": frozenset({"float32", "int32"})})
+        features = {d.feature: d for d in declared_unsupported(no_complex)}
+        assert not features["all_max[complex64]"].optional
+        assert "every data op takes all 14" in features["all_max[complex64]"].rule
+        assert features["all_max[complex64]"].error_match == "(?i)complex64"
+        assert "all_min[float32]" in features  # no dtypes listed for all_min: none supported
+        no_op = Capabilities(ops=frozenset({"init", "Group", "all_sum"}))
+        away = {d.feature for d in declared_unsupported(no_op) if not d.optional}
+        assert {"all_max", "send", "recv"} <= away and "sum_scatter" not in away
