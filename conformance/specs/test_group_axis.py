@@ -7,7 +7,8 @@ the same size used alternately from the same rank (a world in order and reversed
 two different pairs), the shapes of ``groups.GROUP_SHAPES``. A backend that caches subgroup
 communicators by size, mixes up group ranks and world ranks, or runs a call on the wrong members
 gets a wrong result here. Inputs of world rank w are ``data.contribution(w, ...)``, so each rank
-knows what its group must return.
+knows what its group must return. An op, dtype or split the backend declares unsupported is
+checked to raise as the manifest names (``declared``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from conformance.harness.collective import expect_unsupported
 from conformance.specs import data, exchanges, reductions
 from conformance.specs.calls import settle
+from conformance.specs.declared import collective_dtypes, p2p_dtypes
 from conformance.specs.groups import GROUP_SHAPES, form_groups
 from conformance.specs.tolerance import mismatch
 
@@ -43,17 +45,24 @@ def _ops() -> list[Any]:
     ]
 
 
+def _cases(dtypes: list[str]) -> list[tuple[str, int]]:
+    return [(dtype, count) for dtype, count in CASES if dtype in dtypes]
+
+
 def _rows(op: str, group_size: int, per_rank: int) -> int:
     return per_rank * group_size if op == "sum_scatter" else per_rank
 
 
-def collective_on(backend: Any, op: str, group: Any, mates: list[int], rank: int, salt: int):
-    """``op`` on ``group`` (members ``mates``, world ranks in group-rank order); the findings."""
+def collective_on(
+    backend: Any, op: str, group: Any, mates: list[int], rank: int, salt: int, dtypes: list[str]
+):
+    """``op`` on ``group`` (members ``mates``, world ranks in group-rank order) for each case of
+    ``CASES`` whose dtype is in ``dtypes``; the findings."""
     me = mates.index(rank)
     problems: list[str | None] = []
     if (group.rank(), group.size()) != (me, len(mates)):
         problems.append(f"group of {mates}: rank/size {group.rank()}/{group.size()}")
-    for dtype, per_rank in CASES:
+    for dtype, per_rank in _cases(dtypes):
         shape = (_rows(op, len(mates), per_rank),)
         blocks = [data.contribution(w, shape, dtype, salt) for w in mates]
         what = f"{op} {dtype} {shape} on the group of world ranks {mates}"
@@ -63,14 +72,15 @@ def collective_on(backend: Any, op: str, group: Any, mates: list[int], rank: int
     return problems
 
 
-def ring_on(backend: Any, group: Any, mates: list[int], rank: int, salt: int):
-    """send to group rank + 1, recv from group rank - 1 inside ``group``; the findings."""
+def ring_on(backend: Any, group: Any, mates: list[int], rank: int, salt: int, dtypes: list[str]):
+    """send to group rank + 1, recv from group rank - 1 inside ``group`` for each case of
+    ``CASES`` whose dtype is in ``dtypes``; the findings."""
     if len(mates) == 1:
         return []  # a group of one has no peer (its send raising is test_send_recv's)
     me = mates.index(rank)
     src = mates[(me - 1) % len(mates)]
     problems: list[str | None] = []
-    for dtype, count in CASES:
+    for dtype, count in _cases(dtypes):
         mine = data.contribution(rank, (count,), dtype, salt)
         theirs = data.contribution(src, (count,), dtype, salt)
         found = exchanges.ring_exchange(backend, group, mine, theirs, use_recv_like=salt % 2 == 1)
@@ -95,12 +105,15 @@ def test_op_on_group(backend, world, control, capabilities, op, shape):
             pytest.skip(f"{shape}: a group of one cannot be split (the world is its only group)")
         if expect_unsupported(capabilities, "split", world.split, 0):
             return
-    if op != "send" and not capabilities.supports(op):
-        x = data.contribution(rank, (size,), "float32")
-        reductions.unsupported_raises(backend, op, x, world)
-        return
-    if op == "send" and size == 1:
-        pytest.skip("send needs a peer; the world has one rank")
+    names = [dtype for dtype, _ in CASES]
+    if op == "send":
+        if size == 1:
+            pytest.skip("send needs a peer; the world has one rank")
+        dtypes = p2p_dtypes(backend, capabilities, world, names)
+    else:
+        dtypes = collective_dtypes(backend, capabilities, op, world, names)
+    if not dtypes:
+        return  # declared unsupported: it raised as the manifest names
     with bounded(backend, capabilities):
         groups = form_groups(world, shape)
         problems: list[str | None] = []
@@ -109,9 +122,9 @@ def test_op_on_group(backend, world, control, capabilities, op, shape):
             for i, (group, mates) in enumerate(groups):
                 salt = 1000 + 10 * round_ + i
                 if op == "send":
-                    problems += ring_on(backend, group, mates, rank, salt)
+                    problems += ring_on(backend, group, mates, rank, salt, dtypes)
                 else:
-                    problems += collective_on(backend, op, group, mates, rank, salt)
+                    problems += collective_on(backend, op, group, mates, rank, salt, dtypes)
     settle(problems, f"{op} on {shape} groups")
 
 

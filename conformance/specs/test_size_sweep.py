@@ -5,7 +5,8 @@ all_min, all_gather, sum_scatter and send. The counts are in ``sizes.py``: the d
 every threshold region up to 256 Ki elements plus 1 Mi + 1 and all 14 dtypes at one count;
 the opt-in ``soak`` tier takes the rest of the sweep up to 16 Mi elements (64 MiB per rank in
 float32) and the dtypes at larger counts; the opt-in ``huge`` tier moves more than 2 GiB
-(INT_MAX bytes) in one call. Every element of every result is checked against numpy.
+(INT_MAX bytes) in one call. Every element of every result is checked against numpy. An op or
+dtype the backend declares unsupported is checked to raise as the manifest names (``declared``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance.specs import data, exchanges, reductions, sizes
+from conformance.specs import data, exchanges, sizes
 from conformance.specs.calls import (
     attempt,
     call_everywhere,
@@ -27,6 +28,7 @@ from conformance.specs.calls import (
     local,
     settle,
 )
+from conformance.specs.declared import collective_dtypes, p2p_dtypes
 from conformance.specs.groups import require_size
 
 pytestmark = pytest.mark.core
@@ -74,15 +76,11 @@ def sweep_collective(
 
 
 def _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, counts, salt):
-    if not capabilities.supports(op):
-        x = data.contribution(world.rank(), (world.size(),), "float32")
-        reductions.unsupported_raises(backend, op, x, world)
-        return
+    """The sweep on every dtype of ``dtypes`` declared supported; the op or a dtype declared
+    unsupported is checked to raise as declared instead."""
     problems: list[str | None] = []
-    for dtype in dtypes:
-        # A dtype declared unsupported is checked to raise by the op's test_values.
-        if capabilities.supports(op, dtype):
-            problems += sweep_collective(backend, world, control, op, dtype, counts, salt)
+    for dtype in collective_dtypes(backend, capabilities, op, world, dtypes):
+        problems += sweep_collective(backend, world, control, op, dtype, counts, salt)
     settle(problems, f"{op} size sweep")
 
 
@@ -181,9 +179,7 @@ def ring_shift(backend: Any, group: Any, dtype: str, count: int, salt: int, like
 def _p2p_sweep(backend, world, capabilities, dtypes, counts, salt) -> None:
     require_size(world, 2)
     problems: list[str | None] = []
-    for dtype in dtypes:
-        if not (capabilities.supports("send", dtype) and capabilities.supports("recv", dtype)):
-            continue
+    for dtype in p2p_dtypes(backend, capabilities, world, dtypes):
         for i, count in enumerate(counts):
             problems += ring_shift(backend, world, dtype, count, salt, like=i % 2 == 1)
     settle(problems, "send/recv size sweep")
@@ -247,6 +243,8 @@ def test_send_recv_past_int_max_bytes(backend, world, capabilities):
     ranks): ``CONFORMANCE_TIERS=huge``. Manifest: send / sizes.
     """
     require_size(world, 2)
+    if not p2p_dtypes(backend, capabilities, world, ["uint8"], ("send", "recv")):
+        return  # declared unsupported: it raised as the manifest names
     rank, count = world.rank(), HUGE_BYTES
     problems: list[str | None] = []
     if rank in (0, 1):
@@ -273,8 +271,8 @@ def test_all_sum_past_int_max_bytes(backend, world, control, capabilities):
     Manifest: all_sum / sizes.
     """
     size, rank, count = world.size(), world.rank(), HUGE_BYTES
-    if not capabilities.supports("all_sum", "uint8"):
-        pytest.skip("uint8 all_sum declared unsupported")
+    if not collective_dtypes(backend, capabilities, "all_sum", world, ["uint8"]):
+        return  # declared unsupported: it raised as the manifest names
     what = sizes.label("all_sum", "uint8", count)
     got, digests = call_everywhere(
         control, what, _runner(backend, "all_sum", _huge_input(rank, count), world)

@@ -3,7 +3,8 @@
 SEMANTICS.md, "Values" and the NaN bounds of "Reductions"; manifest entries ``[ops.values]`` and
 ``nan-placement`` of ``[ops.all_max]`` / ``[ops.all_min]``. Inputs come from ``data``
 (``full_mantissa``, ``exactly_summable``, ``random_bits``, ``special_values``, ``placed``); every
-expected value is computed with numpy from every rank's input.
+expected value is computed with numpy from every rank's input. An op or dtype the backend declares
+unsupported is checked to raise as the manifest names, once per test (``declared``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from conformance.specs import data, reductions
 from conformance.specs.calls import local, settle
+from conformance.specs.declared import collective_dtypes, p2p_dtypes
 from conformance.specs.groups import require_size
 from conformance.specs.tolerance import bits_mismatch, mismatch
 
@@ -68,12 +70,8 @@ def test_full_mantissa_sums(backend, world, capabilities, op):
     representable in the dtype is exact, in any order."
     """
     size, rank = world.size(), world.rank()
-    if op == "sum_scatter" and size > 1 and not capabilities.supports(op):
-        pytest.skip("sum_scatter declared unsupported (test_sum_scatter checks it raises)")
     problems: list[str | None] = []
-    for name in FLOATS:
-        if not capabilities.supports(op, name):
-            continue
+    for name in collective_dtypes(backend, capabilities, op, world, FLOATS):
         for count in SIZES:
             shape = (size * (count // size),)
             general = [data.full_mantissa(r, shape, name, salt=count) for r in range(size)]
@@ -102,10 +100,11 @@ def test_every_bit_counts(backend, world, capabilities, op):
     size, rank = world.size(), world.rank()
     if op == "send":
         require_size(world, 2)
+        names = p2p_dtypes(backend, capabilities, world, data.DTYPE_NAMES, ("send", "recv"))
+    else:
+        names = collective_dtypes(backend, capabilities, op, world, data.DTYPE_NAMES)
     problems: list[str | None] = []
-    for name in data.DTYPE_NAMES:
-        if not capabilities.supports(op, name):
-            continue
+    for name in names:
         for count in SIZES:
             blocks = [data.random_bits(r, (count,), name, salt=count) for r in range(size)]
             label = f"{op} of random bits {data.describe(blocks[rank])}"
@@ -161,12 +160,8 @@ def test_special_values_on_every_rank(backend, world, capabilities, op):
     `all_max` or `all_min` is impl-defined."
     """
     size, rank = world.size(), world.rank()
-    if op == "sum_scatter" and size > 1 and not capabilities.supports(op):
-        pytest.skip("sum_scatter declared unsupported (test_sum_scatter checks it raises)")
     problems: list[str | None] = []
-    for name in data.DTYPE_NAMES:
-        if not capabilities.supports(op, name):
-            continue
+    for name in collective_dtypes(backend, capabilities, op, world, data.DTYPE_NAMES):
         values = _specials(name, op)
         count = len(values) * len(data.placements(size))
         padded = size * -(-count // size)  # sum_scatter needs a multiple of the group size
@@ -227,9 +222,7 @@ def test_nan_placement(backend, world, capabilities, op):
     """
     size, rank = world.size(), world.rank()
     problems: list[str | None] = []
-    for name in data.FLOAT_NAMES:
-        if not capabilities.supports(op, name):
-            continue
+    for name in collective_dtypes(backend, capabilities, op, world, data.FLOAT_NAMES):
         values = np.array([np.nan] * 3, data.np_dtype(name))
         background = [data.full_mantissa(r, (64,), name, salt=9) for r in range(size)]
         blocks, _ = data.placed(size, name, values, background)
