@@ -467,7 +467,9 @@ def list_faults(stream: TextIO) -> None:
         for name, fault in table.items():
             stream.write(f"{name:<{width}}  {fault.fault}{tag}\n")
             stream.write(f"{'':<{width}}  breaks: {fault.rule}; specs: {', '.join(fault.specs)}")
-            stream.write(f"{'; min ranks ' + str(fault.min_np) if fault.min_np > 2 else ''}\n")
+            stream.write(f"{'; min ranks ' + str(fault.min_np) if fault.min_np > 2 else ''}")
+            hang = "; a hang: caught only by a TimeoutError in a call" if fault.hangs else ""
+            stream.write(f"{hang}\n")
 
 
 def select(names: Sequence[str]) -> list[faulty.Fault]:
