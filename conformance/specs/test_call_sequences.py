@@ -11,7 +11,9 @@ mixed sequence many times and reports the failure and hang rate per rank count.
 
 Collective-safe: every rank makes the same calls in the same order whatever happens (an error is
 a finding, not an early exit), and every ``SYNC_EVERY`` steps the ranks agree whether anyone
-has seen an error, to stop together.
+has seen an error, to stop together. An op or dtype of the sequences the backend declares
+unsupported is checked, once per test, to raise as the manifest names (``declared_mix``), and the
+sequence goes on without it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ import pytest
 from conformance.harness.collective import expect_unsupported
 from conformance.specs import data, exchanges, reductions
 from conformance.specs.calls import attempt, call, describe_error, settle
+from conformance.specs.declared import collective_dtypes, p2p_dtypes
 from conformance.specs.groups import require_size
 from conformance.specs.tolerance import mismatch
 
@@ -52,6 +55,7 @@ SOAK_ROUNDS = int(os.environ.get("CONFORMANCE_SOAK_ROUNDS", 20))
 SOAK_WRAP_CALLS = 65536 + 300
 
 Step = Callable[[], "str | None"]
+Entry = tuple[str, tuple[int, ...], str]  # (op, shape, dtype)
 
 
 def run_steps(control: Any, steps: Iterator[Step]) -> tuple[list[str], int]:
@@ -102,9 +106,11 @@ def collective_step(backend: Any, op: str, group: Any, mates: list[int], shape, 
     return step
 
 
-def mixed(backend: Any, group: Any, mates: list[int], salt0: int, calls: int) -> Iterator[Step]:
-    """``calls`` collective steps cycling through ``MIX`` in runs of ``RUN_LENGTHS``."""
-    runs = itertools.cycle(zip(itertools.cycle(MIX), RUN_LENGTHS, strict=False))
+def mixed(
+    backend: Any, group: Any, mates: list[int], salt0: int, calls: int, mix: Sequence[Entry]
+) -> Iterator[Step]:
+    """``calls`` collective steps cycling through ``mix`` in runs of ``RUN_LENGTHS``."""
+    runs = itertools.cycle(zip(itertools.cycle(mix), RUN_LENGTHS, strict=False))
     made = 0
     for (op, shape, dtype), length in runs:
         for _ in range(length):
@@ -114,8 +120,28 @@ def mixed(backend: Any, group: Any, mates: list[int], salt0: int, calls: int) ->
             made += 1
 
 
-def _supported(capabilities: Any) -> bool:
-    return all(capabilities.supports(op, dtype) for op, _, dtype in MIX)
+def declared_mix(
+    backend: Any,
+    world: Any,
+    capabilities: Any,
+    entries: Sequence[Entry] = MIX,
+    collective: str | None = None,
+    p2p: bool = False,
+) -> list[Entry]:
+    """The entries a sequence may use: those whose collective (``collective``, else the entry's
+    own op; "" for none) and, with ``p2p``, send/recv/recv_like, the backend declares supported
+    on the entry's dtype. Each of the others is checked, once, to raise as the manifest names
+    (``declared``): nothing declared unsupported is dropped silently."""
+    kept = []
+    for entry in entries:
+        op, _, dtype = entry
+        op = op if collective is None else collective
+        if op and not collective_dtypes(backend, capabilities, op, world, [dtype]):
+            continue
+        if p2p and not p2p_dtypes(backend, capabilities, world, [dtype]):
+            continue
+        kept.append(entry)
+    return kept
 
 
 @pytest.mark.sequences
@@ -129,14 +155,16 @@ def test_same_shape_hundreds_of_times(backend, world, control, capabilities):
     shapes and dtypes changing, ... each give the result the rules above say."
     Manifest: sequences / repeated.
     """
-    if not _supported(capabilities):
-        pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
+    mix = declared_mix(backend, world, capabilities)
+    if not mix:
+        return  # every entry declared unsupported: each raised as the manifest names
     mates = list(range(world.size()))
+    op, shape, dtype = mix[0]  # all_sum of int32, unless declared unsupported
     same = (
-        collective_step(backend, "all_sum", world, mates, (5,), "int32", salt)
+        collective_step(backend, op, world, mates, shape, dtype, salt)
         for salt in range(SAME_SHAPE_CALLS)
     )
-    steps = itertools.chain(same, mixed(backend, world, mates, SAME_SHAPE_CALLS, 200))
+    steps = itertools.chain(same, mixed(backend, world, mates, SAME_SHAPE_CALLS, 200, mix))
     problems, _ = run_steps(control, steps)
     settle(problems, "calls in a row on the world")
 
@@ -158,9 +186,11 @@ def _p2p_step(backend: Any, group: Any, mates: list[int], shape, dtype, salt) ->
     return step
 
 
-def interleaved(backend: Any, world: Any, calls: int, salt0: int) -> Iterator[Step]:
+def interleaved(
+    backend: Any, world: Any, calls: int, salt0: int, mix: Sequence[Entry]
+) -> Iterator[Step]:
     """World collectives, odd/even subgroup collectives, a reversed world and p2p rings, in
-    turn (the subgroups are made first, collectively)."""
+    turn, cycling through ``mix`` (the subgroups are made first, collectively)."""
     rank, size = world.rank(), world.size()
     parity = call("world.split(rank % 2)", world.split, rank % 2)
     parity_mates = [r for r in range(size) if r % 2 == rank % 2]
@@ -175,7 +205,7 @@ def interleaved(backend: Any, world: Any, calls: int, salt0: int) -> Iterator[St
             ("p2p", reverse, reverse_mates),
         ]
     )
-    shapes = itertools.cycle(MIX)
+    shapes = itertools.cycle(mix)
     for index, (kind, group, mates) in zip(range(calls), targets, strict=False):
         op, shape, dtype = next(shapes)
         if kind == "p2p":
@@ -202,9 +232,10 @@ def test_interleaved_groups_and_p2p(backend, world, control, capabilities):
     """
     if not _can_split(world, capabilities):
         return
-    if not _supported(capabilities):
-        pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
-    problems, _ = run_steps(control, interleaved(backend, world, 200, 0))
+    mix = declared_mix(backend, world, capabilities, p2p=True)
+    if not mix:
+        return  # every entry declared unsupported: each raised as the manifest names
+    problems, _ = run_steps(control, interleaved(backend, world, 200, 0, mix))
     settle(problems, "interleaved groups and p2p")
 
 
@@ -238,9 +269,10 @@ def test_pipeline_recv_send_gather(backend, world, control, capabilities):
     Manifest: sequences / pipeline.
     """
     require_size(world, 2)
-    if not _supported(capabilities):
-        pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
-    shapes = itertools.cycle(MIX)
+    mix = declared_mix(backend, world, capabilities, collective="all_gather", p2p=True)
+    if not mix:
+        return  # every entry declared unsupported: each raised as the manifest names
+    shapes = itertools.cycle(mix)
     steps = (_pipeline_step(backend, world, *next(shapes)[1:], salt) for salt in range(60))
     problems, _ = run_steps(control, steps)
     settle(problems, "pipeline")
@@ -282,9 +314,11 @@ def test_one_to_many_sends(backend, world, control, capabilities):
     turn, and each message arrives intact." Manifest: sequences / one-to-many.
     """
     require_size(world, 2)
-    if not _supported(capabilities):
-        pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
-    shapes = itertools.cycle([*MIX, ("", (4096,), "float32"), ("", (5000,), "int64")])
+    entries = [*MIX, ("", (4096,), "float32"), ("", (5000,), "int64")]
+    mix = declared_mix(backend, world, capabilities, entries, collective="", p2p=True)
+    if not mix:
+        return  # every entry declared unsupported: each raised as the manifest names
+    shapes = itertools.cycle(mix)
     steps = (
         _fan_step(backend, world, capabilities, *next(shapes)[1:], 2 * salt) for salt in range(60)
     )
@@ -313,6 +347,8 @@ def test_soak_wrapped_sequence_numbers(backend, world, control, capabilities):
     Opt-in: ``CONFORMANCE_TIERS=soak`` (minutes; raise ``--timeout``). Manifest: sequences /
     repeated.
     """
+    if not collective_dtypes(backend, capabilities, "all_sum", world, ["int32"]):
+        return  # declared unsupported: it raised as the manifest names
     mates = list(range(world.size()))
     steps = (
         collective_step(backend, "all_sum", world, mates, (2,), "int32", salt)
@@ -335,15 +371,16 @@ def test_soak_failure_and_hang_rate(backend, world, control, capabilities, reque
     """
     if not _can_split(world, capabilities):
         return
-    if not _supported(capabilities):
-        pytest.skip("a dtype of the mixed sequence is declared unsupported (test_values checks)")
+    mix = declared_mix(backend, world, capabilities, p2p=True)
+    if not mix:
+        return  # every entry declared unsupported: each raised as the manifest names
     previous = backend.set_timeout(10.0) if capabilities.timeouts else None
     wrong = errors = hangs = ran = 0
     first: list[str] = []
     started = time.monotonic()
     try:
         for round_ in range(SOAK_ROUNDS):
-            steps = interleaved(backend, world, 1000, 1000 * round_)
+            steps = interleaved(backend, world, 1000, 1000 * round_, mix)
             problems, _ = run_steps(control, steps)
             ran += 1
             kinds = _agree_kinds(control, problems)
