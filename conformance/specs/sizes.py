@@ -33,11 +33,12 @@ MI = 1024 * KI
 PRIMES: tuple[int, ...] = (2, 3, 5, 7, 13, 61, 251, 1021, 4099, 65521, 262147, 1048573, 16777213)
 
 # Default run: 2^k - 1, 2^k and 2^k + 1 up to 16 Ki, then both neighbours of every power of two
-# up to 256 Ki (the partial last chunk and the count one short), and 1 Mi + 1. The soak tier
-# adds the rest up to 16 Mi + 5 elements (64 MiB per rank in float32).
+# up to 256 Ki (the partial last chunk and the count one short), 1 Mi + 1 and 4 Mi + 3 (16 MiB a
+# rank in float32: past the eager/rendezvous and chunking thresholds of common transports, at a
+# few seconds per rank count). The soak tier adds the rest up to 16 Mi + 5 elements (64 MiB).
 DEFAULT_FULL_MAX = 16 * KI + 1
 DEFAULT_NEIGHBOURS_MAX = 256 * KI + 1
-DEFAULT_LARGE_COUNTS: tuple[int, ...] = (MI + 1,)
+DEFAULT_LARGE_COUNTS: tuple[int, ...] = (MI + 1, 4 * MI + 3)
 SOAK_MAX_COUNT = 16 * MI + 1
 SOAK_LARGE_COUNTS: tuple[int, ...] = (4 * MI + 3, 16 * MI + 5)
 # The 14 dtypes at a few large counts (the dtype x size matrix is sparse; float32 has the sweep).

@@ -2,8 +2,8 @@
 
 SEMANTICS.md, "Sizes, groups and call sequences"; manifest rule ``sizes`` of all_sum, all_max,
 all_min, all_gather, sum_scatter and send. The counts are in ``sizes.py``: the default run takes
-every threshold region up to 256 Ki elements plus 1 Mi + 1 and all 14 dtypes at one count;
-the opt-in ``soak`` tier takes the rest of the sweep up to 16 Mi elements (64 MiB per rank in
+every threshold region up to 256 Ki elements plus 1 Mi + 1 and 4 Mi + 3, and all 14 dtypes at
+one count; the opt-in ``soak`` tier takes the rest of the sweep up to 16 Mi elements (64 MiB per rank in
 float32) and the dtypes at larger counts; the opt-in ``huge`` tier moves more than 2 GiB
 (INT_MAX bytes) in one call. Every element of every result is checked against numpy. An op or
 dtype the backend declares unsupported is checked to raise as the manifest names (``declared``).
@@ -87,7 +87,8 @@ def _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, cou
 @pytest.mark.sweep
 @pytest.mark.parametrize("op", _per_op(COLLECTIVES))
 def test_collective_sweep(backend, world, control, capabilities, op):
-    """float32 at 1, N-1, N, N+1, primes, 2^k-1/2^k/2^k+1 to 16 Ki, 2^k+-1 to 256 Ki, 1 Mi + 1.
+    """float32 at 1, N-1, N, N+1, primes, 2^k-1/2^k/2^k+1 to 16 Ki, 2^k+-1 to 256 Ki, 1 Mi + 1
+    and 4 Mi + 3.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: from one element past 2^31 bytes, counts not divisible by the group size, and the
