@@ -3,8 +3,8 @@
 SEMANTICS.md, "Sizes, groups and call sequences"; manifest rule ``sizes`` of all_sum, all_max,
 all_min, all_gather, sum_scatter and send. The counts are in ``sizes.py``: the default run takes
 every threshold region up to 256 Ki elements plus 1 Mi + 1 and 4 Mi + 3, and all 14 dtypes at
-one count; the opt-in ``soak`` tier takes the rest of the sweep up to 16 Mi elements (64 MiB per rank in
-float32) and the dtypes at larger counts; the opt-in ``huge`` tier moves more than 2 GiB
+one count; the opt-in ``soak`` tier takes the rest of the sweep up to 16 Mi elements (64 MiB
+per rank in float32) and the dtypes at larger counts; the opt-in ``huge`` tier moves more than 2 GiB
 (INT_MAX bytes) in one call. Every element of every result is checked against numpy. An op or
 dtype the backend declares unsupported is checked to raise as the manifest names (``declared``).
 """
