@@ -76,6 +76,7 @@ def exchange(kind: str, value: Any) -> list[Any]:
 def collective_assert(condition: object, message: str = "") -> None:
     """Fail on every rank unless ``condition`` is true on every rank; the error names the ranks
     where it was false and each one's message."""
+    __tracebackhide__ = True  # a failure points at the test line, not here
     results = exchange("collective_assert", (bool(condition), str(message)))
     failing = [rank for rank, (ok, _) in enumerate(results) if not ok]
     if not failing:
@@ -132,6 +133,7 @@ def _verdict(
 
 @contextmanager
 def _raises(expected: ExcTypes, match: str | None, reject: ExcTypes) -> Iterator[RaisesInfo]:
+    __tracebackhide__ = True
     info = RaisesInfo()
     try:
         yield info
@@ -166,6 +168,7 @@ def collective_raises(
     Context manager (``with collective_raises(ValueError): ...``, yields a RaisesInfo) or call form
     (``collective_raises(ValueError, fn, *args, match=..., **kwargs)``, returns the RaisesInfo).
     Hangs are bounded by the harness's per-test watchdog."""
+    __tracebackhide__ = True
     if fn is None:
         if args or kwargs:
             raise TypeError("collective_raises: arguments given without a function to call")

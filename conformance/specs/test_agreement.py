@@ -212,11 +212,10 @@ def test_recv_mismatch_raises_and_pair_recovers(backend, world, capabilities, wr
     """A recv asking for another shape or dtype than was sent raises ValueError naming both sides,
     and the next message between the pair arrives intact.
 
-    SEMANTICS.md, send / recv / recv_like: "robust: a recv whose shape or dtype disagrees with what
-    was sent raises ValueError on the receiving rank naming both sides (e.g. `recv expected float32
-    (5,) from rank 0 but rank 0 sent float32 (10,)`), and the pair can go on communicating
-    afterwards." Pairs (2k, 2k+1) exchange in the ring direction both topologies allow.
-    Manifest: recv / mismatch.
+    SEMANTICS.md, send / recv / recv_like (robust): "a recv whose shape or dtype disagrees with
+    what was sent raises ValueError on the receiving rank naming both sides ... and the pair can
+    go on communicating afterwards." Pairs (2k, 2k+1) exchange in the ring direction both
+    topologies allow.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()

@@ -73,7 +73,7 @@ def test_empty_inputs(backend, world, control, capabilities):
 def test_size_one_group_returns_input(backend, world, capabilities):
     """On a group of size 1 the input comes back unchanged, 0-d staying 0-d.
 
-    SEMANTICS.md, Size-1 groups: "return the input unchanged (same shape, dtype, values; a 0-d
+    SEMANTICS.md, Size-1 groups: "returns the input unchanged (same shape, dtype, values; a 0-d
     input stays 0-d, even for all_gather and sum_scatter)". Manifest: all_gather /
     singleton-identity.
     """

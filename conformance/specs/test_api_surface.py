@@ -38,8 +38,7 @@ def _signature_problem(obj, op):
 def test_function_signature(backend, capabilities, op):
     """The function exists and its parameters (names, kinds, defaults) match the manifest.
 
-    SEMANTICS.md, Names: "`Group`, `is_available`, `init`, `all_sum`, `all_max`, `all_min`,
-    `all_gather`, `sum_scatter`, `send`, `recv`, `recv_like`." and Signatures (see the manifest
+    SEMANTICS.md, Names (the eleven names of the API) and Signatures (see the manifest
     entry's ``signature`` rule for the exact line). Manifest: <op> / signature.
     """
     if op not in capabilities.ops:
@@ -55,8 +54,8 @@ def test_function_signature(backend, capabilities, op):
 def test_group_method_signature(world, op):
     """rank, size and split are methods of the group with the manifest's parameters.
 
-    SEMANTICS.md, Signatures: "Group.rank() -> int ; Group.size() -> int ; Group.split(color: int,
-    key: int = -1) -> Group" ... "`rank`/`size`/`split` are methods." Manifest: <op> / signature.
+    SEMANTICS.md, Signatures: "Group.rank() -> int", and likewise size and split ...
+    "`rank`/`size`/`split` are methods."
     """
     method = getattr(world, op.split(".")[1], None)
     if method is None or not callable(method):

@@ -80,8 +80,8 @@ def test_recv_from_silent_peer_times_out(backend, world, capabilities, short_dea
     sent afterwards still arrives.
 
     SEMANTICS.md, Hangs: "A blocking operation whose peer never arrives raises TimeoutError after
-    a configurable deadline ... instead of blocking forever." (docs/contracts.md: "a recv that
-    timed out leaves the channel usable".) Manifest: deadlines / recv-timeout.
+    a configurable deadline ... instead of blocking forever." (The reference's contract adds
+    that a recv that timed out leaves the channel usable.) Manifest: deadlines / recv-timeout.
     """
     require_size(world, 2)
     if not capabilities.split:

@@ -9,6 +9,7 @@ deterministic: every rank computes the same answer.
 from __future__ import annotations
 
 import builtins
+import inspect
 import re
 
 import pytest
@@ -90,4 +91,41 @@ def test_test_levels_match_rule_levels():
             problems.append(
                 f"{c.module}::{c.test} is {c.level}, rule {c.op}/{c.rule} is {rule['level']}"
             )
+    settle(problems)
+
+
+# A quotation in a spec test's docstring: double-quoted text long enough to be a rule's words.
+_QUOTE = re.compile(r'"([^"]{12,})"', re.S)
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().rstrip(".").strip()
+
+
+def _quoted_fragments(doc: str) -> list[str]:
+    """The quoted rule text of a docstring, cut at each elision ("...")."""
+    fragments = []
+    for quote in _QUOTE.findall(doc):
+        for fragment in re.split(r"\s*\.\.\.\s*", _normalized(quote)):
+            fragment = _normalized(fragment)
+            if len(fragment) >= 8:
+                fragments.append(fragment)
+    return fragments
+
+
+def test_docstring_quotes_are_the_manifest_text():
+    """A spec test that cites a rule quotes the manifest's text of some rule, word for word.
+
+    The rule's text lives once, in manifest.toml (reports show it from there); a docstring that
+    quotes it must not drift from it. Elisions ("...") and a final full stop are allowed.
+    """
+    texts = [_normalized(rule["text"]) for rule in RULES.values()]
+    cited_tests = {(c.module, c.test) for c in manifest.spec_citations()}
+    problems = []
+    for module_name, test_name in sorted(cited_tests):
+        module = __import__(f"conformance.specs.{module_name}", fromlist=[test_name])
+        doc = inspect.getdoc(getattr(module, test_name)) or ""
+        for fragment in _quoted_fragments(doc):
+            if not any(fragment in text for text in texts):
+                problems.append(f"{module_name}::{test_name} quotes text no rule has: {fragment!r}")
     settle(problems)

@@ -55,8 +55,8 @@ def _membership_findings(backend, sub, expected: list[int], world_rank: int, wha
 def test_same_colour_same_subgroup(backend, world, capabilities, scheme):
     """Processes passing the same colour form one subgroup, in old-rank order by default.
 
-    SEMANTICS.md, Group.split: "Processes with the same `color` form a subgroup; new ranks are
-    ordered by `key`, ties by old rank". Colours rank % k, rank // k, one colour, own colour.
+    SEMANTICS.md, Group.split: "Processes with the same `color` form a subgroup"; "new ranks
+    are ordered by `key`, ties by old rank". Colours rank % k, rank // k, one colour, own colour.
     Manifest: Group.split / colors.
     """
     require_size(world, 2)

@@ -67,7 +67,7 @@ def test_indivisible_axis0_raises(backend, world, capabilities):
 def test_size_one_group_returns_input(backend, world, capabilities):
     """On a group of size 1 the input comes back unchanged, 0-d and odd sizes included.
 
-    SEMANTICS.md, Size-1 groups: "return the input unchanged (same shape, dtype, values; a 0-d
+    SEMANTICS.md, Size-1 groups: "returns the input unchanged (same shape, dtype, values; a 0-d
     input stays 0-d, even for all_gather and sum_scatter)". Manifest: sum_scatter /
     singleton-identity.
     """
