@@ -69,6 +69,7 @@ class TestRecord(TypedDict, total=False):
     level: str | None
     tier: str | None
     area: str | None
+    rule: str | None  # "op/rule-id" of the test's spec mark: the manifest holds its text
     seed: int | None
     world_size: int
     backend: str

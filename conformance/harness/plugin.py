@@ -420,6 +420,7 @@ class Harness:
         return {
             "level": levels.level_of(item) if item is not None else None,
             "tier": levels.tier_of(item) if item is not None else None,
+            "rule": _rule_of(item),
             "area": levels.area_of(item) if item is not None else None,
             "seed": self.seed,
             "world_size": self.size,
@@ -535,3 +536,9 @@ def conformance_seed(request: pytest.FixtureRequest) -> int:
     seed = _harness(request.config).seed
     digest = hashlib.sha256(f"{seed}:{request.node.nodeid}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def _rule_of(item: pytest.Item | None) -> str | None:
+    """ "op/rule-id" of the item's spec mark (the manifest holds the rule's text), or None."""
+    cited = levels.spec_of(item) if item is not None else None
+    return f"{cited[0]}/{cited[1]}" if cited else None

@@ -19,6 +19,7 @@ record plus ``np``, ``reproduce`` and, where a known deviation applies, ``deviat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -495,10 +496,29 @@ def markdown(summary: RunSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.cache
+def _manifest_rules() -> dict[str, str]:
+    from conformance.specs import manifest
+
+    return {
+        f"{op}/{rule}": entry["text"]
+        for (op, rule), entry in manifest.rules(manifest.load()).items()
+    }
+
+
+def rule_text(cited: str | None) -> str:
+    """The manifest's text of the rule ``cited`` ("op/rule-id"); empty when unknown. The text
+    lives once, in manifest.toml; reports quote it from there."""
+    return _manifest_rules().get(cited or "", "")
+
+
 def _failure_section(group: list[dict[str, Any]]) -> list[str]:
     record = group[0]
     nps = _nps(r["np"] for r in group)
     lines = [f"### {record['outcome']}: `{record['nodeid']}` (np={nps})", ""]
+    rule = rule_text(record.get("rule"))
+    if rule:
+        lines += [f"Rule `{record['rule']}`: {rule}", ""]
     crash = record.get("crash") or {}
     if crash.get("rank") is not None or crash.get("signal") is not None:
         lines += [f"Crashed: rank {crash.get('rank', '?')}, signal {crash.get('signal', '?')}", ""]

@@ -115,7 +115,7 @@ def test_results_file_has_the_contract_fields(pytester):
     records = {line["nodeid"].split("::")[1]: line for line in tests}
     fields = {
         "schema", "kind", "nodeid", "outcome", "failing_ranks", "message", "longrepr", "duration",
-        "level", "tier", "area", "seed", "world_size", "backend", "unsupported",
+        "level", "tier", "area", "rule", "seed", "world_size", "backend", "unsupported",
     }  # fmt: skip
     assert all(set(r) == fields for r in records.values())
     assert {name: r["outcome"] for name, r in records.items()} == {

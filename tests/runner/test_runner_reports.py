@@ -168,6 +168,17 @@ def test_identical_outcomes_across_rank_counts_are_one_line() -> None:
     assert "np=2,3 hung: s/test_a.py::z" in reports.terminal_summary(summary(records))
 
 
+def test_a_failure_quotes_its_rule_from_the_manifest() -> None:
+    from conformance.specs import manifest
+
+    text_of_rule = manifest.rules(manifest.load())[("all_gather", "rank-order")]["text"]
+    records = [rec("s/test_all_gather.py::t", 2, "wrong", rule="all_gather/rank-order")]
+    failures = reports.markdown(summary(records)).split("## Failures")[1]
+    assert f"Rule `all_gather/rank-order`: {text_of_rule}" in failures
+    unknown = [rec("s/test_all_gather.py::t", 2, "wrong", rule="all_gather/no-such-rule")]
+    assert "Rule `" not in reports.markdown(summary(unknown)).split("## Failures")[1]
+
+
 def test_matrix_counts_per_level_and_rank_count() -> None:
     records = [
         rec("s/test_all_sum.py::a", 1, "passed"),
