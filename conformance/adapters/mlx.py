@@ -95,7 +95,7 @@ def ring_capabilities(world_size: int = 2) -> Capabilities:
     """
     all_dtypes = frozenset(DTYPE_NAMES)
     return Capabilities(
-        ops=frozenset(API_NAMES),
+        ops=frozenset((*API_NAMES, "Group")),  # groups come from init(): declared, not exposed
         dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
         p2p_topology="neighbours",
         split=False,

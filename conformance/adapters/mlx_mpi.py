@@ -93,7 +93,7 @@ def mpi_capabilities(world_size: int) -> Capabilities:
     """
     all_dtypes = frozenset(DTYPE_NAMES)
     return Capabilities(
-        ops=frozenset(API_NAMES),
+        ops=frozenset((*API_NAMES, "Group")),  # groups come from init(): declared, not exposed
         dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
         p2p_topology="any",
         split=True,
