@@ -15,11 +15,20 @@ import pytest
 from transport_helpers import attempt, sync
 
 import reference
-from reference import buffers, collectives
+from reference import buffers, collectives, dataplane
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 SHORT = 0.5
+
+
+@pytest.fixture(autouse=True)
+def mpi_data_plane():
+    """Every test here exercises the MPI plane's exchange (and delays its internals); under
+    ``REFERENCE_DATA_PLANE=shm`` the payloads would never reach it."""
+    previous = dataplane.set_data_plane("mpi")
+    yield
+    dataplane.set_data_plane(previous)
 
 
 @pytest.mark.parametrize("name", ["float32", "float16", "bfloat16", "float64"])
@@ -167,10 +176,8 @@ def test_exchanged_max_is_bit_identical_everywhere_with_nan(world, comm, count):
 def test_large_all_reduces_with_native_ops_go_by_exchange(world, comm, monkeypatch, op, name):
     """From EXCHANGE_FROM bytes even reductions MPI has a native op for take the exchange: the
     result is the rule's (integer sums wrap), folded in rank order, the same bytes everywhere."""
-    from reference import dataplane, scatter
+    from reference import scatter
 
-    # The MPI data plane: on one node ``auto`` may pick shared memory for payloads this large.
-    previous = dataplane.set_data_plane("mpi")
     dtype = np.dtype(name)
     count = scatter.EXCHANGE_FROM // dtype.itemsize + 7  # uneven blocks at every group size
     calls = []
@@ -183,10 +190,7 @@ def test_large_all_reduces_with_native_ops_go_by_exchange(world, comm, monkeypat
             x[::5] = np.iinfo(dtype).max - rank
         return x
 
-    try:
-        result = getattr(reference, op)(make(comm.rank), group=world)
-    finally:
-        dataplane.set_data_plane(previous)
+    result = getattr(reference, op)(make(comm.rank), group=world)
     fold = np.add if op == "all_sum" else np.maximum
     expected = make(0)
     for r in range(1, comm.size):
