@@ -6,9 +6,9 @@ Contract (``python -m conformance run --isolate=auto|always|never``; plain pytes
 - ``always``: every test ends its job; the runner starts the next one in a fresh job.
 - ``auto``: the robust tests run after every other test (so nothing they leave behind can reach a
   core test), and a test ends its job when it may have left state behind: a robust test that did
-  not pass, any test marked ``leaves_state``, and every robust test of a backend that declares no
-  cross-rank agreement checks (``Capabilities.agreement_checks`` False: a mismatched collective
-  that "passes" there can still leave stray bytes in the backend's streams).
+  not pass, any test marked ``leaves_state``, and every robust test (not skipped) of a backend
+  that declares no cross-rank agreement checks (``Capabilities.agreement_checks`` False: a
+  mismatched collective that "passes" there can still leave stray bytes in the backend's streams).
 - ``never``: one job runs every test it can.
 - A job ended this way exits with :data:`EXIT_ISOLATED` after recording the test; the runner
   resumes with a fresh job. A hung or crashed test ends its job anyway.
@@ -67,7 +67,7 @@ def ends_job(
         return False
     if any(True for _ in item.iter_markers(name=LEAVES_STATE)):
         return True
-    if level != "robust":
+    if level != "robust" or outcome == "skipped":  # a skipped test moved no data
         return False
     return not agreement_checks or str(outcome) not in TRUSTED_OUTCOMES
 

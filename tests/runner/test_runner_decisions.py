@@ -58,6 +58,7 @@ class _Item:
         ("auto", "robust", "skipped", (), True, False),
         ("auto", "robust", "unsupported", (), True, False),
         ("auto", "robust", "passed", (), False, True),  # no cross-rank checks: stray bytes
+        ("auto", "robust", "skipped", (), False, False),  # skipped: no data moved
         ("auto", "core", "passed", ("leaves_state",), True, True),
         ("auto", None, None, (), True, False),
     ],
