@@ -87,7 +87,6 @@ def test_shape_mismatch_raises_everywhere(backend, world, control, capabilities,
 
     SEMANTICS.md, Cross-rank agreement: "every rank learns of a disagreement ... and all raise the
     same ValueError naming the ranks and what each passed. No rank is left blocked."
-    Manifest: agreement / shape-mismatch.
     """
     require_size(world, 2)
     _supported(capabilities, op)
@@ -110,7 +109,7 @@ def test_dtype_mismatch_raises_everywhere(backend, world, control, capabilities,
 
     SEMANTICS.md, Cross-rank agreement: "All ranks of a group must call the same collective with
     the same shape and dtype ... all raise the same ValueError naming the ranks and what each
-    passed." Manifest: agreement / dtype-mismatch.
+    passed."
     """
     require_size(world, 2)
     _supported(capabilities, op)
@@ -132,7 +131,7 @@ def test_different_collectives_raise_everywhere(backend, world, control, capabil
 
     SEMANTICS.md, Cross-rank agreement: "All ranks of a group must call the same collective with
     the same shape and dtype ... all raise the same ValueError naming the ranks and what each
-    passed." Manifest: agreement / op-mismatch.
+    passed."
     """
     require_size(world, 2)
     group = _fresh(world, capabilities)
@@ -154,7 +153,7 @@ def test_rank_local_argument_error_fails_everywhere(backend, world, control, cap
 
     SEMANTICS.md, Cross-rank agreement: "A rank-local argument error in a collective (bad shape
     for sum_scatter on one rank only, a negative split color) therefore fails on every rank,
-    never hangs the others." Manifest: agreement / rank-local-error.
+    never hangs the others."
     """
     require_size(world, 2)
     group = _fresh(world, capabilities)
@@ -195,7 +194,7 @@ def test_group_usable_after_disagreement(backend, world, control, capabilities):
     """After a shape disagreement raised everywhere, the same group runs a correct all_sum.
 
     SEMANTICS.md, Cross-rank agreement: "The reference checks before moving data: every rank
-    learns of a disagreement ... No rank is left blocked." Manifest: agreement / usable-after.
+    learns of a disagreement ... No rank is left blocked."
     """
     require_size(world, 2)
     group = _fresh(world, capabilities)

@@ -22,8 +22,7 @@ def test_blocks_in_rank_order(backend, world, control, capabilities, dtype):
     """Axis 0 grows N-fold and block r is rank r's input, identical on every rank.
 
     SEMANTICS.md, all_gather: "N > 1: output shape is the input shape with axis 0 multiplied by
-    N, blocks in rank order; ... Every rank gets the same result." Manifest: all_gather /
-    rank-order.
+    N, blocks in rank order; ... Every rank gets the same result."
     """
     size = world.size()
     if not capabilities.supports(OP, dtype):
@@ -43,7 +42,7 @@ def test_0d_inputs_give_shape_n(backend, world, control, capabilities):
     """0-d inputs are gathered into a vector of N elements (at N = 1: stays 0-d).
 
     SEMANTICS.md, all_gather: "a 0-d input gives shape (N,)"; Size-1 groups: "a 0-d input stays
-    0-d, even for all_gather and sum_scatter". Manifest: all_gather / 0d.
+    0-d, even for all_gather and sum_scatter".
     """
     size = world.size()
     cases = [
@@ -58,7 +57,7 @@ def test_empty_inputs(backend, world, control, capabilities):
     """Empty inputs gather to empty outputs of the right shape: (0,), (3N, 0), (0, 3).
 
     SEMANTICS.md, Reductions: "Empty arrays (shape (0,), (3,0)) and 0-d arrays work." with
-    all_gather's shape rule "axis 0 multiplied by N". Manifest: all_gather / empty.
+    all_gather's shape rule "axis 0 multiplied by N".
     """
     size = world.size()
     cases = [
@@ -74,8 +73,7 @@ def test_size_one_group_returns_input(backend, world, capabilities):
     """On a group of size 1 the input comes back unchanged, 0-d staying 0-d.
 
     SEMANTICS.md, Size-1 groups: "returns the input unchanged (same shape, dtype, values; a 0-d
-    input stays 0-d, even for all_gather and sum_scatter)". Manifest: all_gather /
-    singleton-identity.
+    input stays 0-d, even for all_gather and sum_scatter)".
     """
     group = singleton_group(world, capabilities)
     problems = []

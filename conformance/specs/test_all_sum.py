@@ -30,7 +30,7 @@ def test_values(backend, world, control, capabilities, dtype):
 
     SEMANTICS.md, Reductions: "Floating sums: reduction order is impl-defined, so float results are
     compared with a tolerance scaled by the dtype and the number of ranks (float16 and bfloat16
-    loose, float32/64 tight). Integer and bool results are exact." Manifest: all_sum / values.
+    loose, float32/64 tight). Integer and bool results are exact."
     """
     size = world.size()
     if not _require(capabilities, dtype):
@@ -50,7 +50,7 @@ def test_shape_and_dtype_preserved(backend, world, control, capabilities):
     """The result has the input's shape and dtype (no promotion), the same on every rank.
 
     SEMANTICS.md, Reductions: "Output shape and dtype equal the input's. No promotion. Every rank
-    gets the same result." Manifest: all_sum / shape-dtype.
+    gets the same result."
     """
     problems = []
     for dtype in data.DTYPE_NAMES:
@@ -70,7 +70,6 @@ def test_integer_overflow_wraps(backend, world, control, capabilities):
     overflowing at any N > 1).
 
     SEMANTICS.md, Reductions: "Integers wrap around on overflow (int8 127+127 = -2)."
-    Manifest: all_sum / int-wrap.
     """
     size, rank = world.size(), world.rank()
     cases = []
@@ -101,7 +100,7 @@ def test_integer_overflow_wraps(backend, world, control, capabilities):
 def test_float16_overflow_is_inf(backend, world, control, capabilities):
     """float16 sums past 65504 give +-inf (not a wrapped or clamped value).
 
-    SEMANTICS.md, Reductions: "float16 overflow gives inf." Manifest: all_sum / float16-overflow.
+    SEMANTICS.md, Reductions: "float16 overflow gives inf."
     """
     if not _require(capabilities, "float16"):
         pytest.skip("float16 all_sum declared unsupported (test_values checks it raises)")
@@ -126,7 +125,7 @@ def test_bool_is_logical_or(backend, world, control, capabilities):
 
     SEMANTICS.md, Reductions: "bool: all_sum is logical OR, all_max is OR, all_min is AND."
     "Integer and bool results are exact": compared byte by byte, so a sum of the bool bytes as
-    uint8 (True + True = the byte 2, which numpy reads as True) fails. Manifest: all_sum / bool.
+    uint8 (True + True = the byte 2, which numpy reads as True) fails.
     """
     if not _require(capabilities, "bool"):
         pytest.skip("bool all_sum declared unsupported (test_values checks it raises)")
@@ -144,7 +143,6 @@ def test_empty_and_0d(backend, world, control, capabilities):
     """0-d and empty inputs (shape (), (0,), (3, 0), (0, 3)) work for every dtype.
 
     SEMANTICS.md, Reductions: "Empty arrays (shape (0,), (3,0)) and 0-d arrays work."
-    Manifest: all_sum / empty-0d.
     """
     size = world.size()
     cases = [
@@ -162,7 +160,6 @@ def test_size_one_group_returns_input(backend, world, control, capabilities):
 
     SEMANTICS.md, Size-1 groups: "`all_sum`, `all_max`, `all_min`, `all_gather`, `sum_scatter`
     return the input unchanged (same shape, dtype, values; a 0-d input stays 0-d)".
-    Manifest: all_sum / singleton-identity.
     """
     group = singleton_group(world, capabilities)
     problems = []
@@ -180,8 +177,7 @@ def test_python_scalars_and_layouts(backend, world, control, capabilities):
     """Python scalars convert as in MLX; non-contiguous numpy inputs reduce like contiguous ones.
 
     SEMANTICS.md, dtypes: "Inputs may be numpy arrays (any layout) or Python scalars (bool ->
-    bool, int -> int32, float -> float32, complex -> complex64, as in MLX)." Manifest: all_sum /
-    inputs.
+    bool, int -> int32, float -> float32, complex -> complex64, as in MLX)."
     """
     size, rank = world.size(), world.rank()
     scalars = {
@@ -223,7 +219,7 @@ def test_unsupported_dtype_raises(backend, world, make):
     """Inputs of a dtype outside the 14 raise a clear error naming the supported list.
 
     SEMANTICS.md, dtypes: "Anything else (float128, complex128, object, strings) raises a clear
-    error naming the supported list." Manifest: all_sum / unsupported-dtype.
+    error naming the supported list."
     """
     x = make()
     if x.dtype == np.float64:
@@ -237,7 +233,6 @@ def test_default_group_is_world(backend, world, control, capabilities):
     """Without ``group`` the global group is used: the same sum as ``group=world``.
 
     SEMANTICS.md, Signatures: "`group=None` means the global group (`init()`)."
-    Manifest: all_sum / keyword-only.
     """
     size, rank = world.size(), world.rank()
     blocks = data.contributions(size, (5,), "int64")

@@ -39,7 +39,7 @@ def test_function_signature(backend, capabilities, op):
     """The function exists and its parameters (names, kinds, defaults) match the manifest.
 
     SEMANTICS.md, Names (the eleven names of the API) and Signatures (see the manifest
-    entry's ``signature`` rule for the exact line). Manifest: <op> / signature.
+    entry's ``signature`` rule for the exact line).
     """
     if op not in capabilities.ops:
         pytest.skip(f"backend declares {op} absent")
@@ -85,7 +85,7 @@ def test_group_is_keyword_only(backend, world, op):
     """Passing ``group`` positionally is a TypeError (raised before any communication).
 
     SEMANTICS.md, Signatures: "`group` and `stream` are keyword-only (positional use:
-    TypeError)." Manifest: <op> / keyword-only.
+    TypeError)."
     """
     x = backend.asarray(data.contribution(world.rank(), (2,), "int32"))
     call = _positional_calls(backend, world, x)[op]
@@ -98,7 +98,7 @@ def test_stream_is_keyword_only(backend, world):
     """Passing ``stream`` positionally (after ``group``) is a TypeError too.
 
     SEMANTICS.md, Signatures: "`group` and `stream` are keyword-only (positional use:
-    TypeError)." Manifest: all_sum / keyword-only.
+    TypeError)."
     """
     x = backend.asarray(np.arange(2, dtype=np.int32))
     with collective_raises(TypeError):

@@ -153,7 +153,6 @@ def test_same_shape_hundreds_of_times(backend, world, control, capabilities):
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls:
     thousands of calls in a row on one group, the same shape hundreds of times in a row or
     shapes and dtypes changing, ... each give the result the rules above say."
-    Manifest: sequences / repeated.
     """
     mix = declared_mix(backend, world, capabilities)
     if not mix:
@@ -228,7 +227,7 @@ def test_interleaved_groups_and_p2p(backend, world, control, capabilities):
 
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls:
     ... interleaved with calls on other groups and with send/recv, each give the result the
-    rules above say." Manifest: sequences / interleaved.
+    rules above say."
     """
     if not _can_split(world, capabilities):
         return
@@ -266,7 +265,6 @@ def test_pipeline_recv_send_gather(backend, world, control, capabilities):
 
     SEMANTICS.md, Sizes, groups and call sequences: "A rank may receive (`recv_like`), send what
     it received on, then join a collective ... and each message arrives intact."
-    Manifest: sequences / pipeline.
     """
     require_size(world, 2)
     mix = declared_mix(backend, world, capabilities, collective="all_gather", p2p=True)
@@ -311,7 +309,7 @@ def test_one_to_many_sends(backend, world, control, capabilities):
     """60 rounds of rank 0 sending every other rank its own message, then each answering.
 
     SEMANTICS.md, Sizes, groups and call sequences: "one rank may send to every other rank in
-    turn, and each message arrives intact." Manifest: sequences / one-to-many.
+    turn, and each message arrives intact."
     """
     require_size(world, 2)
     entries = [*MIX, ("", (4096,), "float32"), ("", (5000,), "int64")]
@@ -344,8 +342,7 @@ def test_soak_wrapped_sequence_numbers(backend, world, control, capabilities):
 
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls:
     thousands of calls in a row on one group, the same shape hundreds of times in a row".
-    Opt-in: ``CONFORMANCE_TIERS=soak`` (minutes; raise ``--timeout``). Manifest: sequences /
-    repeated.
+    Opt-in: ``CONFORMANCE_TIERS=soak`` (minutes; raise ``--timeout``).
     """
     if not collective_dtypes(backend, capabilities, "all_sum", world, ["int32"]):
         return  # declared unsupported: it raised as the manifest names
@@ -367,7 +364,7 @@ def test_soak_failure_and_hang_rate(backend, world, control, capabilities, reque
     ``set_timeout``), in the failure message and the report's ``soak_summary`` user property.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Results do not depend on earlier calls".
-    Opt-in: ``CONFORMANCE_TIERS=soak``. Manifest: sequences / interleaved.
+    Opt-in: ``CONFORMANCE_TIERS=soak``.
     """
     if not _can_split(world, capabilities):
         return

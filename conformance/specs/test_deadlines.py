@@ -58,7 +58,7 @@ def test_collective_with_absent_peers_times_out(backend, world, capabilities, sh
 
     SEMANTICS.md, Hangs: "A blocking operation whose peer never arrives raises TimeoutError after
     a configurable deadline (naming the operation, the group and the peers not heard from)
-    instead of blocking forever." Manifest: deadlines / collective-timeout.
+    instead of blocking forever."
     """
     require_size(world, 2)
     if not capabilities.split:
@@ -81,7 +81,7 @@ def test_recv_from_silent_peer_times_out(backend, world, capabilities, short_dea
 
     SEMANTICS.md, Hangs: "A blocking operation whose peer never arrives raises TimeoutError after
     a configurable deadline ... instead of blocking forever." (The reference's contract adds
-    that a recv that timed out leaves the channel usable.) Manifest: deadlines / recv-timeout.
+    that a recv that timed out leaves the channel usable.)
     """
     require_size(world, 2)
     if not capabilities.split:

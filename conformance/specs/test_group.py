@@ -19,7 +19,6 @@ def test_group_cannot_be_constructed(backend, world):
     """Users cannot make a Group directly: TypeError, with or without arguments.
 
     SEMANTICS.md, Signatures: "`Group()` cannot be constructed by users (TypeError)."
-    Manifest: Group / not-constructible.
     """
     collective_raises(TypeError, backend.Group)
     collective_raises(TypeError, type(world))
@@ -29,7 +28,7 @@ def test_group_cannot_be_constructed(backend, world):
 def test_rank_in_range_and_distinct(world, control):
     """Each process has an int rank in [0, size), and no two processes share one.
 
-    SEMANTICS.md, Signatures: "Group.rank() -> int". Manifest: Group.rank / in-range-distinct.
+    SEMANTICS.md, Signatures: "Group.rank() -> int".
     """
     rank, size = world.rank(), world.size()
     ranks = control.allgather(control.next_label("ranks"), rank)
@@ -45,7 +44,7 @@ def test_rank_in_range_and_distinct(world, control):
 def test_size_agreed(world, control):
     """Every process reports the same int size, equal to the number of processes.
 
-    SEMANTICS.md, Signatures: "Group.size() -> int". Manifest: Group.size / agreed.
+    SEMANTICS.md, Signatures: "Group.size() -> int".
     """
     size = world.size()
     sizes = control.allgather(control.next_label("sizes"), size)

@@ -97,7 +97,6 @@ def test_op_on_group(backend, world, control, capabilities, op, shape):
     the same on any group: the world, halves, a split with reversed keys, odd/even ranks. A rank
     may hold several subgroups, even of the same size, and use them alternately; each call
     involves exactly the members of the group it is given, in that group's rank order."
-    Manifest: <op> / groups.
     """
     rank, size = world.rank(), world.size()
     if shape != "world":

@@ -34,8 +34,7 @@ def test_invalid_backend_name_raises(backend, name):
     """An unknown backend name is a ValueError that names the valid values.
 
     SEMANTICS.md, init / is_available: "valid backend names are `any`, `mpi`, `ring`, `nccl`,
-    `jaccl`; any other string raises ValueError naming the valid values". Manifest: init /
-    invalid-backend.
+    `jaccl`; any other string raises ValueError naming the valid values".
     """
     collective_raises(ValueError, backend.init, backend=name, match=_NAMES_ALL)
 
@@ -46,8 +45,7 @@ def test_non_strict_without_backend_gives_singleton(backend, world):
 
     SEMANTICS.md, init / is_available: "`strict=False` and no backend can form a group: a
     singleton group (rank 0, size 1)." Tried with every valid backend name that is_available
-    reports missing, and with the world itself when it has one process. Manifest: init /
-    non-strict-singleton.
+    reports missing, and with the world itself when it has one process.
     """
     problems: list[str | None] = []
     names = _unavailable(backend)
@@ -70,7 +68,7 @@ def test_strict_without_backend_raises(backend, world):
 
     SEMANTICS.md, init / is_available: "`strict=True`: RuntimeError (`[distributed] Couldn't
     initialize any backend`)." With one process, ``init(strict=True)`` itself; else each backend
-    name that is_available reports missing. Manifest: init / strict-raises.
+    name that is_available reports missing.
     """
     names = _unavailable(backend)
     if world.size() == 1:
@@ -86,7 +84,7 @@ def test_init_again_gives_same_group(backend, world):
     """Calling init() again gives a group with the same rank and size, that works.
 
     SEMANTICS.md, init / is_available: "calling `init()` again returns a group with the same rank
-    and size (cached)." Manifest: init / cached.
+    and size (cached)."
     """
     again = call("init() again", backend.init)
     same = (again.rank(), again.size()) == (world.rank(), world.size())
@@ -98,8 +96,7 @@ def test_world_spans_every_launched_process(world, control):
     """Under an MPI launcher, init() forms one group of all launched processes.
 
     SEMANTICS.md, init / is_available: "`any` picks it when launched under mpiexec with more than
-    one process". Compared with the size of the suite's own MPI control plane. Manifest: init /
-    launch-size.
+    one process". Compared with the size of the suite's own MPI control plane.
     """
     ok = world.size() == control.size
     settle([None if ok else f"world has {world.size()} ranks, {control.size} were launched"])
@@ -110,7 +107,7 @@ def test_is_available_returns_bool(backend, world):
     """is_available returns a bool for every valid name; True for the default when a group formed.
 
     SEMANTICS.md, init / is_available: "`is_available(backend)` says whether the backend is built
-    in, not whether a group can form". Manifest: is_available / returns-bool.
+    in, not whether a group can form".
     """
     problems: list[str | None] = []
     for name in VALID_NAMES:
@@ -130,8 +127,7 @@ def test_is_available_returns_bool(backend, world):
 def test_unknown_name_is_not_available(backend, name):
     """is_available of an unknown name is False, without raising.
 
-    SEMANTICS.md, init / is_available: "unknown names return False (no raise)." Manifest:
-    is_available / unknown-false.
+    SEMANTICS.md, init / is_available: "unknown names return False (no raise)."
     """
     answer, error = attempt(backend.is_available, name)
     settle([None if answer is False and not error else f"gave {answer!r} {error or ''}"])
@@ -182,8 +178,7 @@ def test_init_again_is_the_world_group(backend, world, capabilities):
     another: world -> init(), init() -> None, None -> world; under a short backend deadline when
     the backend has one, and a message that went astray on the world is read back, so a failure
     here leaves the world usable. Only when every message arrived, all_sum with the handles
-    mixed across ranks (odd ranks one, even ranks the other). Last in this module. Manifest:
-    init / cached.
+    mixed across ranks (odd ranks one, even ranks the other). Last in this module.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()

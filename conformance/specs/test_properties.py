@@ -51,7 +51,7 @@ def test_all_sum_is_numpy_sum(backend, world, control, dtype, shape, seed, full)
 
     SEMANTICS.md, Reductions: "Floating sums: reduction order is impl-defined, so float results
     are compared with a tolerance scaled by the dtype and the number of ranks ... Integer and bool
-    results are exact." Manifest: all_sum / values.
+    results are exact."
     """
     size, rank = world.size(), world.rank()
     blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
@@ -68,7 +68,7 @@ def test_sum_scatter_is_slice_of_numpy_sum(
     """sum_scatter(x) on rank r equals rows [r*c, (r+1)*c) of numpy's sum, c = rows // N.
 
     SEMANTICS.md, sum_scatter: "Output = `all_sum(x)[r*c:(r+1)*c]` with `c = shape[0] // N` on
-    rank r." Manifest: sum_scatter / slice-of-sum.
+    rank r."
     """
     if world.size() > 1 and not capabilities.supports("sum_scatter"):
         pytest.skip("sum_scatter declared unsupported")
@@ -87,7 +87,7 @@ def test_max_and_min_are_numpy_extremes(backend, world, control, dtype, shape, s
     (complex64 lexicographic), exactly, the same everywhere.
 
     SEMANTICS.md, Reductions: "Integer and bool results are exact." (max/min pick one of the
-    inputs), "Every rank gets the same result." Manifest: all_max / values.
+    inputs), "Every rank gets the same result."
     """
     size, rank = world.size(), world.rank()
     blocks = world_arrays(seed, size, shape, dtype, full_precision=full)
@@ -107,7 +107,6 @@ def test_gather_identical_everywhere_in_rank_order(
     """all_gather gives every rank the same array, whose block r is rank r's input.
 
     SEMANTICS.md, all_gather: "blocks in rank order; ... Every rank gets the same result."
-    Manifest: all_gather / rank-order.
     """
     size, rank = world.size(), world.rank()
     blocks = world_arrays(seed, size, shape, dtype, full_precision=full)

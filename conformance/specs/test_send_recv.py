@@ -32,7 +32,7 @@ def test_recv_exact_shape_and_dtype(backend, world, capabilities, dtype):
 
     SEMANTICS.md, send / recv / recv_like: "`recv(shape, dtype, src)` returns an array of
     exactly that shape and dtype holding what `src` sent." Ring exchange to rank + 1, every
-    shape incl. 0-d and empty. Manifest: recv / shape-dtype.
+    shape incl. 0-d and empty.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -50,7 +50,6 @@ def test_send_returns_x(backend, world, capabilities):
     """send returns an array equal to its input (same shape, dtype and values).
 
     SEMANTICS.md, send / recv / recv_like: "`send` returns an array equal to `x`."
-    Manifest: send / returns-x.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -70,7 +69,7 @@ def test_recv_like_takes_shape_and_dtype_of_x(backend, world, dtype):
     """recv_like(x, src) receives an array shaped and typed like x.
 
     SEMANTICS.md, send / recv / recv_like: "`recv_like(x, src)` is `recv(x.shape, x.dtype,
-    src)`." Manifest: recv_like / like-recv.
+    src)`."
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -91,7 +90,7 @@ def test_ring_both_directions(backend, world):
 
     SEMANTICS.md, send / recv / recv_like: "MLX's ring backend sends only to direct neighbours
     (rank ± 1 mod N); a backend may declare that topology, and the suite must then test only
-    neighbours plus the clean error for the others." Manifest: send / ring-exchange.
+    neighbours plus the clean error for the others."
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -110,7 +109,7 @@ def test_every_allowed_ordered_pair(backend, world, capabilities):
 
     SEMANTICS.md, send / recv / recv_like: "`recv(shape, dtype, src)` returns an array of
     exactly that shape and dtype holding what `src` sent." Pairs run one at a time, so no
-    pattern can deadlock. Manifest: send / every-pair.
+    pattern can deadlock.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -139,7 +138,7 @@ def test_messages_arrive_in_order(backend, world, capabilities):
     """Many messages from one rank to another arrive in the order they were sent.
 
     SEMANTICS.md, send / recv / recv_like: "messages between the same pair arrive in the order
-    sent." Pairs (2k, 2k+1), neighbours in any topology. Manifest: send / order.
+    sent." Pairs (2k, 2k+1), neighbours in any topology.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -175,8 +174,7 @@ def test_ping_pong_many_rounds(backend, world):
     """A pair bounces a message back and forth for many rounds; each hop transforms it.
 
     SEMANTICS.md, send / recv / recv_like: "messages between the same pair arrive in the order
-    sent." and "`recv(...)` returns ... what `src` sent". Pairs (2k, 2k+1). Manifest: recv /
-    ping-pong.
+    sent." and "`recv(...)` returns ... what `src` sent". Pairs (2k, 2k+1).
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -208,7 +206,6 @@ def test_large_messages(backend, world):
 
     SEMANTICS.md, send / recv / recv_like: "`recv(shape, dtype, src)` returns an array of
     exactly that shape and dtype holding what `src` sent." 24 MiB per message in a ring.
-    Manifest: send / large.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -228,7 +225,7 @@ def test_invalid_destination(backend, world):
     """A destination outside [0, N) is a ValueError at call time naming it and the size.
 
     SEMANTICS.md, send / recv / recv_like: "`dst`/`src` outside `[0, N)` raise ValueError at call
-    time: `Invalid destination=5 for a group of size 4`". Manifest: send / invalid-dst.
+    time: `Invalid destination=5 for a group of size 4`".
     """
     require_size(world, 2)
     size = world.size()
@@ -244,7 +241,7 @@ def test_recv_invalid_source(backend, world):
     """A source outside [0, N) is a ValueError at call time naming it and the size.
 
     SEMANTICS.md, send / recv / recv_like: "`dst`/`src` outside `[0, N)` raise ValueError at call
-    time: ... `Invalid source=5 for a group of size 4`." Manifest: recv / invalid-src.
+    time: ... `Invalid source=5 for a group of size 4`."
     """
     require_size(world, 2)
     size = world.size()
@@ -259,7 +256,7 @@ def test_recv_like_invalid_source(backend, world):
     """recv_like validates its source like recv.
 
     SEMANTICS.md, send / recv / recv_like: "`dst`/`src` outside `[0, N)` raise ValueError at call
-    time". Manifest: recv_like / invalid-src.
+    time".
     """
     require_size(world, 2)
     size = world.size()
@@ -275,7 +272,6 @@ def test_send_on_size_one_group(backend, world, capabilities):
     """send on a group of one process raises ValueError.
 
     SEMANTICS.md, Size-1 groups: "`send` raises ValueError `Cannot send to a singleton group`".
-    Manifest: send / singleton-raises.
     """
     group = singleton_group(world, capabilities)
     x = backend.asarray(data.contribution(world.rank(), (2,), "int32"))
@@ -289,7 +285,7 @@ def test_recv_on_size_one_group(backend, world, capabilities):
     """recv on a group of one process raises ValueError.
 
     SEMANTICS.md, Size-1 groups: "`recv`/`recv_like` raise ValueError `Cannot recv from a
-    singleton group`". Manifest: recv / singleton-raises.
+    singleton group`".
     """
     group = singleton_group(world, capabilities)
     with collective_raises(ValueError, match="Cannot recv from a singleton group"):
@@ -302,7 +298,7 @@ def test_recv_like_on_size_one_group(backend, world, capabilities):
     """recv_like on a group of one process raises ValueError.
 
     SEMANTICS.md, Size-1 groups: "`recv`/`recv_like` raise ValueError `Cannot recv from a
-    singleton group`". Manifest: recv_like / singleton-raises.
+    singleton group`".
     """
     group = singleton_group(world, capabilities)
     like = backend.asarray(np.zeros(2, np.int32))
@@ -316,8 +312,7 @@ def test_non_neighbour_send_raises_cleanly(backend, world, capabilities):
     """With ``neighbours`` topology a send to a non-neighbour raises on the sender.
 
     SEMANTICS.md, send / recv / recv_like: "a backend may declare that topology, and the suite
-    must then test only neighbours plus the clean error for the others." Manifest: send /
-    non-neighbour.
+    must then test only neighbours plus the clean error for the others."
     """
     if capabilities.p2p_topology == "any":
         pytest.skip("backend declares any-to-any topology (test_every_allowed_ordered_pair)")
@@ -335,8 +330,7 @@ def test_send_to_self(backend, world, capabilities):
     """Send to oneself either delivers to one's own recv, or raises cleanly, as declared.
 
     SEMANTICS.md, send / recv / recv_like: "impl-defined: sending to oneself (MLX mpi allows it,
-    ring raises)." Checked against the backend's ``send_to_self`` capability. Manifest: send /
-    self.
+    ring raises)." Checked against the backend's ``send_to_self`` capability.
     """
     require_size(world, 2)
     rank = world.rank()
@@ -360,7 +354,7 @@ def test_default_group_is_world_for_p2p(backend, world, capabilities):
     SEMANTICS.md, Signatures: "`group=None` means the global group (`init()`)." So the default
     group and the world are one channel, not two. With a backend deadline the check cannot hang
     on a backend that gets this wrong, and a message the default group missed is read back on
-    the world, so later tests find no stray message. Manifest: send / keyword-only.
+    the world, so later tests find no stray message.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()
@@ -411,7 +405,6 @@ def test_recv_takes_src_among_pending_messages(backend, world, control, capabili
     ascending order and itself last, so a recv that takes whichever message is pending (the
     highest or lowest sender, or its own) gets a wrong one. Run under a short backend deadline
     when the backend has one, and last in this module: a wrong pick leaves a message unread.
-    Manifest: recv / shape-dtype.
     """
     require_size(world, 2)
     rank, size = world.rank(), world.size()

@@ -93,7 +93,7 @@ def test_collective_sweep(backend, world, control, capabilities, op):
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: from one element past 2^31 bytes, counts not divisible by the group size, and the
     counts where an implementation may switch algorithm, chunk or protocol (powers of two and
-    their neighbours). Every element of every result is checked." Manifest: <op> / sizes.
+    their neighbours). Every element of every result is checked."
     """
     counts = sizes.default_counts(world.size())
     _sweep_or_unsupported(backend, world, control, capabilities, op, ["float32"], counts, 0)
@@ -105,7 +105,7 @@ def test_collective_dtypes_large(backend, world, control, capabilities, op):
     """All 14 dtypes at 64 Ki + 1 elements: past the small-message paths for every width.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
-    count". Manifest: <op> / sizes.
+    count".
     """
     counts = sizes.DTYPE_COUNTS_DEFAULT
     _sweep_or_unsupported(backend, world, control, capabilities, op, data.DTYPE_NAMES, counts, 1)
@@ -121,7 +121,7 @@ def test_collective_full_sweep(backend, world, control, capabilities, op, band):
     """float32 over the rest of the sweep up to 16 Mi + 5 elements, one threshold region a test.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
-    count". Manifest: <op> / sizes.
+    count".
     """
     counts = SOAK_BANDS[band]
     _sweep_or_unsupported(backend, world, control, capabilities, op, ["float32"], counts, 2)
@@ -134,7 +134,7 @@ def test_collective_dtypes_full(backend, world, control, capabilities, op, count
     """All 14 dtypes at 1 Mi - 1, 4 Mi + 1 and 16 Mi + 1 elements.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
-    count". Manifest: <op> / sizes.
+    count".
     """
     dtypes = data.DTYPE_NAMES
     _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, [count], 3)
@@ -194,7 +194,7 @@ def test_send_recv_sweep(backend, world, capabilities):
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: ... the counts where an implementation may switch algorithm, chunk or protocol".
     With send / recv: "`recv(shape, dtype, src)` returns an array of exactly that shape and
-    dtype holding what `src` sent." Manifest: send / sizes.
+    dtype holding what `src` sent."
     """
     size = world.size()
     _p2p_sweep(backend, world, capabilities, ["float32"], sizes.default_counts(size), 4)
@@ -209,7 +209,7 @@ def test_send_recv_full_sweep(backend, world, capabilities, band):
     also takes the 14 dtypes at 1 Mi - 1, 4 Mi + 1 and 16 Mi + 1 elements.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
-    count". Manifest: send / sizes.
+    count".
     """
     _p2p_sweep(backend, world, capabilities, ["float32"], SOAK_BANDS[band], 6)
     if band == list(SOAK_BANDS)[-1]:
@@ -241,7 +241,7 @@ def test_send_recv_past_int_max_bytes(backend, world, capabilities):
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: from one element past 2^31 bytes". Opt-in (needs about 3 x 2 GiB on each of two
-    ranks): ``CONFORMANCE_TIERS=huge``. Manifest: send / sizes.
+    ranks): ``CONFORMANCE_TIERS=huge``.
     """
     require_size(world, 2)
     if not p2p_dtypes(backend, capabilities, world, ["uint8"], ("send", "recv")):
@@ -269,7 +269,6 @@ def test_all_sum_past_int_max_bytes(backend, world, control, capabilities):
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: from one element past 2^31 bytes". Opt-in: ``CONFORMANCE_TIERS=huge``.
-    Manifest: all_sum / sizes.
     """
     size, rank, count = world.size(), world.rank(), HUGE_BYTES
     if not collective_dtypes(backend, capabilities, "all_sum", world, ["uint8"]):

@@ -57,7 +57,6 @@ def test_same_colour_same_subgroup(backend, world, capabilities, scheme):
 
     SEMANTICS.md, Group.split: "Processes with the same `color` form a subgroup"; "new ranks
     are ordered by `key`, ties by old rank". Colours rank % k, rank // k, one colour, own colour.
-    Manifest: Group.split / colors.
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -74,7 +73,7 @@ def test_key_orders_new_ranks(backend, world, capabilities, keys):
     """New ranks follow the key, ties broken by old rank; a negative key means the old rank.
 
     SEMANTICS.md, Group.split: "new ranks are ordered by `key`, ties by old rank; a negative key
-    means "use my current rank"." Manifest: Group.split / key-order.
+    means "use my current rank"."
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -98,7 +97,7 @@ def test_key_orders_new_ranks(backend, world, capabilities, keys):
 def test_split_of_split(backend, world, capabilities):
     """A subgroup splits again, by subgroup ranks, and the result talks to the right processes.
 
-    SEMANTICS.md, Group.split: "Split of a split works". Manifest: Group.split / nested.
+    SEMANTICS.md, Group.split: "Split of a split works".
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -119,7 +118,7 @@ def test_collectives_on_subgroups(backend, world, capabilities, scheme):
     """all_sum, all_max, all_gather on a subgroup combine its members' inputs only.
 
     SEMANTICS.md, Group.split: "collectives and p2p on a subgroup use subgroup ranks and involve
-    only its members." Manifest: Group.split / subgroup-collectives.
+    only its members."
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -143,7 +142,6 @@ def test_point_to_point_on_subgroups(backend, world, capabilities):
     SEMANTICS.md, Group.split: "collectives and p2p on a subgroup use subgroup ranks and involve
     only its members." With 4 or more ranks, a ring inside each parity subgroup; with fewer, a
     ring in the whole world reversed by key (subgroup rank r is world rank N-1-r).
-    Manifest: Group.split / subgroup-p2p.
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -168,7 +166,7 @@ def test_subgroups_operate_concurrently(backend, world, capabilities):
 
     SEMANTICS.md, Group.split: "collectives and p2p on a subgroup use subgroup ranks and involve
     only its members." Even ranks all_sum float32 (7,) while odd ranks all_gather int64 (2, 3),
-    for several rounds. Manifest: Group.split / concurrent.
+    for several rounds.
     """
     require_size(world, 2)
     require_split(capabilities)
@@ -198,7 +196,7 @@ def test_split_of_size_one_group_raises(backend, world, capabilities):
     """Splitting a group of one process is a RuntimeError.
 
     SEMANTICS.md, Size-1 groups: "`split` raises RuntimeError `Cannot split the distributed group
-    further.`" Manifest: Group.split / singleton-raises.
+    further.`"
     """
     group = singleton_group(world, capabilities)
     collective_raises(RuntimeError, group.split, 0, match="Cannot split the distributed group")
@@ -210,7 +208,7 @@ def test_unsupported_split_raises(world, capabilities):
     """A backend without split raises RuntimeError on every rank instead of hanging.
 
     SEMANTICS.md, Group.split: "MLX's ring and jaccl backends do not support split (RuntimeError
-    `[ring] Group split not supported.`)". Manifest: Group.split / unsupported-raises.
+    `[ring] Group split not supported.`)".
     """
     if capabilities.split:
         pytest.skip("backend declares split supported (the other split specs check it)")
@@ -225,7 +223,6 @@ def test_negative_colour_consistent(backend, world, capabilities, control):
 
     SEMANTICS.md, Group.split: "impl-defined: negative colors (MLX mpi aborts the job; the
     reference raises ValueError on every rank)." Bound checked: the same outcome on every rank.
-    Manifest: Group.split / negative-color.
     """
     require_size(world, 2)
     require_split(capabilities)

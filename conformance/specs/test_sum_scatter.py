@@ -31,7 +31,7 @@ def test_slice_of_sum(backend, world, capabilities, dtype):
     """Rank r gets rows [r*c, (r+1)*c) of the element-wise sum, c = rows // N.
 
     SEMANTICS.md, sum_scatter: "Output = `all_sum(x)[r*c:(r+1)*c]` with `c = shape[0] // N` on
-    rank r." Manifest: sum_scatter / slice-of-sum.
+    rank r."
     """
     _require_supported(world, capabilities)
     size = world.size()
@@ -52,7 +52,7 @@ def test_indivisible_axis0_raises(backend, world, capabilities):
     """An axis 0 not divisible by N, or a 0-d input, is a ValueError at call time.
 
     SEMANTICS.md, sum_scatter: "N > 1: input must have ndim >= 1 and shape[0] divisible by N,
-    else ValueError raised at call time". Manifest: sum_scatter / divisibility.
+    else ValueError raised at call time".
     """
     require_size(world, 2)
     _require_supported(world, capabilities)
@@ -68,8 +68,7 @@ def test_size_one_group_returns_input(backend, world, capabilities):
     """On a group of size 1 the input comes back unchanged, 0-d and odd sizes included.
 
     SEMANTICS.md, Size-1 groups: "returns the input unchanged (same shape, dtype, values; a 0-d
-    input stays 0-d, even for all_gather and sum_scatter)". Manifest: sum_scatter /
-    singleton-identity.
+    input stays 0-d, even for all_gather and sum_scatter)".
     """
     group = singleton_group(world, capabilities)
     problems = []
@@ -87,7 +86,7 @@ def test_unsupported_raises_everywhere(backend, world, capabilities):
     """A backend without sum_scatter raises on every rank instead of hanging or returning data.
 
     SEMANTICS.md, sum_scatter: "a backend may declare it unsupported, and then it must raise, on
-    every rank, without hanging." Manifest: sum_scatter / unsupported-raises.
+    every rank, without hanging."
     """
     if capabilities.supports(OP):
         pytest.skip("backend declares sum_scatter supported (the other specs check it)")
