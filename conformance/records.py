@@ -62,6 +62,7 @@ class TestRecord(TypedDict, total=False):
     kind: str
     nodeid: str
     outcome: str
+    phase: str  # setup, call or teardown: the phase that failed (failures only)
     failing_ranks: list[int]
     message: str
     longrepr: str

@@ -226,18 +226,20 @@ def _location(report: pytest.TestReport) -> tuple[str, int]:
 
 def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:
     """The results-file fields of one test from its phases' verdicts: outcome (a failed call is
-    ``wrong`` or ``error`` by what was raised; a setup or teardown failure is ``error``), failing
-    ranks, message, longrepr, duration."""
+    ``wrong`` or ``error`` by what was raised; a setup or teardown failure is ``error``), the
+    failing phase (``phase``: setup, call or teardown, only when one failed), failing ranks,
+    message, longrepr, duration."""
     setup, call, teardown = (verdicts.get(when) for when in ("setup", "call", "teardown"))
     outcome: str
+    phase: str | None = None  # the phase that failed, when one did
     if setup is not None and setup.outcome == FAILED:
-        outcome = Outcome.ERROR.value
+        outcome, phase = Outcome.ERROR.value, "setup"
     elif call is None:
         outcome = setup.outcome if setup is not None else Outcome.ERROR.value
     elif call.outcome == FAILED:
-        outcome = call.failure or Outcome.ERROR.value
+        outcome, phase = call.failure or Outcome.ERROR.value, "call"
     elif teardown is not None and teardown.outcome == FAILED:
-        outcome = Outcome.ERROR.value
+        outcome, phase = Outcome.ERROR.value, "teardown"
     else:
         outcome = call.outcome
     failing = sorted({rank for v in verdicts.values() for rank in v.failing_ranks})
@@ -253,4 +255,5 @@ def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:
         "message": message,
         "longrepr": "\n\n".join(v.longrepr for v in failed),
         "duration": sum(v.duration for v in verdicts.values()),
+        **({"phase": phase} if phase else {}),
     }
