@@ -14,8 +14,8 @@
 # 0 also an empty tmpfs over each --private DIR, so files written there are not shared) and a
 # UTS namespace (hostname cfhost<i>). The eth0s are joined by a bridge in a namespace of its
 # own: nothing is added to the machine's own network namespace and nothing is routed off the
-# machine. The code (/work, the virtualenv) stays visible everywhere, as on a cluster whose
-# hosts share one image. MPI is forced onto TCP (libfabric's tcp provider, no shared memory)
+# machine. The code (the repository and the virtualenv, under /tmp too) stays visible everywhere,
+# as on a cluster whose hosts share one image. MPI is forced onto TCP (libfabric's tcp provider, no shared memory)
 # and Hydra starts its proxies with "enter" above. Needs root, ip (iproute2), unshare and
 # nsenter (util-linux); without them "with" and "check" say why and exit 77 (skipped).
 set -u
@@ -49,6 +49,18 @@ why_not() {
 }
 
 # -- making and removing hosts ------------------------------------------------------------------
+shared_code_under_tmp() {
+    # The repository and the active virtualenv when they live under /tmp (each host gets a /tmp
+    # of its own, which would hide them); paths outside /tmp are visible everywhere anyway.
+    local dir
+    for dir in "$root" "${VIRTUAL_ENV:-}"; do
+        case "$dir" in
+            /tmp/*) case "$dir/" in "$root"/*) [ "$dir" = "$root" ] || continue ;; esac
+                    echo "$dir" ;;
+        esac
+    done
+}
+
 state=""      # /run/conformance-hosts-<id>: namespace files, hosts file, hostfile
 prefix=""     # netns names: <prefix>h<i>, switch <prefix>sw
 
@@ -79,11 +91,22 @@ up() {
         ip -n "$ns" link set eth0 up || return 1
         local private=""
         [ "$i" -gt 0 ] && private="$*"
-        # A sleeper holds the host's namespaces; "enter" joins them through its pid.
+        # A sleeper holds the host's namespaces; "enter" joins them through its pid. Code that
+        # lives under /tmp (a CI clone, its virtualenv) is bound aside before /tmp is replaced
+        # and moved back after, so every host still sees the same code.
+        CF_KEEP="$(shared_code_under_tmp)" CF_STAGE="$state/keep$i" \
         ip netns exec "$ns" unshare --mount --uts --propagation private \
             sh -ec '
                 hostname "$1"; shift
+                n=0
+                for dir in $CF_KEEP; do
+                    mkdir -p "$CF_STAGE/$n"; mount --bind "$dir" "$CF_STAGE/$n"; n=$((n + 1))
+                done
                 mount -t tmpfs -o size=512m tmpfs /tmp
+                n=0
+                for dir in $CF_KEEP; do
+                    mkdir -p "$dir"; mount --move "$CF_STAGE/$n" "$dir"; n=$((n + 1))
+                done
                 mount -t tmpfs -o size=256m tmpfs /dev/shm
                 mount --bind "$1" /etc/hosts; shift
                 ready="$1"; shift
