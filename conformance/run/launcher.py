@@ -250,7 +250,8 @@ def library_version(python: str = sys.executable, timeout: float = 60.0) -> str 
         return None
     if out.returncode != 0:
         return None
-    return out.stdout.strip()
+    # Open MPI ends its version string with a NUL byte, which would make a report binary.
+    return out.stdout.replace("\x00", "").strip()
 
 
 def flavor_of_library(version_text: str) -> str:

@@ -205,3 +205,10 @@ def test_a_signal_ends_every_tracked_job_tree_and_raises(tmp_path: Path) -> None
             launcher.start_job(["true"])
     finally:
         launcher.reset_interrupts()
+
+
+def test_library_version_drops_the_nul_byte_open_mpi_ends_with(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf 'Open MPI v5.0.11, Sep 16, 2026\\000\\n'\n")
+    fake.chmod(0o755)
+    assert launcher.library_version(str(fake)) == "Open MPI v5.0.11, Sep 16, 2026"
