@@ -7,6 +7,7 @@ exchange must never leave MPI writing a buffer that a later result is built on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 
@@ -29,6 +30,33 @@ def mpi_data_plane():
     previous = dataplane.set_data_plane("mpi")
     yield
     dataplane.set_data_plane(previous)
+
+
+def _arrive_late(monkeypatch, name: str, call):
+    """On the slow rank: ``collectives.<name>`` delayed past the others' deadline; the outcome
+    of ``call()`` under a deadline long enough to finish (``attempt``'s pair)."""
+    real = getattr(collectives, name)
+
+    def late(*args):
+        time.sleep(3 * SHORT)
+        return real(*args)
+
+    monkeypatch.setattr(collectives, name, late)
+    previous = reference.set_timeout(3.0)
+    try:
+        return call()
+    finally:
+        reference.set_timeout(previous)
+        monkeypatch.undo()
+
+
+def _give_up(call):
+    """On the other ranks: the outcome of ``call()`` under the short deadline."""
+    previous = reference.set_timeout(SHORT)
+    try:
+        return call()
+    finally:
+        reference.set_timeout(previous)
 
 
 @pytest.mark.parametrize("name", ["float32", "float16", "bfloat16", "float64"])
@@ -60,33 +88,16 @@ def test_the_result_and_staging_buffers_are_not_recycled_after_a_timeout(world, 
     slow = comm.size - 1
     rows = 1 << 15  # float32 blocks of 128 KiB: pooled sizes
     x = np.full(comm.size * rows, comm.rank + 1, np.float32)
-    outcome = None
+    call = functools.partial(attempt, reference.sum_scatter, x, group=sub)
     if comm.rank == slow:
-        real = collectives.sum_scatter_into
-
-        def late(*args):
-            time.sleep(3 * SHORT)
-            return real(*args)
-
-        monkeypatch.setattr(collectives, "sum_scatter_into", late)
-        previous = reference.set_timeout(3.0)
-        try:
-            outcome = attempt(reference.sum_scatter, x, group=sub)
-        finally:
-            reference.set_timeout(previous)
-        monkeypatch.undo()
+        outcome = _arrive_late(monkeypatch, "sum_scatter_into", call)
         sync(comm)
         sync(comm)
         if outcome[0] == "ok":
             total = comm.size * (comm.size + 1) / 2
             assert outcome[1].tolist() == [total] * rows, "the late rank got a wrong sum"
         return
-    previous = reference.set_timeout(SHORT)
-    try:
-        outcome = attempt(reference.sum_scatter, x, group=sub)
-    finally:
-        reference.set_timeout(previous)
-    assert outcome[0] == "TimeoutError"
+    outcome = _give_up(call)
     # What the next results of the result's and the staging buffer's sizes are built on.
     recycled = [buffers.empty((rows,), np.dtype(np.float32))]
     if comm.size > 2:
@@ -96,6 +107,8 @@ def test_the_result_and_staging_buffers_are_not_recycled_after_a_timeout(world, 
     sync(comm)  # the late rank sends its blocks now; polling lets MPI deliver them
     time.sleep(0.1)
     sync(comm)
+    # Asserted after the syncs, so a failure here never leaves the late rank waiting in one.
+    assert outcome[0] == "TimeoutError"
     assert all((array == -1).all() for array in recycled), "a recycled buffer was written"
 
 
@@ -114,32 +127,15 @@ def test_exchanged_all_reduce_buffers_are_not_recycled_after_a_timeout(
     count = 1 << 15  # above the pool's threshold for every dtype here
     x = np.full(count, comm.rank + 1, dtype)
     expected = {"all_max": comm.size, "all_min": 1, "all_sum": comm.size * (comm.size + 1) / 2}
-    outcome = None
+    call = functools.partial(attempt, getattr(reference, op), x, group=sub)
     if comm.rank == slow:
-        real = collectives.all_reduce_into
-
-        def late(*args):
-            time.sleep(3 * SHORT)
-            return real(*args)
-
-        monkeypatch.setattr(collectives, "all_reduce_into", late)
-        previous = reference.set_timeout(3.0)
-        try:
-            outcome = attempt(getattr(reference, op), x, group=sub)
-        finally:
-            reference.set_timeout(previous)
-        monkeypatch.undo()
+        outcome = _arrive_late(monkeypatch, "all_reduce_into", call)
         sync(comm)
         sync(comm)
         if outcome[0] == "ok":
             assert (outcome[1] == expected[op]).all(), "the late rank got a wrong result"
         return
-    previous = reference.set_timeout(SHORT)
-    try:
-        outcome = attempt(getattr(reference, op), x, group=sub)
-    finally:
-        reference.set_timeout(previous)
-    assert outcome[0] == "TimeoutError"
+    outcome = _give_up(call)
     recycled = [buffers.empty((count,), np.dtype(dtype))]
     if comm.size > 2:
         per_block = -(-count // comm.size)
@@ -149,6 +145,7 @@ def test_exchanged_all_reduce_buffers_are_not_recycled_after_a_timeout(
     sync(comm)
     time.sleep(0.1)
     sync(comm)
+    assert outcome[0] == "TimeoutError"
     assert all((array == -1).all() for array in recycled), "a recycled buffer was written"
 
 
