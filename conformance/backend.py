@@ -221,12 +221,16 @@ class Backend:
             )
 
     def __getattr__(self, attr: str) -> Any:
-        # Only reached for attributes not set in __init__: the API names.
+        # Only reached for attributes not set in __init__: the API names. The function is then
+        # kept on the instance, so later calls (a bench loop, a test's thousand calls) cost one
+        # attribute lookup, as a module attribute does for a user of the API.
         if attr in API_NAMES:
             try:
-                return getattr(self.__dict__.get("api"), attr)
+                function = getattr(self.__dict__.get("api"), attr)
             except AttributeError:
                 raise AttributeError(f"backend {self.name!r} does not provide {attr!r}") from None
+            self.__dict__[attr] = function
+            return function
         raise AttributeError(f"{type(self).__name__!s} has no attribute {attr!r}")
 
     def __repr__(self) -> str:

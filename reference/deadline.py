@@ -124,6 +124,23 @@ def wait_all(
     raise on_timeout(pending, _timeout)
 
 
+def wait_or_cancel(request: MPI.Request, on_timeout: Callable[[float], Exception]) -> None:
+    """Complete a receive, or cancel it at the deadline and raise ``on_timeout(seconds)``.
+
+    A receive that MPI matched before the cancel completes normally instead: the message is
+    delivered and nothing is raised, so a raised timeout always means nothing was consumed.
+    """
+    from mpi4py import MPI
+
+    if _wait_until(MPI.Request.Test, request):
+        return
+    request.Cancel()
+    status = MPI.Status()
+    request.Wait(status)
+    if status.Is_cancelled():
+        raise on_timeout(_timeout)
+
+
 def poll(probe: Callable[[], object], on_timeout: Callable[[float], Exception]) -> object:
     """Call ``probe`` until it returns something other than None, or raise at the deadline."""
     found = probe()

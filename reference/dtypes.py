@@ -40,6 +40,8 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(NUMPY_DTYPES.values())
 # A stable small integer per dtype: it goes into message headers, so it must not depend on
 # anything that differs between processes.
 DTYPE_CODES: dict[np.dtype, int] = {dt: code for code, dt in enumerate(SUPPORTED_DTYPES)}
+# The classes of the dtype objects themselves (np.dtype subclasses such as Float32DType).
+_DTYPE_CLASSES = frozenset(type(dt) for dt in SUPPORTED_DTYPES)
 
 FLOATING = frozenset(NUMPY_DTYPES[n] for n in ("float16", "bfloat16", "float32", "float64"))
 COMPLEX = frozenset({NUMPY_DTYPES["complex64"]})
@@ -70,6 +72,8 @@ def as_dtype(dtype: Any) -> np.dtype:
 
     Raises TypeError for anything that is not one of the 14 supported dtypes.
     """
+    if type(dtype) in _DTYPE_CLASSES and dtype in DTYPE_CODES:  # the hot path: recv_like
+        return dtype
     if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
         return NUMPY_DTYPES[dtype]
     for python_type, scalar_dtype in _SCALAR_DTYPES:
@@ -122,6 +126,8 @@ def _scalar_to_array(x: Any, op: str) -> np.ndarray:
 
 def as_shape(shape: Any, op: str) -> tuple[int, ...]:
     """Validate the ``shape`` argument of ``recv``: a sequence of non-negative ints."""
+    if type(shape) is tuple and all(type(dim) is int and dim >= 0 for dim in shape):
+        return shape  # the hot path: recv_like passes an array's shape
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise TypeError(f"{op}: shape must be a sequence of ints, got {type(shape).__name__}")
     dims = tuple(shape)

@@ -58,6 +58,8 @@ class Group:
         # Messages a rank sends to itself never touch MPI: they wait here for the matching recv.
         group._to_self = collections.deque()
         group._message_numbers = collections.Counter()
+        # recv's header buffer (reference.p2p), allocated on first use.
+        group._inbox = None
         # Sends that stalled mid-transfer: MPI may still read their arrays, so they stay alive.
         group._orphans = []
         # The shared-memory segment (reference.shm), mapped on first use; False: spans nodes.

@@ -15,6 +15,11 @@ into the result's buffer and answered "clear to send" with the message number. S
 ``send`` is eager, like MPI's standard mode: when it returns the message is delivered or on its
 way and ``x`` may be reused; for large messages it waits until the matching recv is posted.
 A message to oneself is queued in the group and handed to the matching recv.
+
+The receiver takes the header with a receive posted into the group's inbox (one buffer that holds
+any header and an inline payload), not by probing first: one MPI call fewer on the small-message
+path. At the deadline that receive is cancelled; if MPI had already matched it, the message is
+delivered as usual, so a recv that raises TimeoutError has consumed nothing.
 """
 
 from __future__ import annotations
@@ -47,12 +52,22 @@ INLINE_BYTES = 16384
 # dtype code, ndim, nbytes, message number; then ndim dims; then the payload when inline
 _FIXED = struct.Struct("<4q")
 _NUMBER = struct.Struct("<q")
+_MOST_DIMS = 64  # numpy's limit
+_DIMS = [struct.Struct(f"<{ndim}q") for ndim in range(_MOST_DIMS + 1)]
+# The receive buffer of a header: room for any header and an inline payload.
+INBOX_BYTES = _FIXED.size + _DIMS[_MOST_DIMS].size + INLINE_BYTES
+
+_BYTE: Any = None
 
 
-def _byte():
-    from mpi4py import MPI
+def _byte() -> Any:
+    global _BYTE
+    if _BYTE is None:
+        # Imported on first use: importing mpi4py.MPI initialises MPI.
+        from mpi4py import MPI
 
-    return MPI.BYTE
+        _BYTE = MPI.BYTE
+    return _BYTE
 
 
 def _check_peer(group: Group, peer: Any, op: str, role: str) -> int:
@@ -71,10 +86,12 @@ def _payload_tag(number: int) -> int:
 
 
 def _header(array: np.ndarray, number: int) -> bytes:
-    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, array.nbytes, number)
-    dims = struct.pack(f"<{array.ndim}q", *array.shape)
-    inline = array.tobytes() if array.nbytes <= INLINE_BYTES else b""
-    return fixed + dims + inline
+    nbytes = array.nbytes
+    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, nbytes, number)
+    dims = _DIMS[array.ndim].pack(*array.shape)
+    if nbytes > INLINE_BYTES:
+        return fixed + dims
+    return fixed + dims + array.tobytes()
 
 
 def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
@@ -97,6 +114,8 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
         requests = [comm.Isend([payload, _byte()], dst, _payload_tag(number))]
     else:
         requests = [comm.Isend([_header(array, number), _byte()], dst, TAG_HEADER)]
+        if requests[0].Test():  # small messages leave at once (MPI's eager protocol)
+            return _read_only(array)
 
     def stalled(pending: list[int], seconds: float) -> TimeoutError:
         # The receiver had posted its receive; MPI may still read x: keep it alive with the
@@ -139,7 +158,7 @@ def _announce(group: Group, dst: int, number: int, array: np.ndarray) -> None:
 
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
-    view.flags.writeable = False
+    view.setflags(write=False)
     return view
 
 
@@ -160,32 +179,33 @@ def recv(
     if src == group.rank():
         return _recv_from_self(group, shape, dtype)
     comm = group._comm
+    inbox = group._inbox
+    if inbox is None:
+        inbox = group._inbox = np.empty(INBOX_BYTES, np.uint8)
+    arrival = comm.Irecv([inbox, _byte()], src, TAG_HEADER)
+    if not arrival.Test():
 
-    def nothing_sent(seconds: float) -> TimeoutError:
-        return TimeoutError(
-            f"recv of {describe(dtype, shape)} from rank {src} of {group._label} timed out after "
-            f"{seconds:g} s: rank {src} sent nothing"
-        )
+        def nothing_sent(seconds: float) -> TimeoutError:
+            return TimeoutError(
+                f"recv of {describe(dtype, shape)} from rank {src} of {group._label} timed out "
+                f"after {seconds:g} s: rank {src} sent nothing"
+            )
 
-    from mpi4py import MPI
-
-    status = MPI.Status()
-    message = deadline.poll(lambda: comm.Improbe(src, TAG_HEADER, status), nothing_sent)
-    header = bytearray(status.Get_count(MPI.BYTE))
-    message.Recv([header, MPI.BYTE])
-    code, ndim, nbytes, number = _FIXED.unpack_from(header)
-    sent_shape = struct.unpack_from(f"<{ndim}q", header, _FIXED.size)
+        deadline.wait_or_cancel(arrival, nothing_sent)
+    code, ndim, nbytes, number = _FIXED.unpack_from(inbox)
+    sent_shape = _DIMS[ndim].unpack_from(inbox, _FIXED.size)
     sent_dtype = SUPPORTED_DTYPES[code]
     inline_at = _FIXED.size + 8 * ndim
-    matches = sent_dtype == dtype and tuple(sent_shape) == shape
+    matches = sent_dtype == dtype and sent_shape == shape
+    if matches and nbytes <= INLINE_BYTES:
+        inline = np.frombuffer(inbox, dtype, nbytes // dtype.itemsize, inline_at)
+        return inline.reshape(shape).copy()
     out = buffers.empty(shape, dtype) if matches else np.empty(nbytes, np.uint8)
     buffer = out.reshape(-1).view(np.uint8)
-    if nbytes <= INLINE_BYTES:
-        buffer[...] = np.frombuffer(header, np.uint8, nbytes, inline_at)
-    else:
+    if nbytes > INLINE_BYTES:
         requests = [
-            comm.Irecv([buffer, MPI.BYTE], src, _payload_tag(number)),
-            comm.Isend([_NUMBER.pack(number), MPI.BYTE], src, TAG_CLEAR_TO_SEND),
+            comm.Irecv([buffer, _byte()], src, _payload_tag(number)),
+            comm.Isend([_NUMBER.pack(number), _byte()], src, TAG_CLEAR_TO_SEND),
         ]
 
         def sender_gave_up(pending: list[int], seconds: float) -> TimeoutError:

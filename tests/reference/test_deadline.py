@@ -142,6 +142,42 @@ def test_wait_all_raises_the_callers_error_with_pending_indices_and_cancels(self
     assert never_buffer.tolist() == [-7] * 4
 
 
+def test_wait_or_cancel_cancels_an_unmatched_receive_and_raises(self_comm):
+    """At the deadline an unmatched receive is cancelled (its buffer is never written, a later
+    message goes to the next receive) and on_timeout(seconds) is raised."""
+    reference.set_timeout(SHORT)
+    never_buffer = np.full(3, -5, np.int64)
+    request = self_comm.Irecv(never_buffer, 0, 98)
+
+    class Late(Exception):
+        pass
+
+    seen = []
+    start = time.monotonic()
+    with pytest.raises(Late):
+        deadline.wait_or_cancel(request, lambda seconds: seen.append(seconds) or Late())
+    assert SHORT * 0.9 <= time.monotonic() - start < SHORT + 5
+    assert seen == [SHORT]
+    late, fresh = np.array([1, 2, 3], np.int64), np.zeros(3, np.int64)
+    self_comm.Sendrecv(late, 0, 98, fresh, 0, 98)
+    assert fresh.tolist() == [1, 2, 3]
+    assert never_buffer.tolist() == [-5] * 3
+
+
+def test_wait_or_cancel_delivers_a_receive_matched_before_the_deadline(self_comm):
+    """A receive whose message is there completes without on_timeout being called."""
+    out = np.zeros(2, np.int64)
+    send = self_comm.Isend(np.array([4, 5], np.int64), 0, 97)
+    request = self_comm.Irecv(out, 0, 97)
+
+    def fail(seconds):
+        raise AssertionError("on_timeout called")
+
+    deadline.wait_or_cancel(request, fail)
+    send.Wait()
+    assert out.tolist() == [4, 5]
+
+
 def test_poll_returns_the_first_value_that_is_not_none():
     """poll keeps probing until the probe returns something, and returns that."""
     calls = []
