@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # error, call number, op, dtype code, ndim, nbytes, shape hash, argument 0, argument 1
 HEADER = struct.Struct("<9q")
 _AGREED_FIELDS = slice(1, 7)
+_AGREED_END = 8 * _AGREED_FIELDS.stop
 # Up to 4 KiB a payload rides with the header: one exchange instead of two rounds (measured at
 # 2 ranks: a 4 KiB all_gather 7.9 us with a separate data phase). Up to SHORT_BYTES the slot is
 # sent short, so tiny calls do not copy 4 KiB.
@@ -54,7 +55,12 @@ class Agreement(NamedTuple):
     # When the payloads fit inline: every rank's array, stacked in rank order along a new axis 0.
     # A view into the group's slots, valid until the group's next round.
     inline: np.ndarray | None
-    headers: list[tuple[int, ...]]  # each rank's header; fields 7 and 8 are the op's arguments
+    exchange: HeaderExchange
+
+    @property
+    def headers(self) -> list[tuple[int, ...]]:
+        """Each rank's header (fields 7 and 8 are the op's arguments); read before the next round."""
+        return [HEADER.unpack_from(row) for row in self.exchange.rows]
 
 
 class HeaderExchange:
@@ -71,7 +77,13 @@ class HeaderExchange:
         # every rank's header and payload sit side by side, ready to be reduced in one call.
         self.slots = np.zeros((size, SLOT_BYTES), np.uint8)
         self.send_slot = self.slots[rank]
+        self.send_view = memoryview(self.send_slot)
         self.rows = list(self.slots)
+        # The agreed fields of every header, error flag included, as one strided view: a round
+        # is agreed when its bytes are this rank's header repeated (one bytes comparison).
+        self.agreed_bytes = self.slots[:, : _AGREED_END]
+        self.own_agreed = slice(rank * _AGREED_END, (rank + 1) * _AGREED_END)
+        self.size = size
         self.peers = [peer for peer in range(size) if peer != rank]
         short_slot = self.send_slot[: HEADER.size + SHORT_BYTES]
         # Per peer [receive, send]: index // 2 is the peer, an even index a receive.
@@ -115,7 +127,7 @@ def agree(
     exchange = group._header_exchange()
     rank = group._rank
     group._calls += 1
-    nbytes = _pack(exchange.send_slot, group._calls, op, array, error, arguments)
+    nbytes = _pack(exchange.send_view, group._calls, op, array, error, arguments)
     requests = exchange.long if SHORT_BYTES < nbytes <= INLINE_BYTES else exchange.short
     exchange.start(requests)
 
@@ -127,19 +139,18 @@ def agree(
         )
 
     deadline.wait_all(requests, never_arrived)
-    headers = [HEADER.unpack_from(row) for row in exchange.rows]
-    own = headers[rank][_AGREED_FIELDS]
-    for header in headers:
-        if header[0] or header[_AGREED_FIELDS] != own:
-            raise _shared_failure(group, op, array, error, headers)
+    agreed = exchange.agreed_bytes.tobytes()
+    if error is not None or agreed != agreed[exchange.own_agreed] * exchange.size:
+        headers = [HEADER.unpack_from(row) for row in exchange.rows]
+        raise _shared_failure(group, op, array, error, headers)
     inline = None
-    if array is not None and nbytes <= INLINE_BYTES:
+    if 0 <= nbytes <= INLINE_BYTES:  # negative: no array (split) or an error
         inline = exchange.stacked(array.dtype, array.shape)
-    return Agreement(inline, headers)
+    return Agreement(inline, exchange)
 
 
 def _pack(
-    slot: np.ndarray,
+    slot: memoryview,
     call: int,
     op: str,
     array: np.ndarray | None,
@@ -166,7 +177,7 @@ def _pack(
     )
     if 0 < nbytes <= INLINE_BYTES:
         # Through bytes: for a few hundred bytes this is several times cheaper than numpy views.
-        memoryview(slot)[HEADER.size : HEADER.size + nbytes] = array.tobytes()
+        slot[HEADER.size : HEADER.size + nbytes] = array.tobytes()
     return nbytes
 
 

@@ -46,7 +46,7 @@ def _prepare(x: Any, op: str, group: Group) -> tuple[np.ndarray | None, Exceptio
     try:
         return as_array(x, op), None
     except (TypeError, ValueError) as error:
-        if group.size() == 1:
+        if group._size == 1:
             raise
         return None, error
 
@@ -94,7 +94,7 @@ def _through_shm(group: Group, op: str, segment: shm.Segment, move: Any) -> None
 def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
     group = resolve_group(group, op)
     array, error = _prepare(x, op, group)
-    if group.size() == 1:
+    if group._size == 1:
         return np.array(array, copy=True)
     agreement = agree(group, op, array, error)
     if agreement.inline is not None:
@@ -145,10 +145,10 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     """
     group = resolve_group(group, "all_gather")
     array, error = _prepare(x, "all_gather", group)
-    if group.size() == 1:
+    if group._size == 1:
         return np.array(array, copy=True)
     agreement = agree(group, "all_gather", array, error)
-    size = group.size()
+    size = group._size
     shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
     if agreement.inline is not None:
         # A copy: the stacked view lives in the group's slots, which the next round overwrites.
@@ -182,9 +182,9 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
     """
     group = resolve_group(group, "sum_scatter")
     array, error = _prepare(x, "sum_scatter", group)
-    if group.size() == 1:
+    if group._size == 1:
         return np.array(array, copy=True)
-    size, rank = group.size(), group.rank()
+    size, rank = group._size, group._rank
     if error is None:
         error = _scatter_shape_error(array, size)
     agreement = agree(group, "sum_scatter", array, error)
