@@ -59,7 +59,7 @@ class Agreement(NamedTuple):
 
     @property
     def headers(self) -> list[tuple[int, ...]]:
-        """Each rank's header (fields 7 and 8 are the op's arguments); read before the next round."""
+        """Each rank's header (fields 7 and 8: the op's arguments), valid until the next round."""
         return [HEADER.unpack_from(row) for row in self.exchange.rows]
 
 
