@@ -6,11 +6,12 @@ disagreement or of an invalid argument on any rank, and all raise the same error
 and what each passed. No rank is left blocked.
 
 Each rank sends every peer one slot: a header (error flag, call number, op, dtype, shape, byte
-count, two op arguments) followed by the payload itself when it fits in ``INLINE_BYTES``. So a
+count, two op arguments) followed by the payload itself when it fits (``inline_limit``). So a
 small collective costs exactly one exchange: once the headers agree, every rank already holds
-every block and reduces them locally. Slots travel short (up to ``SHORT_BYTES`` of payload) or
-long; the receives always take a long one. The header exchange is point to point so that a
-deadline can name exactly the peers that never arrived.
+every block and reduces them locally. Slots travel short (up to ``SHORT_BYTES`` of payload),
+long (up to ``LONG_BYTES``) or at their exact size; the receives always take a full one. The
+header exchange is point to point so that a deadline can name exactly the peers that never
+arrived.
 
 Only when something is wrong does a second exchange follow, carrying each rank's description of
 its call and its error text; every rank saw the same headers, so every rank takes that path.
@@ -36,11 +37,25 @@ if TYPE_CHECKING:
 HEADER = struct.Struct("<9q")
 _AGREED_FIELDS = slice(1, 7)
 _AGREED_END = 8 * _AGREED_FIELDS.stop
-# Up to 4 KiB a payload rides with the header: one exchange instead of two rounds (measured at
-# 2 ranks: a 4 KiB all_gather 7.9 us with a separate data phase). Up to SHORT_BYTES the slot is
-# sent short, so tiny calls do not copy 4 KiB.
-INLINE_BYTES = 4096
+# Up to INLINE_BYTES a payload rides with the header: one exchange instead of two rounds, and no
+# MPI collective, whose mid-size algorithms are slow on one node (measured at 2 ranks, MPICH
+# wheel, idle: Allreduce of 32 KiB 29 us where an exchange of 32 KiB takes ~7 us; the data
+# phase made all_sum 0.33x raw at 8 KiB and 0.58x at 64 KiB). Slots travel short (payload up to
+# SHORT_BYTES) or long (up to LONG_BYTES) on persistent requests, so tiny calls do not copy 4 KiB;
+# larger inline payloads go in one send of their exact size.
+# all_gather keeps LONG_BYTES: MPI's allgather is fast at mid sizes (32 KiB in 9 us) and the
+# gathered result would be copied out of the slots once more.
+INLINE_BYTES = 65536
 SHORT_BYTES = 512
+LONG_BYTES = 4096
+GATHER_INLINE_BYTES = LONG_BYTES
+
+
+def inline_limit(op: str) -> int:
+    """The largest payload (bytes a rank) of ``op`` that rides in the agreement round."""
+    return GATHER_INLINE_BYTES if op == "all_gather" else INLINE_BYTES
+
+
 SLOT_BYTES = HEADER.size + INLINE_BYTES
 
 TAG_HEADER = 11
@@ -81,20 +96,35 @@ class HeaderExchange:
         self.rows = list(self.slots)
         # The agreed fields of every header, error flag included, as one strided view: a round
         # is agreed when its bytes are this rank's header repeated (one bytes comparison).
-        self.agreed_bytes = self.slots[:, : _AGREED_END]
+        self.agreed_bytes = self.slots[:, :_AGREED_END]
         self.own_agreed = slice(rank * _AGREED_END, (rank + 1) * _AGREED_END)
         self.size = size
         self.peers = [peer for peer in range(size) if peer != rank]
         short_slot = self.send_slot[: HEADER.size + SHORT_BYTES]
+        long_slot = self.send_slot[: HEADER.size + LONG_BYTES]
         # Per peer [receive, send]: index // 2 is the peer, an even index a receive.
         self.short: list[MPI.Prequest] = []
         self.long: list[MPI.Prequest] = []
         for peer in self.peers:
             receive = comm.Recv_init([self.slots[peer], MPI.BYTE], peer, TAG_HEADER)
             self.short += [receive, comm.Send_init([short_slot, MPI.BYTE], peer, TAG_HEADER)]
-            self.long += [receive, comm.Send_init([self.send_slot, MPI.BYTE], peer, TAG_HEADER)]
+            self.long += [receive, comm.Send_init([long_slot, MPI.BYTE], peer, TAG_HEADER)]
+        self.receives = self.short[::2]
+        self.comm = comm
         self.start = MPI.Prequest.Startall
         self._stacked: dict[tuple[np.dtype, tuple[int, ...]], np.ndarray] = {}
+
+    def sized(self, nbytes: int) -> list[MPI.Request]:
+        """Start a round whose slot is sent as its first ``nbytes``: the requests, paired as
+        ``short`` and ``long`` are (the persistent receives take any slot up to the full one)."""
+        from mpi4py import MPI
+
+        self.start(self.receives)
+        slot = [self.send_slot[:nbytes], MPI.BYTE]
+        requests: list[MPI.Request] = []
+        for receive, peer in zip(self.receives, self.peers, strict=True):
+            requests += [receive, self.comm.Isend(slot, peer, TAG_HEADER)]
+        return requests
 
     def stacked(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """Every rank's inline payload as one (size, *shape) array viewing the slots.
@@ -127,24 +157,40 @@ def agree(
     exchange = group._header_exchange()
     rank = group._rank
     group._calls += 1
-    nbytes = _pack(exchange.send_view, group._calls, op, array, error, arguments)
-    requests = exchange.long if SHORT_BYTES < nbytes <= INLINE_BYTES else exchange.short
-    exchange.start(requests)
+    limit = inline_limit(op)
+    nbytes = _pack(exchange.send_view, group._calls, op, array, error, arguments, limit)
+    if nbytes <= SHORT_BYTES or nbytes > limit:  # a header alone is short
+        requests = exchange.short
+        exchange.start(requests)
+    elif nbytes <= LONG_BYTES:
+        requests = exchange.long
+        exchange.start(requests)
+    else:
+        requests = exchange.sized(HEADER.size + nbytes)
 
     def never_arrived(pending: list[int], seconds: float) -> Exception:
         missing = sorted({exchange.peers[index // 2] for index in pending if index % 2 == 0})
+        # Receives are cancelled; sends are not (MPICH cannot cancel a one-off send, and crashes
+        # trying): they and the slot they read stay with the retired group.
+        for index in pending:
+            if index % 2 == 0:
+                try:
+                    requests[index].Cancel()
+                except Exception:  # best effort, as in deadline.wait_all
+                    pass
+        group._orphans.append(requests)
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s waiting for rank(s) "
             f"{_names(missing)} to call {op} (rank {rank} of {group._size} was waiting)"
         )
 
-    deadline.wait_all(requests, never_arrived)
+    deadline.wait_all(requests, never_arrived, cancel=False)
     agreed = exchange.agreed_bytes.tobytes()
     if error is not None or agreed != agreed[exchange.own_agreed] * exchange.size:
         headers = [HEADER.unpack_from(row) for row in exchange.rows]
         raise _shared_failure(group, op, array, error, headers)
     inline = None
-    if 0 <= nbytes <= INLINE_BYTES:  # negative: no array (split) or an error
+    if 0 <= nbytes <= limit:  # negative: no array (split) or an error
         inline = exchange.stacked(array.dtype, array.shape)
     return Agreement(inline, exchange)
 
@@ -156,6 +202,7 @@ def _pack(
     array: np.ndarray | None,
     error: Exception | None,
     arguments: tuple[int, int],
+    limit: int,
 ) -> int:
     if array is None or error is not None:
         failed = int(error is not None)
@@ -175,7 +222,7 @@ def _pack(
         hash(shape),  # ints and tuples of ints hash the same in every process
         *arguments,
     )
-    if 0 < nbytes <= INLINE_BYTES:
+    if 0 < nbytes <= limit:
         # Through bytes: for a few hundred bytes this is several times cheaper than numpy views.
         slot[HEADER.size : HEADER.size + nbytes] = array.tobytes()
     return nbytes

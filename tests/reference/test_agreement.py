@@ -170,16 +170,16 @@ def test_several_failing_ranks_are_all_named(world, comm):
     assert_group_works(world, comm)
 
 
-def boundary_counts(itemsize: int) -> list[int]:
-    """Element counts whose byte size is just below, equal to and just above INLINE_BYTES."""
-    at = INLINE // itemsize
+def boundary_counts(itemsize: int, op: str = "all_sum") -> list[int]:
+    """Element counts whose byte size is just below, equal to and just above op's inline limit."""
+    at = agreement.inline_limit(op) // itemsize
     return [at - 1, at, at + 1]
 
 
 @pytest.mark.parametrize("name", ["uint8", "int16", "float32", "int64", "complex64", "bfloat16"])
 @pytest.mark.parametrize("op", ["all_sum", "all_max", "all_min", "all_gather"])
 def test_inline_boundary_gives_the_same_results(world, comm, monkeypatch, op, name):
-    """Payloads just below, at and just above INLINE_BYTES give the independently computed
+    """Payloads just below, at and just above the op's inline limit give the independently computed
     result, bit-identical on every rank; the first two take the inline path, the last not."""
     dtype = NUMPY_DTYPES[name]
     inline_calls = []
@@ -190,11 +190,11 @@ def test_inline_boundary_gives_the_same_results(world, comm, monkeypatch, op, na
         lambda *a: inline_calls.append(1) or original(*a),
     )
     results = []
-    for count in boundary_counts(dtype.itemsize):
+    for count in boundary_counts(dtype.itemsize, op):
         x = encode(comm.rank, (count,), dtype, salt=count)
         results.append(getattr(reference, op)(x, group=world))
     everyone = allgather(comm, [r.tobytes() for r in results])
-    for count, result in zip(boundary_counts(dtype.itemsize), results, strict=True):
+    for count, result in zip(boundary_counts(dtype.itemsize, op), results, strict=True):
         data = world_data(comm.size, (count,), dtype, salt=count)
         stacked = np.stack(data).astype(np.complex128 if name == "complex64" else np.float64)
         if op == "all_gather":
@@ -257,11 +257,12 @@ def test_inexact_float_sums_are_bit_identical_on_every_rank(world, comm, name, c
 
 
 def test_short_and_long_slots_alternate_without_stale_bytes(world, comm):
-    """Rounds alternate between short slots (payload up to SHORT_BYTES) and long ones (up to
-    INLINE_BYTES) on one group: every result is computed from its own call's data, never from
-    bytes a longer earlier slot left behind, and a disagreement across the two kinds is caught."""
-    short = agreement.SHORT_BYTES
-    sizes = [INLINE, 1, short + 1, short, INLINE - 1, 2, short // 2]
+    """Rounds alternate between short slots (payload up to SHORT_BYTES), long ones (up to
+    LONG_BYTES) and exact-size ones (up to INLINE_BYTES) on one group: every result is computed
+    from its own call's data, never from bytes a longer earlier slot left behind, and a
+    disagreement across the kinds is caught."""
+    short, long = agreement.SHORT_BYTES, agreement.LONG_BYTES
+    sizes = [INLINE, 1, short + 1, short, long + 1, INLINE - 1, long, 2, short // 2]
     for salt, nbytes in enumerate(sizes):
         x = encode(comm.rank, (nbytes,), np.uint8, salt=salt)
         gathered = reference.all_gather(x, group=world)

@@ -1,7 +1,8 @@
 """The collectives' data phase: large payloads through MPI (incl. user ops), odd shapes and layouts.
 
-Sizes above agreement.INLINE_BYTES go through MPI_Iallreduce / Iallgather / Ireduce_scatter_block
-with the reference's datatypes and ops; expected results are computed from every rank's input.
+Sizes above agreement.inline_limit(op) go through MPI_Iallreduce / Iallgather /
+Ireduce_scatter_block with the reference's datatypes and ops; expected results are computed from
+every rank's input.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.mpi(min_size=2)
 
 REDUCTIONS = ["all_sum", "all_max", "all_min"]
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
-LARGE = 5003  # elements: above INLINE_BYTES for every dtype, and not a multiple of anything
+LARGE = 65543  # elements: above INLINE_BYTES for every dtype, and a prime
 
 
 def special_input(rank: int, size: int, name: str, op: str, complex_nan=False) -> np.ndarray:
@@ -69,7 +70,7 @@ def test_large_reductions_of_every_dtype(world, comm, op, name):
     """Every dtype through the MPI data phase (predefined and user-defined ops) gives the rule's
     result, bit-identical on every rank, without numpy warnings (complex: no NaN here)."""
     x = special_input(comm.rank, comm.size, name, op)
-    assert x.nbytes > agreement.INLINE_BYTES
+    assert x.nbytes > agreement.inline_limit(op)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = getattr(reference, op)(x, group=world)
@@ -85,7 +86,7 @@ def test_large_all_gather_of_every_dtype(world, comm, name, shape):
     """all_gather of large blocks concatenates them along axis 0 in rank order, bit for bit."""
     dtype = NUMPY_DTYPES[name]
     x = encode(comm.rank, shape, dtype, salt=comm.rank * 11)
-    assert x.nbytes > agreement.INLINE_BYTES
+    assert x.nbytes > agreement.inline_limit("all_gather")
     result = reference.all_gather(x, group=world)
     expected = np.concatenate(
         [encode(r, shape, dtype, salt=r * 11) for r in range(comm.size)], axis=0

@@ -124,7 +124,7 @@ def test_exchanged_all_reduce_buffers_are_not_recycled_after_a_timeout(
     the late rank gets the right result or an error."""
     sub = world.split(0)
     slow = comm.size - 1
-    count = 1 << 15  # above the pool's threshold for every dtype here
+    count = 1 << 17  # above the pool's threshold and the inline limit for every dtype here
     x = np.full(count, comm.rank + 1, dtype)
     expected = {"all_max": comm.size, "all_min": 1, "all_sum": comm.size * (comm.size + 1) / 2}
     call = functools.partial(attempt, getattr(reference, op), x, group=sub)

@@ -19,7 +19,7 @@ import pytest
 from transport_helpers import DTYPES, allgather, attempt, sync, world_data
 
 import reference
-from reference import dataplane, shm
+from reference import agreement, dataplane, shm
 from reference.dtypes import NUMPY_DTYPES
 
 SMALL_CHUNK = 4096
@@ -61,8 +61,11 @@ def expected_reduction(op: str, inputs: list[np.ndarray]) -> np.ndarray:
 
 def counts_for(dtype_name: str, size: int, chunk: int) -> list[int]:
     """Element counts around the chunk boundaries, beyond the inline limit, not multiples of N."""
-    per = chunk // NUMPY_DTYPES[dtype_name].itemsize
-    return [per * 2 + 1, per * 3 - size - 1]
+    itemsize = NUMPY_DTYPES[dtype_name].itemsize
+    per = chunk // itemsize
+    # Whole chunks past the inline limit: smaller payloads never reach a data plane.
+    beyond = (agreement.INLINE_BYTES // chunk + 1) * per
+    return [beyond + per * 2 + 1, beyond + per * 3 - size - 1]
 
 
 def run_on(plane_setter, name: str, fn, *args, **kwargs):
@@ -125,8 +128,10 @@ def test_sum_scatter_matches_numpy(world, comm, plane, dtype_name):
     that cross chunk boundaries; integers and bool bit for bit as on the MPI plane."""
     sub = small_chunk_group(world)
     size, rank = comm.size, comm.rank
-    per = SMALL_CHUNK // size // NUMPY_DTYPES[dtype_name].itemsize
-    for salt, rows in enumerate([per * 2 + 1, per + size + 2]):
+    itemsize = NUMPY_DTYPES[dtype_name].itemsize
+    per = SMALL_CHUNK // size // itemsize
+    beyond = agreement.INLINE_BYTES // (size * 2 * itemsize) + 1  # past the inline limit
+    for salt, rows in enumerate([beyond + per * 2 + 1, beyond + per + size + 2]):
         inputs = world_data(size, (size * rows, 2), NUMPY_DTYPES[dtype_name], salt)
         got = run_on(plane, "shm", reference.sum_scatter, inputs[rank], group=sub)
         via_mpi = run_on(plane, "mpi", reference.sum_scatter, inputs[rank], group=sub)
@@ -215,7 +220,7 @@ def test_a_late_peer_cannot_touch_results_already_returned(world, comm, plane):
     when it finally writes the segment, nothing the others hold changes."""
     plane("shm")
     sub = small_chunk_group(world)
-    good = [world_data(comm.size, (5000,), np.int32, salt)[comm.rank] for salt in range(2)]
+    good = [world_data(comm.size, (20000,), np.int32, salt)[comm.rank] for salt in range(2)]
     kept = reference.all_sum(good[0], group=sub)
     snapshot = kept.copy()
     late_rank = 0
@@ -270,7 +275,7 @@ def test_a_group_spanning_nodes_never_maps_a_segment(world, comm, plane):
     assert shm.Segment.create(_SplitNode(comm), TimeoutError) is None
     sub = world.split(0)
     sub._segment = False  # what segment_for records for a group that spans nodes
-    inputs = world_data(comm.size, (3000,), np.int32)
+    inputs = world_data(comm.size, (20000,), np.int32)  # past the inline limit
     got = reference.all_sum(inputs[comm.rank], group=sub)
     np.testing.assert_array_equal(got, expected_reduction("all_sum", inputs))
     assert sub._segment is False
