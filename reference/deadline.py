@@ -32,6 +32,27 @@ _FAST_SPINS = 200
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
+def _oversubscribed() -> bool:
+    """Whether this node runs more ranks of the job than this process has cores (as the
+    launcher tells: MPICH's Hydra and Open MPI export the node's rank count)."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    try:
+        ranks = int(local or 0)
+    except ValueError:
+        return False
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return ranks > cores
+
+
+# With more ranks than cores, a rank that spins takes the core from the peer it waits for: then
+# every poll yields (measured at 3 ranks on 2 cores: a 4 KiB all_gather 173 -> 77 us, 256 KiB
+# 569 -> 215 us). Otherwise spinning is cheapest; the clock is read every 64 polls.
+OVERSUBSCRIBED = _oversubscribed()
+_SPINS_FIRST = 0 if OVERSUBSCRIBED else _FAST_SPINS
+_SPIN_MASK = 0 if OVERSUBSCRIBED else 63
+
+
 def _parse_timeout(value: str) -> float:
     try:
         seconds = float(value)
@@ -64,7 +85,7 @@ def set_timeout(seconds: float) -> float:
 
 def _wait_until(done: Callable[[Any], bool], argument: Any) -> bool:
     """Call ``done(argument)`` until true (returns True) or past the deadline (returns False)."""
-    for _ in range(_FAST_SPINS):
+    for _ in range(_SPINS_FIRST):
         if done(argument):
             return True
     start = time.monotonic()
@@ -73,7 +94,7 @@ def _wait_until(done: Callable[[Any], bool], argument: Any) -> bool:
     sleep = 1e-5
     while not done(argument):
         spins += 1
-        if spins & 63:
+        if spins & _SPIN_MASK:
             continue
         now = time.monotonic()
         if now >= deadline:
