@@ -12,8 +12,9 @@
 # caught in a call phase; fails if it cannot run), multihost (the suite across 2 namespace
 # hosts on this machine: ci/multihost-check.sh; skipped where namespaces cannot be made), pythons
 # (reference tests and spec at 2 ranks under Python 3.10 and 3.13 through tox: ci/pythons.sh;
-# a version not found is skipped with a message), shm (the reference's tests at 2 and 4 ranks,
-# the spec and the selftest again on the shared-memory data plane, REFERENCE_DATA_PLANE=shm).
+# a version not found is skipped with a message), planes (each data plane forced: the
+# reference's tests at 2 and 4 ranks and the spec with REFERENCE_DATA_PLANE=shm and =mpi, and
+# the selftest on shm; the other steps run on auto, which picks per op and size).
 # A skipped step exits 77 and does not fail CI.
 # Needs: pip install -e ".[test]" (see README). Exit status 0 only when every step passed.
 set -u
@@ -47,7 +48,7 @@ cd "$root" || exit 2
 mkdir -p "$reports"
 
 # Minutes each step may take before it is killed (2-core CI runner, 4 ranks oversubscribed).
-declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=20 [multihost]=15 [pythons]=20 [shm]=40)
+declare -A budget=([lint]=5 [machinery]=15 [reference]=10 [spec]=15 [selftest]=20 [multihost]=15 [pythons]=20 [planes]=50)
 
 bounded() {
     # bounded MINUTES STEP: run the step in a child of this script, killed after MINUTES
@@ -103,23 +104,26 @@ step_selftest() {
     "$python" -m conformance selftest --skip-reference --report-dir "$reports/selftest"
 }
 
-step_shm() {
-    # Both data planes must pass everything: the default steps ran on auto (MPI below the
-    # thresholds), this one forces shared memory wherever a payload does not travel inline.
-    local n status=0
-    export REFERENCE_DATA_PLANE=shm
-    for n in ${nps//,/ }; do
-        [ "$n" = 2 ] || [ "$n" = 4 ] || continue
-        echo "--- tests/reference on $n rank(s), shared-memory data plane"
-        "$python" -m conformance.run.launcher -n "$n" --timeout 600 -- \
-            "$python" -m pytest -q -p no:cacheprovider --with-mpi tests/reference \
-            --junitxml="$reports/reference-shm-np$n.xml" || status=1
+step_planes() {
+    # Both data planes must pass everything: the default steps ran on auto (shared memory for
+    # the payloads and sizes dataplane.AUTO_RANGES names, MPI for the rest); this one forces
+    # each plane wherever a payload does not travel inline.
+    local n plane status=0
+    for plane in shm mpi; do
+        export REFERENCE_DATA_PLANE=$plane
+        for n in ${nps//,/ }; do
+            [ "$n" = 2 ] || [ "$n" = 4 ] || continue
+            echo "--- tests/reference on $n rank(s), data plane $plane"
+            "$python" -m conformance.run.launcher -n "$n" --timeout 600 -- \
+                "$python" -m pytest -q -p no:cacheprovider --with-mpi tests/reference \
+                --junitxml="$reports/reference-$plane-np$n.xml" || status=1
+        done
+        echo "--- spec, data plane $plane"
+        "$python" -m conformance run --np "$nps" --report-dir "$reports/spec-$plane" || status=1
     done
-    echo "--- spec, shared-memory data plane"
-    "$python" -m conformance run --np "$nps" --report-dir "$reports/spec-shm" || status=1
-    echo "--- selftest, shared-memory data plane"
-    "$python" -m conformance selftest --skip-reference --report-dir "$reports/selftest-shm" \
-        || status=1
+    echo "--- selftest, data plane shm"
+    REFERENCE_DATA_PLANE=shm "$python" -m conformance selftest --skip-reference \
+        --report-dir "$reports/selftest-shm" || status=1
     return $status
 }
 
@@ -138,7 +142,7 @@ fi
 
 summary=()
 failed=0
-for step in lint machinery reference spec selftest shm multihost pythons; do
+for step in lint machinery reference spec selftest planes multihost pythons; do
     wanted "$step" || continue
     echo
     echo "=== $step (budget ${budget[$step]} min)"

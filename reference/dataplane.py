@@ -23,23 +23,24 @@ if TYPE_CHECKING:
 PLANE_ENV = "REFERENCE_DATA_PLANE"
 PLANES = ("mpi", "shm", "auto")
 
-# Payload range (bytes of each rank's input, [from, below)) in which ``auto`` takes shared
-# memory; None: never. Measured at 2 ranks on the 2-core machine: the plane alone against
-# MPICH's collectives on an idle pair, all-reduce 2.2-3.4x and sum_scatter 1.4-4x from 256 KiB
-# to 64 MiB, all_gather 1.4x up to 1 MiB but 0.8-0.9x from 16 MiB (MPICH copies once, the
-# segment twice). But through the API, against the MPI plane of the same commit (its exchanges
-# for sum_scatter and large all-reduces, load average ~13): all_sum 0.91/1.58/1.09/1.15/1.49x
-# raw at 256K/1M/4M/16M/64M where the MPI plane gave 0.45/0.75/1.17/1.02/3.52x; sum_scatter
-# shm 1.11/0.96/0.66/0.92/2.69x, MPI plane 2.38/2.78/0.97/1.44/4.91x; all_gather shm
-# 2.03/1.29/0.79/0.64/0.38x, MPI plane 1.32/0.54/1.23/1.09/0.83x. Shared memory wins only
-# around 256 KiB-1 MiB for all_sum and all_gather, on a loaded machine: ``auto`` stays on MPI
-# until an idle measurement (``bench --data-planes mpi,shm``) sets a range here.
-AUTO_RANGES: dict[str, tuple[int, int] | None] = {
-    "all_sum": None,
-    "all_max": None,
-    "all_min": None,
+# Payload range (bytes of each rank's input, [from, below); below None: no limit) in which
+# ``auto`` takes shared memory; None: never. Measured on the idle 2-core machine
+# (``bench --data-planes mpi,shm``, docs/benchmarks.md), each plane against raw mpi4py in the
+# same job:
+# - all-reduces: shared memory is as fast as the MPI plane or faster at every size past the
+#   inline limit (64 KiB), at 2 ranks (all_sum 1.6-2.1x raw at 160-384 KiB where the MPI plane
+#   gives 1.6x; 1.2-1.3x at 512 KiB-2 MiB against 0.85-1.2x; equal from 16 MiB, where the MPI
+#   plane exchanges) and at 3 and 4 ranks (1.0-2.7x against 0.56-2.4x);
+# - sum_scatter: the MPI plane's exchange is faster up to 768 KiB at 2 ranks (1.1-2.2x against
+#   0.9-1.5x); from 1 MiB shared memory is as fast or faster, and at 3 and 4 ranks clearly;
+# - all_gather: MPI's allgather copies once, the segment twice: shared memory is slower at 2
+#   ranks from 2 MiB (0.5-0.9x against 0.7-1.2x) and no faster at 3 and 4.
+AUTO_RANGES: dict[str, tuple[int, int | None] | None] = {
+    "all_sum": (0, None),
+    "all_max": (0, None),
+    "all_min": (0, None),
     "all_gather": None,
-    "sum_scatter": None,
+    "sum_scatter": (1 << 20, None),
 }
 
 
@@ -76,7 +77,7 @@ def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
         return None
     if _plane == "auto":
         bounds = AUTO_RANGES[op]
-        if bounds is None or not bounds[0] <= nbytes < bounds[1]:
+        if bounds is None or nbytes < bounds[0] or (bounds[1] is not None and nbytes >= bounds[1]):
             return None
     if group._segment is None:
 

@@ -166,10 +166,33 @@ def test_mpi_plane_never_maps_a_segment(world, comm, plane):
     reference.all_sum(np.ones(100_000, np.float32), group=sub)
     assert sub._segment is None
     plane("auto")
-    bounds = dataplane.AUTO_RANGES["all_sum"]
-    if bounds is None or bounds[0] > 4096:
-        reference.all_sum(np.ones(1024, np.float32), group=sub)
-        assert sub._segment is None
+    reference.all_sum(np.ones(1024, np.float32), group=sub)  # inline: no data plane at all
+    assert sub._segment is None
+
+
+@pytest.mark.parametrize("op", ["all_sum", "all_max", "all_gather", "sum_scatter"])
+def test_auto_follows_its_measured_ranges(world, comm, plane, op):
+    """auto maps the group's segment for a payload in the op's AUTO_RANGES (the ranks share a
+    node here), and only then; the result is right either way."""
+    plane("auto")
+    sub = world.split(0)
+    count = comm.size * 300_000  # 1.2 MB of float32 a rank: past the inline limit
+    x = np.full(count, comm.rank + 1, np.float32)
+    got = getattr(reference, op)(x, group=sub)
+    bounds = dataplane.AUTO_RANGES[op]
+    nbytes = x.nbytes
+    in_range = (
+        bounds is not None and bounds[0] <= nbytes and (bounds[1] is None or nbytes < bounds[1])
+    )
+    assert bool(sub._segment) == in_range, (op, bounds, nbytes)
+    total = comm.size * (comm.size + 1) / 2
+    want = {
+        "all_sum": np.full(count, total),
+        "all_max": np.full(count, comm.size),
+        "all_gather": np.repeat(np.arange(1, comm.size + 1), count),
+        "sum_scatter": np.full(300_000, total),
+    }[op]
+    np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
 def stall_on(rank_to_stall: int, comm, behaviour):
