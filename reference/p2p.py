@@ -54,6 +54,7 @@ _FIXED = struct.Struct("<4q")
 _NUMBER = struct.Struct("<q")
 _MOST_DIMS = 64  # numpy's limit
 _DIMS = [struct.Struct(f"<{ndim}q") for ndim in range(_MOST_DIMS + 1)]
+_HEADERS = [struct.Struct(f"<{4 + ndim}q") for ndim in range(_MOST_DIMS + 1)]  # fixed + dims
 # The receive buffer of a header: room for any header and an inline payload.
 INBOX_BYTES = _FIXED.size + _DIMS[_MOST_DIMS].size + INLINE_BYTES
 
@@ -71,6 +72,8 @@ def _byte() -> Any:
 
 
 def _check_peer(group: Group, peer: Any, op: str, role: str) -> int:
+    if type(peer) is int and 0 <= peer < group._size and group._size > 1:
+        return peer  # the hot path
     if group.size() == 1:
         verb = "send to" if op == "send" else "recv from"
         raise ValueError(f"Cannot {verb} a singleton group")
@@ -87,11 +90,11 @@ def _payload_tag(number: int) -> int:
 
 def _header(array: np.ndarray, number: int) -> bytes:
     nbytes = array.nbytes
-    fixed = _FIXED.pack(DTYPE_CODES[array.dtype], array.ndim, nbytes, number)
-    dims = _DIMS[array.ndim].pack(*array.shape)
+    shape = array.shape
+    header = _HEADERS[len(shape)].pack(DTYPE_CODES[array.dtype], len(shape), nbytes, number, *shape)
     if nbytes > INLINE_BYTES:
-        return fixed + dims
-    return fixed + dims + array.tobytes()
+        return header
+    return header + array.tobytes()
 
 
 def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
@@ -103,7 +106,7 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
     dst = _check_peer(group, dst, "send", "destination")
     array = as_array(x, "send")
     group._check_usable("send")
-    if dst == group.rank():
+    if dst == group._rank:
         group._to_self.append(array.copy())
         return _read_only(array)
     comm = group._comm
@@ -176,7 +179,7 @@ def recv(
     group = resolve_group(group, "recv")
     src = _check_peer(group, src, "recv", "source")
     group._check_usable("recv")
-    if src == group.rank():
+    if src == group._rank:
         return _recv_from_self(group, shape, dtype)
     comm = group._comm
     inbox = group._inbox
