@@ -26,21 +26,24 @@ PLANES = ("mpi", "shm", "auto")
 # Payload range (bytes of each rank's input, [from, below); below None: no limit) in which
 # ``auto`` takes shared memory; None: never. Measured on the idle 2-core machine
 # (``bench --data-planes mpi,shm``, docs/benchmarks.md), each plane against raw mpi4py in the
-# same job:
-# - all-reduces: shared memory is as fast as the MPI plane or faster at every size past the
-#   inline limit (64 KiB), at 2 ranks (all_sum 1.6-2.1x raw at 160-384 KiB where the MPI plane
-#   gives 1.6x; 1.2-1.3x at 512 KiB-2 MiB against 0.85-1.2x; equal from 16 MiB, where the MPI
-#   plane exchanges) and at 3 and 4 ranks (1.0-2.7x against 0.56-2.4x);
-# - sum_scatter: the MPI plane's exchange is faster up to 768 KiB at 2 ranks (1.1-2.2x against
-#   0.9-1.5x); from 1 MiB shared memory is as fast or faster, and at 3 and 4 ranks clearly;
-# - all_gather: MPI's allgather copies once, the segment twice: shared memory is slower at 2
-#   ranks from 2 MiB (0.5-0.9x against 0.7-1.2x) and no faster at 3 and 4.
+# same job, repeated runs:
+# - all-reduces: past the inline limit (64 KiB) and below 4 MiB shared memory is as fast as the
+#   MPI plane or faster, at 2 ranks (all_sum 1.8-2.0x raw at 256 KiB where the MPI plane gives
+#   1.5-1.75x; 1.2-1.3x at 1 MiB against 0.85-0.95x) and at 3 and 4 ranks (1.0-1.6x against
+#   0.6-1.0x). From 4 MiB the MPI plane's exchange (reference.scatter) is as fast at 3 and 4
+#   ranks and faster at 2 (16 MiB 1.7-1.8x against 1.0-1.7x, 64 MiB 2.9-3.3x against 1.9-3.1x:
+#   MPI copies the peer's half once, the segment copies in and out);
+# - sum_scatter: at 2 ranks the exchange is one send/receive pair and beats the segment in most
+#   runs (1-4 MiB 1.1-1.3x against 0.6-1.4x); at 3 and 4 ranks the segment wins only at 1 and
+#   16 MiB, by less than run-to-run noise elsewhere: not taken;
+# - all_gather: MPI's allgather copies once, the segment twice: shared memory is slower from
+#   4 MiB (0.65-0.95x against 1.0-1.1x) and no faster below.
 AUTO_RANGES: dict[str, tuple[int, int | None] | None] = {
-    "all_sum": (0, None),
-    "all_max": (0, None),
-    "all_min": (0, None),
+    "all_sum": (0, 4 << 20),
+    "all_max": (0, 4 << 20),
+    "all_min": (0, 4 << 20),
     "all_gather": None,
-    "sum_scatter": (1 << 20, None),
+    "sum_scatter": None,
 }
 
 

@@ -33,10 +33,11 @@ from reference.reductions import SUM, combine_into
 if TYPE_CHECKING:
     from reference.group import Group
 
-# From this payload up, even the reductions MPI has a native op for go by exchange: measured at
-# 2 ranks (MPICH 5, loaded 2-core machine, paired with raw Allreduce): 1.41x raw at 16 MiB and
-# 3.1x at 64 MiB, against 0.83x and 0.91x for Iallreduce; no gain at 4 MiB and below.
-EXCHANGE_FROM = 16 << 20
+# From this payload up, even the reductions MPI has a native op for go by exchange (below it,
+# on one node, dataplane's auto takes shared memory). Measured on the idle 2-core machine, paired
+# with raw Allreduce: at 4 MiB the exchange (float max) gave 1.4-2.2x raw at 2 ranks and 2.0x at
+# 3, where Iallreduce gave 0.7-1.1x and 1.0x; 1.7x at 16 MiB and 2.9-3.3x at 64 MiB (2 ranks).
+EXCHANGE_FROM = 4 << 20
 
 # Point-to-point tag of the blocks on the group's communicator: distinct from the agreement
 # round's (11, 12) and from send/recv's (21, 22 and 1024 up).
