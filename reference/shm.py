@@ -86,6 +86,11 @@ class Segment:
         control = memory[: size * _LINE].view(np.int64).reshape(size, _LINE // 8)
         self._counters = control
         self._mine = control[rank]
+        # The same counters as Python ints through a flat view: checking a few of them this way
+        # costs a tenth of a numpy reduction over the column (polled in every wait).
+        flat = memoryview(control.reshape(-1)).cast("B").cast("q")
+        self._flat = flat
+        self._columns = [[r * (_LINE // 8) + c for r in range(size)] for c in range(_LINE // 8)]
         self._peers = [r for r in range(size) if r != rank]
         # slots[r, d]: rank r's d-th chunk buffer.
         self._slots = memory[size * _LINE :].reshape(size, DEPTH, chunk_bytes)
@@ -136,21 +141,21 @@ class Segment:
 
     def _wait(self, counter: int, value: int) -> None:
         """Until every peer's ``counter`` reaches ``value``; raise Stalled at the deadline."""
-        column = self._counters[:, counter]
-        if column.min() >= value:
+        flat, column = self._flat, self._columns[counter]
+        if _all_reached(flat, column, value):
             self._sync()
             return
         spins = 0
         start = time.monotonic()
         limit = start + deadline.get_timeout()
         sleep = 1e-5
-        while column.min() < value:
+        while not _all_reached(flat, column, value):
             spins += 1
             if spins < _SPINS:
                 continue
             now = time.monotonic()
             if now >= limit:
-                late = [r for r in self._peers if column[r] < value]
+                late = [r for r in self._peers if flat[column[r]] < value]
                 raise Stalled(late, deadline.get_timeout())
             if now - start < _YIELD_SECONDS:
                 _yield()
@@ -280,6 +285,13 @@ class Segment:
         for r in self._peers:
             slot[r * per : r * per + length] = pieces[r]
         self._publish(_COPIED_IN, chunk + 1)
+
+
+def _all_reached(flat: memoryview, column: list[int], value: int) -> bool:
+    for index in column:
+        if flat[index] < value:
+            return False
+    return True
 
 
 def _reduce(kind: str, parts: list[np.ndarray], target: np.ndarray) -> None:
