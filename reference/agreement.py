@@ -111,16 +111,15 @@ class HeaderExchange:
             self.long += [receive, comm.Send_init([long_slot, MPI.BYTE], peer, TAG_HEADER)]
         self.receives = self.short[::2]
         self.comm = comm
+        self.byte = MPI.BYTE
         self.start = MPI.Prequest.Startall
         self._stacked: dict[tuple[np.dtype, tuple[int, ...]], np.ndarray] = {}
 
     def sized(self, nbytes: int) -> list[MPI.Request]:
         """Start a round whose slot is sent as its first ``nbytes``: the requests, paired as
         ``short`` and ``long`` are (the persistent receives take any slot up to the full one)."""
-        from mpi4py import MPI
-
         self.start(self.receives)
-        slot = [self.send_slot[:nbytes], MPI.BYTE]
+        slot = [self.send_slot[:nbytes], self.byte]
         requests: list[MPI.Request] = []
         for receive, peer in zip(self.receives, self.peers, strict=True):
             requests += [receive, self.comm.Isend(slot, peer, TAG_HEADER)]
@@ -172,12 +171,7 @@ def agree(
         missing = sorted({exchange.peers[index // 2] for index in pending if index % 2 == 0})
         # Receives are cancelled; sends are not (MPICH cannot cancel a one-off send, and crashes
         # trying): they and the slot they read stay with the retired group.
-        for index in pending:
-            if index % 2 == 0:
-                try:
-                    requests[index].Cancel()
-                except Exception:  # best effort, as in deadline.wait_all
-                    pass
+        deadline.cancel_requests(requests, [index for index in pending if index % 2 == 0])
         group._orphans.append(requests)
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s waiting for rank(s) "

@@ -137,12 +137,21 @@ def wait_all(
     elif _wait_until(_testall, requests):
         return
     pending = [index for index, request in enumerate(requests) if not request.Test()]
-    for index in pending if cancel else ():
+    if cancel:
+        cancel_requests(requests, pending)
+    raise on_timeout(pending, _timeout)
+
+
+def cancel_requests(requests: Sequence[MPI.Request], indices: Sequence[int]) -> None:
+    """Cancel ``requests[i]`` for each index, best effort (a timeout is what the caller reports).
+
+    Only for receives and persistent requests: MPICH cannot cancel a one-off send.
+    """
+    for index in indices:
         try:
             requests[index].Cancel()
-        except Exception:  # cancelling is best effort; the TimeoutError below is what matters
+        except Exception:  # cancelling is best effort; the caller's TimeoutError is what matters
             pass
-    raise on_timeout(pending, _timeout)
 
 
 def wait_or_cancel(request: MPI.Request, on_timeout: Callable[[float], Exception]) -> None:
