@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 PLANE_ENV = "REFERENCE_DATA_PLANE"
 PLANES = ("mpi", "shm", "auto")
 
-# Payload range (bytes of each rank's input, [from, below); below None: no limit) in which
+# Payload range (bytes of each rank's input, [from, below)) in which
 # ``auto`` takes shared memory; None: never. Measured on the idle 2-core machine
 # (``bench --data-planes mpi,shm``, docs/benchmarks.md), each plane against raw mpi4py in the
 # same job, repeated runs:
@@ -38,7 +38,7 @@ PLANES = ("mpi", "shm", "auto")
 #   16 MiB, by less than run-to-run noise elsewhere: not taken;
 # - all_gather: MPI's allgather copies once, the segment twice: shared memory is slower from
 #   4 MiB (0.65-0.95x against 1.0-1.1x) and no faster below.
-AUTO_RANGES: dict[str, tuple[int, int | None] | None] = {
+AUTO_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 4 << 20),
     "all_max": (0, 4 << 20),
     "all_min": (0, 4 << 20),
@@ -80,7 +80,7 @@ def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
         return None
     if _plane == "auto":
         bounds = AUTO_RANGES[op]
-        if bounds is None or nbytes < bounds[0] or (bounds[1] is not None and nbytes >= bounds[1]):
+        if bounds is None or not bounds[0] <= nbytes < bounds[1]:
             return None
     if group._segment is None:
 

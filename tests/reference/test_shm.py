@@ -181,9 +181,7 @@ def test_auto_follows_its_measured_ranges(world, comm, plane, op):
     got = getattr(reference, op)(x, group=sub)
     bounds = dataplane.AUTO_RANGES[op]
     nbytes = x.nbytes
-    in_range = (
-        bounds is not None and bounds[0] <= nbytes and (bounds[1] is None or nbytes < bounds[1])
-    )
+    in_range = bounds is not None and bounds[0] <= nbytes < bounds[1]
     assert bool(sub._segment) == in_range, (op, bounds, nbytes)
     total = comm.size * (comm.size + 1) / 2
     want = {
