@@ -80,12 +80,11 @@ def _through_shm(group: Group, op: str, segment: shm.Segment, move: Any) -> None
     kept mapped (in the group's orphans) and never used again.
     """
 
-    def stalled(peers: list[int], seconds: float) -> TimeoutError:
+    def stalled(seconds: float, peers: str) -> TimeoutError:
         group._orphans.append(segment)
-        late = ", ".join(map(str, peers))
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s moving data through shared "
-            f"memory: rank(s) {late} stopped making progress after every rank had arrived"
+            f"memory after every rank had arrived: {peers}"
         )
 
     shm.run(move, stalled)

@@ -7,12 +7,14 @@ payload is in the op's range below (measured); a group that spans nodes always u
 
 ``REFERENCE_DATA_PLANE=mpi|shm|auto`` or ``set_data_plane(name)`` chooses; every rank of a group
 must choose the same (the choice is made on every rank from agreed facts only: op, payload size,
-and whether the group shares a node). ``shm`` on a group that spans nodes falls back to MPI.
+whether the group shares a node and whether its ranks can read each other, which they agree on
+when the segment is mapped). ``shm`` on a group that spans nodes falls back to MPI.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from reference.shm import Segment
@@ -23,28 +25,44 @@ if TYPE_CHECKING:
 PLANE_ENV = "REFERENCE_DATA_PLANE"
 PLANES = ("mpi", "shm", "auto")
 
-# Payload range (bytes of each rank's input, [from, below)) in which
-# ``auto`` takes shared memory; None: never. Measured on the idle 2-core machine
-# (``bench --data-planes mpi,shm``, docs/benchmarks.md), each plane against raw mpi4py in the
-# same job, repeated runs:
-# - all-reduces: past the inline limit (64 KiB) and below 4 MiB shared memory is as fast as the
-#   MPI plane or faster, at 2 ranks (all_sum 1.8-2.0x raw at 256 KiB where the MPI plane gives
-#   1.5-1.75x; 1.2-1.3x at 1 MiB against 0.85-0.95x) and at 3 and 4 ranks (1.0-1.6x against
-#   0.6-1.0x). From 4 MiB the MPI plane's exchange (reference.scatter) is as fast at 3 and 4
-#   ranks and faster at 2 (16 MiB 1.7-1.8x against 1.0-1.7x, 64 MiB 2.9-3.3x against 1.9-3.1x:
-#   MPI copies the peer's half once, the segment copies in and out);
-# - sum_scatter: at 2 ranks the exchange is one send/receive pair and beats the segment in most
-#   runs (1-4 MiB 1.1-1.3x against 0.6-1.4x); at 3 and 4 ranks the segment wins only at 1 and
-#   16 MiB, by less than run-to-run noise elsewhere: not taken;
-# - all_gather: MPI's allgather copies once, the segment twice: shared memory is slower from
-#   4 MiB (0.65-0.95x against 1.0-1.1x) and no faster below.
+# Payload range (bytes of each rank's input, [from, below)) in which ``auto`` takes shared
+# memory; None: never. Measured on the idle 2-core machine (``bench --data-planes mpi,shm``,
+# docs/benchmarks.md), each plane against raw mpi4py in the same job. Since the segment reads
+# its peers directly where it can (reference.shm.DIRECT_FROM), it moves each byte once, as MPI's
+# own single-copy transfers do, and takes no extra round of messages:
+# - all-reduces: at every size past the inline limit. 2 ranks: as fast as the MPI plane or
+#   faster (all_sum 256 KiB 1.8-2.2x raw against 1.5-1.6x, 1 MiB 1.3x against 0.9x, 4-16 MiB
+#   1.8x against 1.8x, 64 MiB 3.6x against 3.4x); 3 ranks faster at every size (64 MiB 5.6x
+#   against 4.7x); 4 ranks as fast or faster (16 MiB 1.9x against 1.6x).
+# - all_gather: from 256 KiB a rank, where direct reads start: 2 ranks 1.4-1.9x raw against
+#   0.9-1.1x up to 2 MiB a rank, about equal beyond; 4 ranks 1.1-1.5x against 0.7-1.2x.
+# - sum_scatter: never. 4 ranks would gain (16 MiB 1.3x against 1.0x, 64 MiB 1.8x against
+#   1.2x), but at 2 ranks the exchange is one send/receive pair and is faster from 1 to 16 MiB
+#   (1.2-1.5x against 1.0-1.2x); these ranges do not look at the group's size.
+# A segment whose ranks cannot read each other copies twice, and takes the narrower
+# ``COPYING_RANGES`` (measured before direct reads): all-reduces up to 4 MiB, where shared memory
+# was as fast as the MPI plane or faster at 2 to 4 ranks; beyond it the MPI plane's exchange
+# (reference.scatter) copies less; all_gather and sum_scatter never, MPI copies once.
+_EVERY = sys.maxsize
 AUTO_RANGES: dict[str, tuple[int, int] | None] = {
+    "all_sum": (0, _EVERY),
+    "all_max": (0, _EVERY),
+    "all_min": (0, _EVERY),
+    "all_gather": (256 << 10, _EVERY),
+    "sum_scatter": None,
+}
+COPYING_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 4 << 20),
     "all_max": (0, 4 << 20),
     "all_min": (0, 4 << 20),
     "all_gather": None,
     "sum_scatter": None,
 }
+
+
+def _in(ranges: dict[str, tuple[int, int] | None], op: str, nbytes: int) -> bool:
+    bounds = ranges[op]
+    return bounds is not None and bounds[0] <= nbytes < bounds[1]
 
 
 def _parse(value: str, what: str) -> str:
@@ -78,10 +96,8 @@ def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
     """
     if _plane == "mpi":
         return None
-    if _plane == "auto":
-        bounds = AUTO_RANGES[op]
-        if bounds is None or not bounds[0] <= nbytes < bounds[1]:
-            return None
+    if _plane == "auto" and not _in(AUTO_RANGES, op, nbytes):
+        return None
     if group._segment is None:
 
         def stalled(seconds: float) -> TimeoutError:
@@ -91,4 +107,7 @@ def segment_for(group: Group, op: str, nbytes: int) -> Segment | None:
             )
 
         group._segment = Segment.create(group._comm, stalled) or False
-    return group._segment or None
+    segment = group._segment or None
+    if _plane == "auto" and segment and not segment.single_copy:
+        return segment if _in(COPYING_RANGES, op, nbytes) else None
+    return segment

@@ -3,9 +3,10 @@
 Results are checked against numpy on every rank's ``encode`` data (in rank order), against the MPI
 data plane bit for bit where the contract requires it (integers, bool, max, min), and across ranks
 (every rank gets the same bits). Small chunks on fresh subgroups make every payload cross several
-chunk boundaries and wrap the pipeline's buffers many times. Stalls are made by a rank whose data
-phase does nothing or comes late: the others must raise TimeoutError naming it, retire the group,
-and keep what they already hold intact.
+chunk boundaries and wrap the pipeline's buffers many times. Every such test runs on both paths
+of the plane: through the segment (``copy``) and by direct reads of the peers (``direct``, at
+every size). Stalls are made by a rank whose data phase does nothing or comes late: the others
+must raise TimeoutError naming it, retire the group, and keep what they already hold intact.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from transport_helpers import DTYPES, allgather, attempt, sync, world_data
 
 import reference
-from reference import agreement, dataplane, shm
+from reference import agreement, crossmemory, dataplane, shm
 from reference.dtypes import NUMPY_DTYPES
 
 SMALL_CHUNK = 4096
@@ -34,11 +35,27 @@ def plane():
     dataplane.set_data_plane(previous)
 
 
-def small_chunk_group(world, chunk: int = SMALL_CHUNK):
-    """A fresh subgroup whose segment uses ``chunk``-byte chunks (mapped now, collectively)."""
+@pytest.fixture(params=["copy", "direct"])
+def path(request):
+    """Which path of the plane the groups of ``small_chunk_group`` take."""
+    return request.param
+
+
+def small_chunk_group(world, path: str = "copy", chunk: int = SMALL_CHUNK):
+    """A fresh subgroup whose segment uses ``chunk``-byte chunks (mapped now, collectively),
+    moving data through the segment (``copy``) or by direct reads at every size (``direct``)."""
     sub = world.split(0)
-    sub._segment = shm.Segment.create(sub._comm, TimeoutError, chunk_bytes=chunk)
-    assert sub._segment, "the ranks of this job should share one node"
+    segment = shm.Segment.create(
+        sub._comm, TimeoutError, chunk_bytes=chunk, single_copy=path == "direct"
+    )
+    assert segment, "the ranks of this job should share one node"
+    if path == "direct":
+        if not segment.single_copy:
+            pytest.skip("this machine does not let the ranks read each other (process_vm_readv)")
+        segment.direct_from = dict.fromkeys(shm.DIRECT_FROM, 0)
+    else:
+        assert not segment.single_copy
+    sub._segment = segment
     return sub
 
 
@@ -89,10 +106,10 @@ def test_data_plane_setting_is_checked(plane):
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("op", ["all_sum", "all_max", "all_min"])
-def test_reductions_match_numpy_and_the_mpi_plane(world, comm, plane, op, dtype_name):
+def test_reductions_match_numpy_and_the_mpi_plane(world, comm, plane, path, op, dtype_name):
     """Every dtype and reduction, across chunk boundaries: numpy's rank-order result, the same
     bits on every rank, and for everything but float sums the MPI plane's exact bits."""
-    sub = small_chunk_group(world)
+    sub = small_chunk_group(world, path)
     for salt, count in enumerate(counts_for(dtype_name, comm.size, SMALL_CHUNK)):
         inputs = world_data(comm.size, (count,), NUMPY_DTYPES[dtype_name], salt)
         got = run_on(plane, "shm", getattr(reference, op), inputs[comm.rank], group=sub)
@@ -110,10 +127,10 @@ def test_reductions_match_numpy_and_the_mpi_plane(world, comm, plane, op, dtype_
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_all_gather_matches_numpy(world, comm, plane, dtype_name):
+def test_all_gather_matches_numpy(world, comm, plane, path, dtype_name):
     """all_gather on shared memory concatenates every rank's array in rank order, bit for bit,
     for 2-d inputs whose size crosses chunk boundaries."""
-    sub = small_chunk_group(world)
+    sub = small_chunk_group(world, path)
     for salt, count in enumerate(counts_for(dtype_name, comm.size, SMALL_CHUNK)):
         inputs = world_data(comm.size, (count, 1), NUMPY_DTYPES[dtype_name], salt)
         got = run_on(plane, "shm", reference.all_gather, inputs[comm.rank], group=sub)
@@ -123,10 +140,10 @@ def test_all_gather_matches_numpy(world, comm, plane, dtype_name):
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_sum_scatter_matches_numpy(world, comm, plane, dtype_name):
+def test_sum_scatter_matches_numpy(world, comm, plane, path, dtype_name):
     """sum_scatter on shared memory gives each rank its block of the rank-order sum, for blocks
     that cross chunk boundaries; integers and bool bit for bit as on the MPI plane."""
-    sub = small_chunk_group(world)
+    sub = small_chunk_group(world, path)
     size, rank = comm.size, comm.rank
     itemsize = NUMPY_DTYPES[dtype_name].itemsize
     per = SMALL_CHUNK // size // itemsize
@@ -159,6 +176,113 @@ def test_default_chunks_and_a_long_sequence(world, comm, plane):
     assert sub._segment and sub._segment.chunk_bytes == shm.CHUNK_BYTES
 
 
+def test_both_paths_interleave_on_one_segment(world, comm, plane):
+    """Calls just below and just above the direct-read threshold, of every op, one after the
+    other on one segment: each checked against numpy (both paths share the counters)."""
+    plane("shm")
+    sub = small_chunk_group(world)
+    sub._segment.single_copy = _agreed_single_copy(world)
+    threshold = agreement.INLINE_BYTES + 40_000
+    sub._segment.direct_from = dict.fromkeys(shm.DIRECT_FROM, threshold)
+    size, rank = comm.size, comm.rank
+    for salt, count in enumerate([19_997, 30_011, 19_999, 29_993, 30_007, 20_011]):
+        count -= count % size  # sum_scatter needs whole blocks
+        inputs = world_data(size, (count,), np.int32, salt)
+        np.testing.assert_array_equal(
+            reference.all_sum(inputs[rank], group=sub), expected_reduction("all_sum", inputs)
+        )
+        got = reference.all_gather(inputs[rank], group=sub)
+        assert got.tobytes() == np.concatenate(inputs).tobytes()
+        block = count // size
+        got = reference.sum_scatter(inputs[rank], group=sub)
+        want = expected_reduction("all_sum", inputs)[rank * block : (rank + 1) * block]
+        np.testing.assert_array_equal(got, want)
+
+
+def _agreed_single_copy(world) -> bool:
+    """Whether a default segment of this job reads its peers directly (the same on every rank)."""
+    probe = world.split(0)
+    probe._segment = shm.Segment.create(probe._comm, TimeoutError)
+    return probe._segment.single_copy
+
+
+def test_direct_reads_are_agreed_by_every_rank(world, comm):
+    """Whether a segment reads its peers directly is the same on every rank; one rank that does
+    not ask for it makes every rank copy; on Linux the ranks of one job can read each other."""
+    everyone = allgather(comm, _agreed_single_copy(world))
+    assert len(set(everyone)) == 1, everyone
+    if crossmemory.available():
+        assert everyone[0], "process_vm_readv is there but the ranks could not read each other"
+    sub = world.split(0)
+    segment = shm.Segment.create(sub._comm, TimeoutError, single_copy=comm.rank != 0)
+    assert segment and segment.single_copy is False
+
+
+def _direct_group(world):
+    sub = small_chunk_group(world, "direct")
+    previous = reference.set_timeout(SHORT)
+    return sub, previous
+
+
+def test_a_peer_that_gives_up_invalidates_what_was_read_of_it(world, comm, plane):
+    """The last rank gives up after every byte moved (its caller may change its input now):
+    the others must not return what they read of it, but raise TimeoutError saying so."""
+    plane("shm")
+    sub, previous = _direct_group(world)
+    last = comm.size - 1
+    original = shm.Segment._finish
+
+    def give_up_at_the_end(self, call):
+        self._give_up()
+        self._publish(shm._COPIED_OUT, call + 1)
+        raise shm.Stalled([0], SHORT, shm.Stalled.STOPPED)
+
+    if comm.rank == last:
+        shm.Segment._finish = give_up_at_the_end
+    try:
+        outcome = attempt(reference.all_gather, np.arange(20_000, dtype=np.int32), group=sub)
+    finally:
+        shm.Segment._finish = original
+        reference.set_timeout(previous)
+    sync(comm)
+    kind, message = outcome
+    assert kind == "TimeoutError", outcome
+    if comm.rank != last:
+        assert last in _named(message, shm.Stalled.GAVE_UP), message
+
+
+def _named(message: str, reason: str) -> set[int]:
+    """The ranks a TimeoutError's message names for ``reason`` (others may follow the first
+    rank that gave up, and are named with it)."""
+    found = re.search(rf"rank\(s\) ([\d, ]+) {reason}", message)
+    return {int(r) for r in found.group(1).split(",")} if found else set()
+
+
+def test_an_unreadable_peer_is_named_and_every_rank_raises(world, comm, plane, monkeypatch):
+    """When the kernel refuses a direct read on the last rank, it raises TimeoutError naming the
+    peer it could not read; the others raise too (it gave up), none returns a result."""
+    plane("shm")
+    sub, previous = _direct_group(world)
+    last = comm.size - 1
+    if comm.rank == last:
+
+        def refuse(pid, remote, into):
+            raise crossmemory.ReadFailed(1, "refused for the test")
+
+        monkeypatch.setattr(crossmemory, "read", refuse)
+    try:
+        outcome = attempt(reference.all_sum, np.ones(20_000, np.float32), group=sub)
+    finally:
+        reference.set_timeout(previous)
+    sync(comm)
+    kind, message = outcome
+    assert kind == "TimeoutError", outcome
+    if comm.rank == last:
+        assert _named(message, shm.Stalled.UNREADABLE) == {0}, message
+    else:
+        assert last in _named(message, shm.Stalled.GAVE_UP), message
+
+
 def test_mpi_plane_never_maps_a_segment(world, comm, plane):
     """With the mpi plane, or auto below its threshold, no shared memory is set up."""
     plane("mpi")
@@ -170,27 +294,79 @@ def test_mpi_plane_never_maps_a_segment(world, comm, plane):
     assert sub._segment is None
 
 
-@pytest.mark.parametrize("op", ["all_sum", "all_max", "all_gather", "sum_scatter"])
-def test_auto_follows_its_measured_ranges(world, comm, plane, op):
-    """auto maps the group's segment for a payload in the op's AUTO_RANGES (the ranks share a
-    node here), and only then; the result is right either way."""
-    plane("auto")
-    sub = world.split(0)
-    count = comm.size * 300_000  # 1.2 MB of float32 a rank: past the inline limit
+_SEGMENT_METHOD = {
+    "all_sum": "all_reduce",
+    "all_max": "all_reduce",
+    "all_gather": "all_gather",
+    "sum_scatter": "sum_scatter",
+}
+
+
+def _calls_through_segment(monkeypatch, op: str) -> list[int]:
+    """Record each call of ``op``'s segment method (its input's bytes), still doing the work."""
+    calls: list[int] = []
+    name = _SEGMENT_METHOD[op]
+    real = getattr(shm.Segment, name)
+
+    def recorded(self, *args):
+        calls.append(args[-2].nbytes)
+        return real(self, *args)
+
+    monkeypatch.setattr(shm.Segment, name, recorded)
+    return calls
+
+
+def _auto_run(world, comm, op: str, per_rank_elements: int, sub=None):
+    """``op`` under auto on a fresh subgroup (or ``sub``), its result checked against numpy."""
+    sub = sub or world.split(0)
+    count = comm.size * per_rank_elements
     x = np.full(count, comm.rank + 1, np.float32)
     got = getattr(reference, op)(x, group=sub)
-    bounds = dataplane.AUTO_RANGES[op]
-    nbytes = x.nbytes
-    in_range = bounds is not None and bounds[0] <= nbytes < bounds[1]
-    assert bool(sub._segment) == in_range, (op, bounds, nbytes)
     total = comm.size * (comm.size + 1) / 2
     want = {
         "all_sum": np.full(count, total),
         "all_max": np.full(count, comm.size),
         "all_gather": np.repeat(np.arange(1, comm.size + 1), count),
-        "sum_scatter": np.full(300_000, total),
+        "sum_scatter": np.full(per_rank_elements, total),
     }[op]
     np.testing.assert_array_equal(got, want.astype(np.float32))
+    return sub, x.nbytes
+
+
+@pytest.mark.parametrize("op", ["all_sum", "all_max", "all_gather", "sum_scatter"])
+def test_auto_follows_its_measured_ranges(world, comm, plane, monkeypatch, op):
+    """auto moves a payload in the op's AUTO_RANGES through the segment (the ranks share a node
+    and read each other here) and maps no segment for one outside; the result is right either
+    way."""
+    plane("auto")
+    calls = _calls_through_segment(monkeypatch, op)
+    for per_rank in (20_000, 300_000, 1_100_000):  # 80 KB to 4.4 MB a rank: past the inline limit
+        calls.clear()
+        sub, nbytes = _auto_run(world, comm, op, per_rank)
+        bounds = dataplane.AUTO_RANGES[op]
+        in_range = bounds is not None and bounds[0] <= nbytes < bounds[1]
+        assert bool(sub._segment) == in_range, (op, bounds, nbytes)
+        if in_range and not sub._segment.single_copy:
+            in_range = dataplane._in(dataplane.COPYING_RANGES, op, nbytes)
+        assert calls == ([nbytes] if in_range else []), (op, nbytes, calls)
+
+
+@pytest.mark.parametrize("op", ["all_sum", "all_gather"])
+def test_auto_on_a_segment_that_copies_keeps_to_the_copying_ranges(
+    world, comm, plane, monkeypatch, op
+):
+    """When the ranks cannot read each other, auto uses the segment only in COPYING_RANGES."""
+    plane("auto")
+    sub = world.split(0)
+    sub._segment = shm.Segment.create(sub._comm, TimeoutError, single_copy=False)
+    calls = _calls_through_segment(monkeypatch, op)
+    for per_rank in (20_000, 300_000, 1_100_000):
+        calls.clear()
+        _, nbytes = _auto_run(world, comm, op, per_rank, sub)
+        used = dataplane._in(dataplane.AUTO_RANGES, op, nbytes) and dataplane._in(
+            dataplane.COPYING_RANGES, op, nbytes
+        )
+        assert calls == ([nbytes] if used else []), (op, nbytes, calls)
 
 
 def stall_on(rank_to_stall: int, comm, behaviour):
@@ -203,11 +379,11 @@ def stall_on(rank_to_stall: int, comm, behaviour):
 
 
 @pytest.mark.parametrize("late", ["last", "first"])
-def test_a_peer_that_stops_in_the_data_phase_is_named(world, comm, plane, late):
+def test_a_peer_that_stops_in_the_data_phase_is_named(world, comm, plane, path, late):
     """A rank that passed the agreement round but never moves its data: the others raise
     TimeoutError within the deadline naming exactly that rank, and the group is retired."""
     plane("shm")
-    sub = small_chunk_group(world)
+    sub = small_chunk_group(world, path)
     stalled = comm.size - 1 if late == "last" else 0
     x = np.arange(20_000, dtype=np.float32)
     original = stall_on(stalled, comm, lambda self, kind, src, out: None)
@@ -236,11 +412,11 @@ def test_a_peer_that_stops_in_the_data_phase_is_named(world, comm, plane, late):
     assert any(item is sub._segment for item in sub._orphans)
 
 
-def test_a_late_peer_cannot_touch_results_already_returned(world, comm, plane):
+def test_a_late_peer_cannot_touch_results_already_returned(world, comm, plane, path):
     """Rank 0's data phase comes after the others gave up: it raises too (never a result), and
-    when it finally writes the segment, nothing the others hold changes."""
+    when it finally writes the segment or reads its peers, nothing the others hold changes."""
     plane("shm")
-    sub = small_chunk_group(world)
+    sub = small_chunk_group(world, path)
     good = [world_data(comm.size, (20000,), np.int32, salt)[comm.rank] for salt in range(2)]
     kept = reference.all_sum(good[0], group=sub)
     snapshot = kept.copy()
