@@ -180,6 +180,7 @@ class Segment:
         win.Sync()
         # Nobody polls a counter before every owner has zeroed its own.
         _barrier(comm, on_stall)
+        win.Sync()
         can_read = single_copy and crossmemory.available() and segment._can_read_peers()
         agreed = np.array([can_read], np.int8)
         request = comm.Iallreduce(MPI.IN_PLACE, agreed, MPI.MIN)
