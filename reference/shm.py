@@ -52,13 +52,19 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 1 << 20
 DEPTH = 2
 # Each rank's input from which a group that can read its peers directly does (bytes). A direct
-# read costs more per byte than a copy within the caches (the kernel pins every page it reads), so
-# below these the segment's two copies are faster. Measured at 2 ranks on the idle 2-core machine
-# (docs/benchmarks.md): all_sum 1 MiB 1.36x raw MPI through the segment against 1.30x directly,
-# 2 MiB 1.32x against 1.71x, 4 MiB 1.21x against 1.81x; all_gather of 128 KiB a rank 0.91x
-# against 0.86x, of 256 KiB 0.95x against 1.10x, of 2 MiB 1.00x against 1.73x; sum_scatter of
-# 256 KiB 1.17x against 1.12x, 1 MiB 0.82x against 0.97x, 4 MiB 0.77x against 1.16x.
-DIRECT_FROM = {"all_reduce": 2 << 20, "all_gather": 256 << 10, "sum_scatter": 512 << 10}
+# read costs more per byte than a copy within the caches (the kernel pins every 4 KiB page it
+# reads: 512 KiB take ~64 us where an in-cache copy takes 15-23 us), and saves a trip to memory
+# when the payload is past the caches. The same idle 2-core machine measured in two states
+# (docs/benchmarks.md: raw MPI itself ran up to 2x faster in one than the other), 2 ranks, each
+# path against raw MPI in the same job, segment copies vs direct reads, one state; the other:
+# - all_sum: 1 MiB 1.36x vs 1.30x; 1.38x vs 1.07x. 2 MiB 1.32x vs 1.71x. 4 MiB 1.21x vs 1.81x;
+#   1.16x vs 1.24x. 16 MiB 1.53x vs 1.74x. 64 MiB 3.21x vs 3.16x;
+# - all_gather (bench size: the result): 1 MiB 0.97x vs 1.42x; 1.05x vs 0.68x. 4 MiB 0.97x vs
+#   1.73x; 0.91x vs 0.64x. 16 MiB 0.63x vs 0.97x; 0.68x vs 0.85x. 64 MiB 0.94x vs 0.98x;
+# - sum_scatter: 1 MiB 0.82x vs 0.97x; 1.56x vs 0.98x. 2 MiB 0.81x vs 1.17x. 4 MiB 0.77x vs
+#   1.16x; 1.43x vs 1.42x. 16 MiB 1.60x vs 1.55x.
+# Each threshold is where direct reads stopped losing in both states.
+DIRECT_FROM = {"all_reduce": 2 << 20, "all_gather": 8 << 20, "sum_scatter": 2 << 20}
 # Each rank's counters sit on their own cache line: polling one rank's never stalls another's.
 _LINE = 64
 _COPIED_IN, _REDUCED, _COPIED_OUT = 0, 1, 2
