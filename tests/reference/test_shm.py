@@ -159,11 +159,14 @@ def test_sum_scatter_matches_numpy(world, comm, plane, path, dtype_name):
             assert got.tobytes() == via_mpi.tobytes()
 
 
-def test_default_chunks_and_a_long_sequence(world, comm, plane):
-    """The real chunk size: a payload of 2.5 chunks, then many calls of different sizes in a
-    row, each checked against numpy (the counters carry over from call to call)."""
+@pytest.mark.parametrize("single_copy", [False, True], ids=["copy", "default"])
+def test_default_chunks_and_a_long_sequence(world, comm, plane, single_copy):
+    """The real chunk size and thresholds: a payload of 2.5 chunks (read directly where the
+    ranks can read each other, else copied through the segment), then many calls of different
+    sizes in a row, each checked against numpy (the counters carry over from call to call)."""
     plane("shm")
     sub = world.split(0)
+    sub._segment = shm.Segment.create(sub._comm, TimeoutError, single_copy=single_copy)
     count = int(shm.CHUNK_BYTES * 2.5) // 4 + 3
     inputs = world_data(comm.size, (count,), np.int32)
     np.testing.assert_array_equal(
