@@ -12,6 +12,7 @@ must raise TimeoutError naming it, retire the group, and keep what they already 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 
@@ -209,13 +210,27 @@ def _agreed_single_copy(world) -> bool:
     return probe._segment.single_copy
 
 
+def _every_rank_can_read_every_peer(comm) -> bool:
+    """Found out here, apart from the segment: each rank reads every peer's marker itself."""
+    marker = np.array([1000 + comm.rank], np.int64)
+    where = allgather(comm, (os.getpid(), crossmemory.address(marker)))
+    readable = True
+    for peer, (pid, address) in enumerate(where):
+        got = np.zeros(1, np.int64)
+        try:
+            crossmemory.read(pid, address, got)
+        except crossmemory.ReadFailed:
+            readable = False
+        readable = readable and got[0] == 1000 + peer
+    return all(allgather(comm, readable))  # the marker lives until every rank has read it
+
+
 def test_direct_reads_are_agreed_by_every_rank(world, comm):
-    """Whether a segment reads its peers directly is the same on every rank; one rank that does
-    not ask for it makes every rank copy; on Linux the ranks of one job can read each other."""
+    """A segment reads its peers directly exactly when every rank can read every peer, the
+    same on every rank; one rank that does not ask for it makes every rank copy."""
     everyone = allgather(comm, _agreed_single_copy(world))
     assert len(set(everyone)) == 1, everyone
-    if crossmemory.available():
-        assert everyone[0], "process_vm_readv is there but the ranks could not read each other"
+    assert everyone[0] == (crossmemory.available() and _every_rank_can_read_every_peer(comm))
     sub = world.split(0)
     segment = shm.Segment.create(sub._comm, TimeoutError, single_copy=comm.rank != 0)
     assert segment and segment.single_copy is False
