@@ -273,8 +273,6 @@ class Segment:
             self._wait(_COPIED_OUT, chunk - DEPTH + 1)
         return self._slots[self.rank, chunk % DEPTH]
 
-    # -- the collectives; inputs and outputs are flat and C-contiguous --
-
     # -- direct reads of the peers' private arrays --
 
     def _read(self, peer: int, field: int, offset: int, into: np.ndarray) -> None:
@@ -368,6 +366,8 @@ class Segment:
         for q in self._peers:
             self._read(q, _SRC, 0, out[q * nbytes : (q + 1) * nbytes])
         self._finish(call)
+
+    # -- the collectives; inputs and outputs are flat and C-contiguous --
 
     def all_reduce(self, kind: str, src: np.ndarray, out: np.ndarray) -> None:
         """``out = src (kind) over the ranks``: each rank reduces one slice of every chunk.
