@@ -374,6 +374,8 @@ class Segment:
 
         A rank's own slice never leaves its private input: peers only read the other slices of
         its slot, and it reduces its slice straight from ``src`` into that slice of its slot.
+        From ``direct_from["all_reduce"]`` bytes, when the ranks read each other: by direct
+        reads instead (``_all_reduce_direct``). The same holds for the two collectives below.
         """
         if self.single_copy and src.nbytes >= self.direct_from["all_reduce"]:
             self._all_reduce_direct(kind, src, out)
