@@ -200,11 +200,9 @@ class Segment:
     def _can_read_peers(self) -> bool:
         """Whether a direct read of every peer's probe gives back what it holds."""
         got = np.zeros(1, np.int64)
-        line = self._flat
         for r in self._peers:
-            base = r * (_LINE // 8)
             try:
-                crossmemory.read(line[base + _PID], line[base + _SRC], got)
+                self._read_published(r, _SRC, 0, got)
             except crossmemory.ReadFailed:
                 return False
             if got[0] != _PROBE ^ r:
@@ -227,6 +225,18 @@ class Segment:
         flat, column = self._flat, self._columns[_GAVE_UP]
         return [r for r in self._peers if flat[column[r]]]
 
+    def _stop_if_a_peer_gave_up(self, waiting_for: list[int]) -> None:
+        """When a peer's flag is up, give up too, naming whom this rank still ``waiting_for``
+        (besides the peers that gave up) or else the peers that gave up."""
+        gave_up = self._peers_gave_up()
+        if not gave_up:
+            return
+        self._give_up()
+        late = [r for r in waiting_for if r not in gave_up]
+        if late:
+            raise Stalled(late, deadline.get_timeout(), gave_up=gave_up)
+        raise Stalled(gave_up, deadline.get_timeout(), Stalled.GAVE_UP)
+
     def _wait(self, counter: int, value: int) -> None:
         """Until every peer's ``counter`` reaches ``value``; raise Stalled at the deadline, or as
         soon as a peer gave up (this rank gives up either way)."""
@@ -243,14 +253,8 @@ class Segment:
             if spins < _SPINS:
                 continue
             now = time.monotonic()
-            gave_up = self._peers_gave_up()
-            if gave_up:
-                # A peer timed out first: name whoever it (and this rank) still waited for.
-                self._give_up()
-                late = [r for r in self._peers if flat[column[r]] < value and r not in gave_up]
-                if late:
-                    raise Stalled(late, deadline.get_timeout(), gave_up=gave_up)
-                raise Stalled(gave_up, deadline.get_timeout(), Stalled.GAVE_UP)
+            if self._peers_gave_up():
+                self._stop_if_a_peer_gave_up([r for r in self._peers if flat[column[r]] < value])
             if now >= limit:
                 late = [r for r in self._peers if flat[column[r]] < value]
                 self._give_up()
@@ -275,17 +279,19 @@ class Segment:
 
     # -- direct reads of the peers' private arrays --
 
-    def _read(self, peer: int, field: int, offset: int, into: np.ndarray) -> None:
+    def _read_published(self, peer: int, field: int, offset: int, into: np.ndarray) -> None:
         """``into`` = bytes ``offset...`` of the array ``peer`` published in ``field``."""
         line = self._flat
         base = peer * (_LINE // 8)
+        crossmemory.read(line[base + _PID], line[base + field] + offset, into)
+
+    def _read(self, peer: int, field: int, offset: int, into: np.ndarray) -> None:
+        """``_read_published`` in a collective: a failed read makes this rank give up."""
         try:
-            crossmemory.read(line[base + _PID], line[base + field] + offset, into)
+            self._read_published(peer, field, offset, into)
         except crossmemory.ReadFailed:
+            self._stop_if_a_peer_gave_up([])
             self._give_up()
-            gave_up = self._peers_gave_up()
-            if gave_up:
-                raise Stalled(gave_up, deadline.get_timeout(), Stalled.GAVE_UP) from None
             raise Stalled([peer], deadline.get_timeout(), Stalled.UNREADABLE) from None
 
     def _announce(self, src: np.ndarray, out: np.ndarray) -> int:
@@ -309,10 +315,7 @@ class Segment:
         """
         self._publish(_COPIED_OUT, call + 1)
         self._wait(_COPIED_OUT, call + 1)
-        gave_up = self._peers_gave_up()
-        if gave_up:
-            self._give_up()
-            raise Stalled(gave_up, deadline.get_timeout(), Stalled.GAVE_UP)
+        self._stop_if_a_peer_gave_up([])
 
     def _all_reduce_direct(self, kind: str, src: np.ndarray, out: np.ndarray) -> None:
         """``all_reduce`` by direct reads: rank r reduces slice r of the whole payload, reading

@@ -184,8 +184,9 @@ def test_both_paths_interleave_on_one_segment(world, comm, plane):
     """Calls just below and just above the direct-read threshold, of every op, one after the
     other on one segment: each checked against numpy (both paths share the counters)."""
     plane("shm")
-    sub = small_chunk_group(world)
-    sub._segment.single_copy = _agreed_single_copy(world)
+    sub = world.split(0)
+    # Direct reads where the ranks can read each other (else this checks the copy path alone).
+    sub._segment = shm.Segment.create(sub._comm, TimeoutError, chunk_bytes=SMALL_CHUNK)
     threshold = agreement.INLINE_BYTES + 40_000
     sub._segment.direct_from = dict.fromkeys(shm.DIRECT_FROM, threshold)
     size, rank = comm.size, comm.rank
