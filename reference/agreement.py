@@ -19,9 +19,8 @@ its call and its error text; every rank saw the same headers, so every rank take
 
 from __future__ import annotations
 
-import math
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
 
 # error, call number, op, dtype code, ndim, nbytes, shape hash, argument 0, argument 1
 HEADER = struct.Struct("<9q")
+# The call number alone, rewritten into a plan's packed header on every round.
+_CALL = struct.Struct("<q")
+_CALL_OFFSET = 8
 _AGREED_FIELDS = slice(1, 7)
 _AGREED_END = 8 * _AGREED_FIELDS.stop
 # Up to INLINE_BYTES a payload rides with the header: one exchange instead of two rounds, and no
@@ -57,6 +59,8 @@ def inline_limit(op: str) -> int:
 
 
 SLOT_BYTES = HEADER.size + INLINE_BYTES
+# Plans a group keeps (one per op, dtype and shape it has seen); past this, they start over.
+_MOST_PLANS = 64
 
 TAG_HEADER = 11
 TAG_DETAILS = 12
@@ -64,18 +68,39 @@ TAG_DETAILS = 12
 OP_CODES = {"all_sum": 1, "all_max": 2, "all_min": 3, "all_gather": 4, "sum_scatter": 5, "split": 6}
 
 
-class Agreement(NamedTuple):
-    """What every rank learned from the round: the same on every rank."""
+class InlinePlan:
+    """One (op, dtype, shape) of one group: its packed header and its views of the slots.
 
-    # When the payloads fit inline: every rank's array, stacked in rank order along a new axis 0.
-    # A view into the group's slots, valid until the group's next round.
-    inline: np.ndarray | None
-    exchange: HeaderExchange
+    Built on a group's first round of that kind and reused, so a loop of small collectives packs
+    one call number and copies its payload, and nothing else. ``stacked`` holds every rank's
+    payload in rank order along a new axis 0 and ``rows`` each of them; both view the group's
+    slots and are valid until the group's next round. Both are None when the payload does not
+    travel inline. ``derived`` is free for the op's own view of them, made on its first call.
+    """
 
-    @property
-    def headers(self) -> list[tuple[int, ...]]:
-        """Each rank's header (fields 7 and 8: the op's arguments), valid until the next round."""
-        return [HEADER.unpack_from(row) for row in self.exchange.rows]
+    __slots__ = ("derived", "nbytes", "own_payload", "prefix", "requests", "rows", "stacked")
+
+    def __init__(self, exchange: HeaderExchange, op: str, array: np.ndarray) -> None:
+        nbytes = array.nbytes
+        shape = array.shape
+        fields = (OP_CODES[op], DTYPE_CODES[array.dtype], len(shape), nbytes)
+        # hash(): ints and tuples of ints hash the same in every process.
+        self.prefix = HEADER.pack(0, 0, *fields, hash(shape), 0, 0)
+        self.nbytes = nbytes
+        inline = 0 <= nbytes <= inline_limit(op)
+        if not inline or nbytes <= SHORT_BYTES:
+            self.requests = exchange.short
+        elif nbytes <= LONG_BYTES:
+            self.requests = exchange.long
+        else:
+            self.requests = None  # sent at its exact size: exchange.sized()
+        self.own_payload = self.stacked = self.rows = self.derived = None
+        if inline:
+            payloads = exchange.slots[:, HEADER.size : HEADER.size + nbytes]
+            self.stacked = payloads.view(array.dtype).reshape((exchange.size, *shape))
+            # [r, ...]: a 0-d view even for 0-d payloads, which iteration would make scalars.
+            self.rows = [self.stacked[r, ...] for r in range(exchange.size)]
+            self.own_payload = self.rows[exchange.rank]
 
 
 class HeaderExchange:
@@ -94,11 +119,17 @@ class HeaderExchange:
         self.send_slot = self.slots[rank]
         self.send_view = memoryview(self.send_slot)
         self.rows = list(self.slots)
-        # The agreed fields of every header, error flag included, as one strided view: a round
-        # is agreed when its bytes are this rank's header repeated (one bytes comparison).
-        self.agreed_bytes = self.slots[:, :_AGREED_END]
-        self.own_agreed = slice(rank * _AGREED_END, (rank + 1) * _AGREED_END)
+        # The agreed fields of every header, error flag included, as words: a round is agreed
+        # when every peer's words equal this rank's (a memoryview comparison, in C).
+        agreed = [memoryview(row[:_AGREED_END]).cast("Q") for row in self.slots]
+        self.own_agreed = agreed[rank]
+        self.peer_agreed = [agreed[peer] for peer in range(size) if peer != rank]
+        # The plan whose header the send slot holds: the next round of it rewrites the call
+        # number alone.
+        self.packed: InlinePlan | None = None
         self.size = size
+        self.rank = rank
+        self.plans: dict[tuple[str, np.dtype, tuple[int, ...]], InlinePlan] = {}
         self.peers = [peer for peer in range(size) if peer != rank]
         short_slot = self.send_slot[: HEADER.size + SHORT_BYTES]
         long_slot = self.send_slot[: HEADER.size + LONG_BYTES]
@@ -113,7 +144,6 @@ class HeaderExchange:
         self.comm = comm
         self.byte = MPI.BYTE
         self.start = MPI.Prequest.Startall
-        self._stacked: dict[tuple[np.dtype, tuple[int, ...]], np.ndarray] = {}
 
     def sized(self, nbytes: int) -> list[MPI.Request]:
         """Start a round whose slot is sent as its first ``nbytes``: the requests, paired as
@@ -125,20 +155,19 @@ class HeaderExchange:
             requests += [receive, self.comm.Isend(slot, peer, TAG_HEADER)]
         return requests
 
-    def stacked(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """Every rank's inline payload as one (size, *shape) array viewing the slots.
+    def plan(self, op: str, array: np.ndarray) -> InlinePlan:
+        """The plan of ``op`` on arrays like ``array`` (kept: at most ``_MOST_PLANS``)."""
+        key = (op, array.dtype, array.shape)
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) >= _MOST_PLANS:
+                self.plans.clear()
+            plan = self.plans[key] = InlinePlan(self, op, array)
+        return plan
 
-        Views are kept per (dtype, shape): a loop of small collectives builds its view once.
-        """
-        key = (dtype, shape)
-        view = self._stacked.get(key)
-        if view is None:
-            if len(self._stacked) > 64:
-                self._stacked.clear()
-            nbytes = math.prod(shape) * dtype.itemsize
-            payloads = self.slots[:, HEADER.size : HEADER.size + nbytes]
-            view = self._stacked[key] = payloads.view(dtype).reshape((len(self.slots), *shape))
-        return view
+    def headers(self) -> list[tuple[int, ...]]:
+        """Each rank's header of the last round (fields 7 and 8: the op's arguments)."""
+        return [HEADER.unpack_from(row) for row in self.rows]
 
 
 def agree(
@@ -147,25 +176,38 @@ def agree(
     array: np.ndarray | None,
     error: Exception | None,
     arguments: tuple[int, int] = (0, 0),
-) -> Agreement:
+) -> InlinePlan | None:
     """Run the agreement round for ``op`` on ``group``; raise on every rank if anything is off.
 
     ``error`` is this rank's own argument error (raised by nobody yet): it is shared with the
-    peers, and every rank then raises an error of its type naming each failing rank.
+    peers, and every rank then raises an error of its type naming each failing rank. Returns the
+    round's plan when the payloads travelled inline (its ``stacked`` and ``rows`` hold them),
+    else None.
     """
-    exchange = group._header_exchange()
-    rank = group._rank
+    exchange = group._exchange or group._header_exchange()
     group._calls += 1
-    limit = inline_limit(op)
-    nbytes = _pack(exchange.send_view, group._calls, op, array, error, arguments, limit)
-    if nbytes <= SHORT_BYTES or nbytes > limit:  # a header alone is short
+    send_view = exchange.send_view
+    if array is None or error is not None:
+        plan = None
+        failed = int(error is not None)
+        code = OP_CODES[op]
+        HEADER.pack_into(send_view, 0, failed, group._calls, code, -1, -1, -1, 0, *arguments)
+        exchange.packed = None
         requests = exchange.short
         exchange.start(requests)
-    elif nbytes <= LONG_BYTES:
-        requests = exchange.long
-        exchange.start(requests)
     else:
-        requests = exchange.sized(HEADER.size + nbytes)
+        plan = exchange.plan(op, array)
+        if exchange.packed is not plan:
+            send_view[: HEADER.size] = plan.prefix
+            exchange.packed = plan
+        _CALL.pack_into(send_view, _CALL_OFFSET, group._calls)
+        if plan.own_payload is not None:
+            plan.own_payload[...] = array
+        requests = plan.requests
+        if requests is None:
+            requests = exchange.sized(HEADER.size + plan.nbytes)
+        else:
+            exchange.start(requests)
 
     def never_arrived(pending: list[int], seconds: float) -> Exception:
         missing = sorted({exchange.peers[index // 2] for index in pending if index % 2 == 0})
@@ -175,51 +217,20 @@ def agree(
         group._orphans.append(requests)
         return group._break(
             f"{op} on {group._label} timed out after {seconds:g} s waiting for rank(s) "
-            f"{_names(missing)} to call {op} (rank {rank} of {group._size} was waiting)"
+            f"{_names(missing)} to call {op} (rank {group._rank} of {group._size} was waiting)"
         )
 
     deadline.wait_all(requests, never_arrived, cancel=False)
-    agreed = exchange.agreed_bytes.tobytes()
-    if error is not None or agreed != agreed[exchange.own_agreed] * exchange.size:
-        headers = [HEADER.unpack_from(row) for row in exchange.rows]
-        raise _shared_failure(group, op, array, error, headers)
-    inline = None
-    if 0 <= nbytes <= limit:  # negative: no array (split) or an error
-        inline = exchange.stacked(array.dtype, array.shape)
-    return Agreement(inline, exchange)
-
-
-def _pack(
-    slot: memoryview,
-    call: int,
-    op: str,
-    array: np.ndarray | None,
-    error: Exception | None,
-    arguments: tuple[int, int],
-    limit: int,
-) -> int:
-    if array is None or error is not None:
-        failed = int(error is not None)
-        HEADER.pack_into(slot, 0, failed, call, OP_CODES[op], -1, -1, -1, 0, *arguments)
-        return -1
-    nbytes = array.nbytes
-    shape = array.shape
-    HEADER.pack_into(
-        slot,
-        0,
-        0,
-        call,
-        OP_CODES[op],
-        DTYPE_CODES[array.dtype],
-        len(shape),
-        nbytes,
-        hash(shape),  # ints and tuples of ints hash the same in every process
-        *arguments,
-    )
-    if 0 < nbytes <= limit:
-        # Through bytes: for a few hundred bytes this is several times cheaper than numpy views.
-        slot[HEADER.size : HEADER.size + nbytes] = array.tobytes()
-    return nbytes
+    own = exchange.own_agreed
+    agreed = error is None
+    for peer in exchange.peer_agreed:
+        if peer != own:
+            agreed = False
+    if not agreed:
+        raise _shared_failure(group, op, array, error, exchange.headers())
+    if plan is None or plan.stacked is None:
+        return None
+    return plan
 
 
 def _names(ranks: list[int]) -> str:

@@ -95,9 +95,9 @@ def _all_reduce(x: Any, kind: str, op: str, group: Any) -> np.ndarray:
     array, error = _prepare(x, op, group)
     if group._size == 1:
         return np.array(array, copy=True)
-    agreement = agree(group, op, array, error)
-    if agreement.inline is not None:
-        return local_reduce(kind, agreement.inline)
+    inline = agree(group, op, array, error)
+    if inline is not None:
+        return local_reduce(kind, inline.rows)
     out = buffers.empty(array.shape, array.dtype)
     segment = segment_for(group, op, array.nbytes)
     if segment is not None:
@@ -146,12 +146,13 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     array, error = _prepare(x, "all_gather", group)
     if group._size == 1:
         return np.array(array, copy=True)
-    agreement = agree(group, "all_gather", array, error)
+    inline = agree(group, "all_gather", array, error)
     size = group._size
     shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
-    if agreement.inline is not None:
-        # A copy: the stacked view lives in the group's slots, which the next round overwrites.
-        return agreement.inline.reshape(shape).copy()
+    if inline is not None:
+        # A copy: the stacked view lives in the group's slots, which the next round overwrites
+        # (its rows are a slot apart, so a contiguous array is always a new one).
+        return np.ascontiguousarray(inline.stacked).reshape(shape)
     out = buffers.empty(shape, array.dtype)
     segment = segment_for(group, "all_gather", array.nbytes)
     if segment is not None:
@@ -186,10 +187,13 @@ def sum_scatter(x: Any, *, group: Group | None = None, stream: Any = None) -> np
     size, rank = group._size, group._rank
     if error is None:
         error = _scatter_shape_error(array, size)
-    agreement = agree(group, "sum_scatter", array, error)
+    inline = agree(group, "sum_scatter", array, error)
     rows = array.shape[0] // size
-    if agreement.inline is not None:
-        return local_reduce(SUM, agreement.inline[:, rank * rows : (rank + 1) * rows])
+    if inline is not None:
+        own_rows = inline.derived
+        if own_rows is None:
+            own_rows = inline.derived = list(inline.stacked[:, rank * rows : (rank + 1) * rows])
+        return local_reduce(SUM, own_rows)
     out = buffers.empty((rows, *array.shape[1:]), array.dtype)
     segment = segment_for(group, "sum_scatter", array.nbytes)
     if segment is not None:

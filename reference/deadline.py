@@ -134,8 +134,15 @@ def wait_all(
     if len(requests) == 1:
         if _wait_until(_test, requests[0]):
             return
-    elif _wait_until(_testall, requests):
-        return
+    else:
+        # The first request alone is polled 3x cheaper; it is usually what the rest wait on
+        # (the first peer's receive of an exchange).
+        first = requests[0]
+        for _ in range(_SPINS_FIRST):
+            if _test(first):
+                break
+        if _wait_until(_testall, requests):
+            return
     pending = [index for index, request in enumerate(requests) if not request.Test()]
     if cancel:
         cancel_requests(requests, pending)
@@ -160,10 +167,15 @@ def wait_or_cancel(request: MPI.Request, on_timeout: Callable[[float], Exception
     A receive that MPI matched before the cancel completes normally instead: the message is
     delivered and nothing is raised, so a raised timeout always means nothing was consumed.
     """
+    global _test
+    if _test is None:
+        from mpi4py import MPI
+
+        _test = MPI.Request.Test
+    if _wait_until(_test, request):
+        return
     from mpi4py import MPI
 
-    if _wait_until(MPI.Request.Test, request):
-        return
     request.Cancel()
     status = MPI.Status()
     request.Wait(status)

@@ -57,9 +57,9 @@ class Group:
         group._exchange = None
         # Messages a rank sends to itself never touch MPI: they wait here for the matching recv.
         group._to_self = collections.deque()
-        group._message_numbers = collections.Counter()
-        # recv's header buffer (reference.p2p), allocated on first use.
-        group._inbox = None
+        group._message_numbers = [0] * size
+        # recv's persistent header receive and inbox per source (reference.p2p), made on first use.
+        group._arrivals = {}
         # Sends that stalled mid-transfer: MPI may still read their arrays, so they stay alive.
         group._orphans = []
         # The shared-memory segment (reference.shm), mapped on first use; False: spans nodes.
@@ -89,10 +89,11 @@ class Group:
         error = None
         if color < 0:
             error = ValueError(f"split: color must be non-negative, got color={color}")
-        agreement = agree(self, "split", None, error, (int(color), int(key)))
+        agree(self, "split", None, error, (int(color), int(key)))
+        headers = self._exchange.headers()
         order_key = key if key >= 0 else self._rank
         comm = self._comm.Split(int(color), int(order_key))
-        members = [r for r, header in enumerate(agreement.headers) if header[7] == color]
+        members = [r for r, header in enumerate(headers) if header[7] == color]
         if len(members) > 4:
             label = f"split(color={color}) of {self._label} ({len(members)} ranks)"
         else:
@@ -118,8 +119,9 @@ class Group:
 
     def _next_message_number(self, dst: int) -> int:
         """Number the messages to ``dst``: a receiver echoes it to clear a payload to send."""
-        self._message_numbers[dst] += 1
-        return self._message_numbers[dst]
+        numbers = self._message_numbers
+        numbers[dst] += 1
+        return numbers[dst]
 
     def _break(self, reason: str) -> TimeoutError:
         """Record that this group's collective state is lost, and build the TimeoutError."""

@@ -16,10 +16,10 @@ into the result's buffer and answered "clear to send" with the message number. S
 way and ``x`` may be reused; for large messages it waits until the matching recv is posted.
 A message to oneself is queued in the group and handed to the matching recv.
 
-The receiver takes the header with a receive posted into the group's inbox (one buffer that holds
-any header and an inline payload), not by probing first: one MPI call fewer on the small-message
-path. At the deadline that receive is cancelled; if MPI had already matched it, the message is
-delivered as usual, so a recv that raises TimeoutError has consumed nothing.
+The receiver takes the header with a persistent receive, one per source, into that source's inbox
+(a buffer that holds any header and an inline payload), not by probing first: one MPI call fewer
+on the small-message path. At the deadline that receive is cancelled; if MPI had already matched
+it, the message is delivered as usual, so a recv that raises TimeoutError has consumed nothing.
 """
 
 from __future__ import annotations
@@ -174,18 +174,19 @@ def recv(
     dtype or shape differs from the one asked for (the message is consumed; the channel stays
     usable). Raises TimeoutError if nothing arrives before the deadline (nothing is consumed).
     """
-    shape = as_shape(shape, "recv")
-    dtype = as_dtype(dtype)
+    return _recv(as_shape(shape, "recv"), as_dtype(dtype), src, group)
+
+
+def _recv(shape: tuple[int, ...], dtype: np.dtype, src: Any, group: Any) -> np.ndarray:
+    """``recv`` of a valid shape and dtype."""
     group = resolve_group(group, "recv")
     src = _check_peer(group, src, "recv", "source")
     group._check_usable("recv")
     if src == group._rank:
         return _recv_from_self(group, shape, dtype)
     comm = group._comm
-    inbox = group._inbox
-    if inbox is None:
-        inbox = group._inbox = np.empty(INBOX_BYTES, np.uint8)
-    arrival = comm.Irecv([inbox, _byte()], src, TAG_HEADER)
+    arrival, inbox = group._arrivals.get(src) or _open_arrival(group, src)
+    arrival.Start()
     if not arrival.Test():
 
         def nothing_sent(seconds: float) -> TimeoutError:
@@ -223,6 +224,15 @@ def recv(
     return out
 
 
+def _open_arrival(group: Group, src: int) -> tuple[Any, np.ndarray]:
+    """The persistent receive of headers from ``src`` and the inbox it fills (a Start costs a
+    fifth of an Irecv). A cancelled receive leaves it inactive, ready for the next recv."""
+    inbox = np.empty(INBOX_BYTES, np.uint8)
+    arrival = group._comm.Recv_init([inbox, _byte()], src, TAG_HEADER)
+    group._arrivals[src] = (arrival, inbox)
+    return arrival, inbox
+
+
 def _mismatch(dtype, shape, src, sent_dtype, sent_shape) -> ValueError:
     return ValueError(
         f"recv expected {describe(dtype, shape)} from rank {src} but rank {src} sent "
@@ -245,4 +255,4 @@ def _recv_from_self(group: Group, shape: tuple[int, ...], dtype: np.dtype) -> np
 def recv_like(x: Any, src: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
     """``recv(x.shape, x.dtype, src)``: receive an array shaped and typed like ``x``."""
     like = as_array(x, "recv_like")
-    return recv(like.shape, like.dtype, src, group=group, stream=stream)
+    return _recv(like.shape, like.dtype, src, group)

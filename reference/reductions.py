@@ -14,6 +14,7 @@ max/min, lexicographic complex max/min).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,19 +54,21 @@ def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(a, b) if kind == MAX else np.minimum(a, b)
 
 
-def local_reduce(kind: str, stacked: np.ndarray) -> np.ndarray:
-    """Reduce the ranks' arrays stacked along axis 0, in rank order, into a new array.
+def local_reduce(kind: str, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Reduce the ranks' arrays, in rank order, into a new array.
 
-    Every rank holds the same stack and runs the same code, so every rank gets bit-identical
-    results whatever the floating-point rounding. Binary ufunc calls, not ``ufunc.reduce``: for
-    the few ranks of a group they cost a third as much, and they never promote small integers.
+    ``blocks`` is a list of equal arrays or one array stacking them along axis 0. Every rank holds
+    the same blocks and runs the same code, so every rank gets bit-identical results whatever the
+    floating-point rounding. Binary ufunc calls, not ``ufunc.reduce``: for the few ranks of a
+    group they cost a third as much, and they never promote small integers.
     """
-    combine_pair = _pairwise(kind, stacked.dtype)
-    result = combine_pair(stacked[0], stacked[1])
-    for index in range(2, len(stacked)):
-        result = combine_pair(result, stacked[index])
-    # A stack of 0-d arrays yields numpy scalars; the API returns arrays.
-    return result if stacked.ndim > 1 else np.asarray(result)
+    first = blocks[0]
+    combine_pair = _pairwise(kind, first.dtype)
+    result = combine_pair(first, blocks[1])
+    for index in range(2, len(blocks)):
+        result = combine_pair(result, blocks[index])
+    # 0-d blocks yield numpy scalars; the API returns arrays.
+    return result if first.ndim else np.asarray(result)
 
 
 def combine_into(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

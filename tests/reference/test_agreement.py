@@ -276,3 +276,25 @@ def test_short_and_long_slots_alternate_without_stale_bytes(world, comm):
     outcomes = allgather(comm, outcome)
     assert all(kind == "ValueError" and "disagree" in text for kind, text in outcomes)
     assert_group_works(world, comm)
+
+
+def test_a_repeated_call_after_other_rounds_sends_its_own_header(world, comm):
+    """A group keeps each call kind's packed header and rewrites only the call number when the
+    same kind repeats; rounds of other kinds in between (a split, an invalid argument, another
+    shape) write the slot, and the next repeat must still agree and give its own result."""
+    x = encode(comm.rank, (3,), np.int32, salt=1)
+    expected = np.sum(np.stack(world_data(comm.size, (3,), np.int32, salt=1)), axis=0)
+    between = [
+        lambda: world.split(0),
+        # Only rank 0's argument is invalid: its slot then holds a header unlike the others'.
+        lambda: attempt(
+            reference.all_sum, np.zeros(3, np.complex128) if comm.rank == 0 else x, group=world
+        ),
+        lambda: reference.all_max(np.zeros((3, 1), np.int32), group=world),
+        lambda: reference.all_sum(np.zeros(3, np.float32), group=world),
+    ]
+    for other in between:
+        assert reference.all_sum(x, group=world).tolist() == expected.tolist()
+        other()
+        assert reference.all_sum(x, group=world).tolist() == expected.tolist()
+    assert_group_works(world, comm)
