@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance.backend import own_pages
 from conformance.bench.formulas import COLLECTIVES, Shape, shape_for
 
 ACK_TAG = 7001
@@ -43,7 +44,15 @@ def window_for(nbytes: int, max_window: int = MAX_WINDOW) -> int:
 def make_input(count: int, dtype: np.dtype, rank: int) -> np.ndarray:
     """Per-rank data that encodes rank and position, small enough that sums stay exact."""
     values = np.arange(count, dtype=np.int64) % 7 + rank + 1
-    return values.astype(dtype)
+    out = page_aligned(count, dtype)
+    out[...] = values.astype(dtype)
+    return out
+
+
+def page_aligned(count: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array on pages of its own (``own_pages``): the baseline's speed must not
+    depend on where malloc happened to put its buffers."""
+    return own_pages(count * np.dtype(dtype).itemsize).view(dtype)
 
 
 def baseline_supported(op: str, dtype_name: str) -> bool:
@@ -111,7 +120,7 @@ class CollectiveCase(Case):
         self.shape = shape
         dtype = _numpy_dtype(dtype_name)
         self.x = make_input(shape.in_count, dtype, rank)
-        self.out = np.empty(shape.out_count, dtype)
+        self.out = page_aligned(shape.out_count, dtype)
         self._backend = backend
         self._bx = backend.asarray(self.x)
         self._fn = getattr(backend, op)
@@ -162,7 +171,7 @@ class LatencyCase(Case):
         self._rank = rank
         dtype = _numpy_dtype(dtype_name)
         self.x = make_input(shape.in_count, dtype, rank)
-        self.out = np.empty(shape.in_count, dtype)
+        self.out = page_aligned(shape.in_count, dtype)
         self._expected = make_input(shape.in_count, dtype, 1 - rank) if rank < 2 else None
         self._backend = backend
         self._bx = backend.asarray(self.x)
@@ -229,7 +238,7 @@ class BandwidthCase(Case):
         dtype = _numpy_dtype(dtype_name)
         self.x = make_input(shape.in_count, dtype, rank)
         # One receive buffer for the whole window, as osu_bw does.
-        self.out = np.empty(shape.in_count, dtype)
+        self.out = page_aligned(shape.in_count, dtype)
         self._expected = make_input(shape.in_count, dtype, 0) if rank == 1 else None
         self._backend = backend
         self._bx = backend.asarray(self.x)
