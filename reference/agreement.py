@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reference import deadline
+from reference import buffers, deadline
 from reference.dtypes import DTYPE_CODES, describe
 
 if TYPE_CHECKING:
@@ -45,12 +45,14 @@ _AGREED_END = 8 * _AGREED_FIELDS.stop
 # phase made all_sum 0.33x raw at 8 KiB and 0.58x at 64 KiB). Slots travel short (payload up to
 # SHORT_BYTES) or long (up to LONG_BYTES) on persistent requests, so tiny calls do not copy 4 KiB;
 # larger inline payloads go in one send of their exact size.
-# all_gather keeps LONG_BYTES: MPI's allgather is fast at mid sizes (32 KiB in 9 us) and the
-# gathered result would be copied out of the slots once more.
+# all_gather stops at 32 KiB a rank: its result is copied out of the slots once more, and past
+# 32 KiB that copy ate the gain (2 ranks, buffers on pages of their own: results of 16-64 KiB
+# 0.36-0.44x raw with the agreement round then MPI's allgather, 0.49-0.51x inline; results of
+# 128 KiB 0.54-0.60x either way).
 INLINE_BYTES = 65536
 SHORT_BYTES = 512
 LONG_BYTES = 4096
-GATHER_INLINE_BYTES = LONG_BYTES
+GATHER_INLINE_BYTES = 32768
 
 
 def inline_limit(op: str) -> int:
@@ -115,7 +117,8 @@ class HeaderExchange:
 
         # Row r holds rank r's slot; this rank's own row is what it sends, so after the round
         # every rank's header and payload sit side by side, ready to be reduced in one call.
-        self.slots = np.zeros((size, SLOT_BYTES), np.uint8)
+        # On pages of their own: MPI moves malloc'd memory slower (reference.buffers).
+        self.slots = buffers.mapped(size * SLOT_BYTES).reshape(size, SLOT_BYTES)
         self.send_slot = self.slots[rank]
         self.send_view = memoryview(self.send_slot)
         self.rows = list(self.slots)

@@ -14,6 +14,11 @@ of 512. A caller that alternates between results of one size (the usual loop: th
 result is alive while the next call runs) writes to buffers that are no longer in the CPU caches;
 huge pages measurably cut that cost at 4 and 16 MiB (docs/benchmarks.md).
 
+Every buffer is a mapping of its own, never memory from malloc: on the MPICH wheel, transfers
+between ranks of one node from or into malloc's heap ran up to 3.5x slower than the same
+transfers on pages of their own (a 64 KiB ping-pong 33 against 10 us; 256 KiB all_sum 240 against
+68 us, docs/benchmarks.md). ``mapped`` gives the other buffers MPI touches the same pages.
+
 Buffers that a timed-out transfer may still write are referenced by the group's orphans, so
 they are never idle and never handed out again.
 """
@@ -52,12 +57,19 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw.view(dtype).reshape(shape)
 
 
+def mapped(nbytes: int) -> np.ndarray:
+    """``nbytes`` of zeroed memory on pages of its own (an anonymous mapping), every page
+    faulted in. For buffers MPI reads or writes: see the module docstring."""
+    return _allocate(nbytes)
+
+
 def _allocate(nbytes: int) -> np.ndarray:
-    """A new buffer of ``nbytes``, every page already faulted in."""
-    if nbytes < _HUGE_FROM or _ADVISE_HUGE is None:
-        raw = np.empty(nbytes, np.uint8)
-    else:
-        region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    """A new buffer of ``nbytes`` on its own mapping, every page already faulted in."""
+    huge = nbytes >= _HUGE_FROM and _ADVISE_HUGE is not None
+    extra = _HUGE_PAGE if huge else 0
+    region = mmap.mmap(-1, max(nbytes, 1) + extra, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    skip = 0
+    if huge:
         try:
             region.madvise(_ADVISE_HUGE)
         except OSError:  # THP disabled or unsupported: ordinary pages still work
@@ -65,9 +77,9 @@ def _allocate(nbytes: int) -> np.ndarray:
         probe = np.frombuffer(region, np.uint8, count=1)
         skip = -probe.__array_interface__["data"][0] % _HUGE_PAGE
         del probe
-        # Straight from the mapping, not a slice of another array: numpy then makes ``raw``
-        # the base of every view of it, which is what the reuse check counts.
-        raw = np.frombuffer(region, np.uint8, count=nbytes, offset=skip)
+    # Straight from the mapping, not a slice of another array: numpy then makes ``raw`` the
+    # base of every view of it, which is what the reuse check counts.
+    raw = np.frombuffer(region, np.uint8, count=nbytes, offset=skip)
     raw[:: mmap.PAGESIZE] = 0
     return raw
 

@@ -147,13 +147,13 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     if group._size == 1:
         return np.array(array, copy=True)
     inline = agree(group, "all_gather", array, error)
-    size = group._size
-    shape = (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
     if inline is not None:
-        # A copy: the stacked view lives in the group's slots, which the next round overwrites
-        # (its rows are a slot apart, so a contiguous array is always a new one).
-        return np.ascontiguousarray(inline.stacked).reshape(shape)
-    out = buffers.empty(shape, array.dtype)
+        shape = inline.derived
+        if shape is None:
+            shape = inline.derived = _gathered_shape(array, group._size)
+        # A copy: the stacked view lives in the group's slots, which the next round overwrites.
+        return inline.stacked.copy().reshape(shape)
+    out = buffers.empty(_gathered_shape(array, group._size), array.dtype)
     segment = segment_for(group, "all_gather", array.nbytes)
     if segment is not None:
         flat_in, flat_out = _flat_bytes(array), _flat_bytes(out)
@@ -162,6 +162,10 @@ def all_gather(x: Any, *, group: Group | None = None, stream: Any = None) -> np.
     request = group._comm.Iallgather(_flat_bytes(array), _flat_bytes(out))
     _wait(group, "all_gather", request, array, out)
     return out
+
+
+def _gathered_shape(array: np.ndarray, size: int) -> tuple[int, ...]:
+    return (size,) if array.ndim == 0 else (array.shape[0] * size, *array.shape[1:])
 
 
 def _scatter_shape_error(array: np.ndarray, size: int) -> ValueError | None:

@@ -227,7 +227,7 @@ def _recv(shape: tuple[int, ...], dtype: np.dtype, src: Any, group: Any) -> np.n
 def _open_arrival(group: Group, src: int) -> tuple[Any, np.ndarray]:
     """The persistent receive of headers from ``src`` and the inbox it fills (a Start costs a
     fifth of an Irecv). A cancelled receive leaves it inactive, ready for the next recv."""
-    inbox = np.empty(INBOX_BYTES, np.uint8)
+    inbox = buffers.mapped(INBOX_BYTES)
     arrival = group._comm.Recv_init([inbox, _byte()], src, TAG_HEADER)
     group._arrivals[src] = (arrival, inbox)
     return arrival, inbox

@@ -80,8 +80,12 @@ def test_large_reductions_of_every_dtype(world, comm, op, name):
     assert all(other == everyone[0] for other in everyone)
 
 
+# Blocks past all_gather's inline limit for every dtype: many rows, and one row just past it.
+GATHER_SHAPES = [(LARGE,), (701, 2, 24), (1, agreement.inline_limit("all_gather") + 4)]
+
+
 @pytest.mark.parametrize("name", DTYPES)
-@pytest.mark.parametrize("shape", [(LARGE,), (701, 2, 3), (1, 4100)], ids=str)
+@pytest.mark.parametrize("shape", GATHER_SHAPES, ids=str)
 def test_large_all_gather_of_every_dtype(world, comm, name, shape):
     """all_gather of large blocks concatenates them along axis 0 in rank order, bit for bit."""
     dtype = NUMPY_DTYPES[name]
