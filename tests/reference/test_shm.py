@@ -354,15 +354,15 @@ def _auto_run(world, comm, op: str, per_rank_elements: int, sub=None):
 
 @pytest.mark.parametrize("op", ["all_sum", "all_max", "all_gather", "sum_scatter"])
 def test_auto_follows_its_measured_ranges(world, comm, plane, monkeypatch, op):
-    """auto moves a payload in the op's AUTO_RANGES through the segment (the ranks share a node
-    and read each other here) and maps no segment for one outside; the result is right either
-    way."""
+    """auto moves a payload in the op's ranges for the group's size (``auto_ranges``) through the
+    segment (the ranks share a node and read each other here) and maps no segment for one
+    outside; the result is right either way."""
     plane("auto")
     calls = _calls_through_segment(monkeypatch, op)
     for per_rank in (20_000, 300_000, 1_100_000):  # 80 KB to 4.4 MB a rank: past the inline limit
         calls.clear()
         sub, nbytes = _auto_run(world, comm, op, per_rank)
-        bounds = dataplane.AUTO_RANGES[op]
+        bounds = dataplane.auto_ranges(sub.size())[op]
         in_range = bounds is not None and bounds[0] <= nbytes < bounds[1]
         assert bool(sub._segment) == in_range, (op, bounds, nbytes)
         if in_range and not sub._segment.single_copy:
@@ -382,7 +382,7 @@ def test_auto_on_a_segment_that_copies_keeps_to_the_copying_ranges(
     for per_rank in (20_000, 300_000, 1_100_000):
         calls.clear()
         _, nbytes = _auto_run(world, comm, op, per_rank, sub)
-        used = dataplane._in(dataplane.AUTO_RANGES, op, nbytes) and dataplane._in(
+        used = dataplane._in(dataplane.auto_ranges(sub.size()), op, nbytes) and dataplane._in(
             dataplane.COPYING_RANGES, op, nbytes
         )
         assert calls == ([nbytes] if used else []), (op, nbytes, calls)
