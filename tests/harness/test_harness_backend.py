@@ -17,6 +17,7 @@ from conformance.backend import (
     Capabilities,
     load_backend,
     numpy_dtype,
+    own_pages,
 )
 
 
@@ -36,6 +37,36 @@ def test_reference_is_built_in_and_wrapped_with_numpy_hooks():
         assert reference.get_timeout() == 12.5
     finally:
         backend.set_timeout(previous)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(3, dtype=np.int16),
+        lambda: np.arange(40_000, dtype=np.float64)[::-3],  # large, strided, reversed
+        lambda: np.asfortranarray(np.arange(300 * 200, dtype=np.float32).reshape(300, 200)),
+        lambda: np.frombuffer(np.arange(80_001, dtype=np.uint8).tobytes(), np.uint8)[1:],
+    ],
+    ids=["small", "strided", "fortran", "unaligned"],
+)
+def test_numpy_asarray_copies_keep_the_layout_at_every_size(make):
+    """The numpy hook's copy (malloc below 64 KiB, a mapping of its own above) has the input's
+    values, shape, strides, read-only flag and address modulo 64, and shares no memory with it."""
+    a = make()
+    copy = load_backend("reference").asarray(a)
+    assert copy.tobytes() == a.tobytes() and copy.shape == a.shape and copy.strides == a.strides
+    assert copy.ctypes.data % 64 == a.ctypes.data % 64
+    assert copy.flags.writeable == a.flags.writeable
+    assert not np.shares_memory(copy, a)
+
+
+def test_own_pages_start_a_page_and_are_writable():
+    for nbytes in (0, 1, 4096, 5 << 20):
+        raw = own_pages(nbytes)
+        assert raw.dtype == np.uint8 and raw.size == nbytes and raw.flags.writeable
+        assert raw.ctypes.data % 4096 == 0
+        raw[:] = 7
+        assert int(raw.sum()) == 7 * nbytes
 
 
 def test_numpy_module_gets_full_capabilities():
