@@ -11,6 +11,9 @@ into the result's buffer and answered "clear to send" with the message number. S
 - a send that times out waiting for its receiver has handed nothing but the header to MPI: the
   caller owns ``x`` again and may change it; the late receiver then times out on that message
   (its payload never comes) and a stale "clear to send" is recognised by its number and dropped.
+- an inline message MPI has not delivered by the deadline (MPICH waits for the receiver from
+  8 KiB) raises TimeoutError too, but MPI holds a copy of it: ``x`` is free, and a late recv still
+  gets the message, in order; the pair stays usable.
 
 ``send`` is eager, like MPI's standard mode: when it returns the message is delivered or on its
 way and ``x`` may be reused; for large messages it waits until the matching recv is posted.
@@ -121,12 +124,21 @@ def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) ->
             return _read_only(array)
 
     def stalled(pending: list[int], seconds: float) -> TimeoutError:
+        what = f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label}"
+        if array.nbytes <= INLINE_BYTES:
+            # MPI holds a copy of the whole message (MPICH waits for the receiver from 8 KiB):
+            # x is free, the pair's order holds, and a late recv still gets the message.
+            group._orphans.append(requests)
+            return TimeoutError(
+                f"{what} timed out after {seconds:g} s: rank {dst} did not take the message; "
+                f"MPI keeps a copy of it for rank {dst}'s next recv from this rank (x may be "
+                "reused)"
+            )
         # The receiver had posted its receive; MPI may still read x: keep it alive with the
         # request, and retire the group.
         group._orphans.append((requests, array))
         return group._break(
-            f"send of {describe(array.dtype, array.shape)} to rank {dst} of {group._label} "
-            f"stalled for {seconds:g} s after rank {dst} had posted its receive"
+            f"{what} stalled for {seconds:g} s after rank {dst} had posted its receive"
         )
 
     deadline.wait_all(requests, stalled)

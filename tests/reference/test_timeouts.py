@@ -13,6 +13,7 @@ import pytest
 from transport_helpers import allgather, attempt, sync
 
 import reference
+from reference import p2p
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -69,6 +70,39 @@ def test_collective_with_absent_ranks_times_out_naming_them(world, comm, op, pat
     assert {int(r) for r in named.group(1).split(",")} == absent
     assert op in message and "split(color=0)" in message
     assert after[0] == "RuntimeError" and "timed out" in after[1]
+
+
+def test_an_inline_send_nobody_receives_is_kept_for_a_late_recv(world, comm):
+    """A send of the largest inline message whose receiver does not call recv either leaves at
+    once (MPI's eager protocol) or raises TimeoutError saying MPI keeps a copy; either way x may
+    be changed at once, the late recv gets the original bytes, and the pair goes on."""
+    sub = world.split(0)
+    src, dst = 0, comm.size - 1
+    outcome = late = following = None
+    if comm.rank == src:
+        x = np.full(p2p.INLINE_BYTES, 7, np.uint8)
+        previous = reference.set_timeout(SHORT)
+        try:
+            outcome = attempt(reference.send, x, dst, group=sub)
+        finally:
+            reference.set_timeout(previous)
+        x[...] = 9
+        reference.send(np.arange(3, dtype=np.int16) + 7, dst, group=sub)
+    sync(comm)
+    if comm.rank == dst:
+        late = attempt(reference.recv, (p2p.INLINE_BYTES,), "uint8", src, group=sub)
+        following = attempt(reference.recv, (3,), "int16", src, group=sub)
+    sync(comm)
+    assert_world_works(world, comm)
+    if comm.rank == src:
+        kind, message = outcome
+        assert kind in ("ok", "TimeoutError"), outcome
+        if kind == "TimeoutError":
+            assert f"to rank {dst} of split(color=0)" in message, message
+            assert "did not take the message" in message and "x may be reused" in message
+    if comm.rank == dst:
+        assert late[0] == "ok" and set(np.unique(late[1]).tolist()) == {7}, late
+        assert following[0] == "ok" and following[1].tolist() == [7, 8, 9], following
 
 
 def test_large_send_nobody_receives_times_out(world, comm):
