@@ -4,8 +4,9 @@ For each op and size, the median and spread of the time per op, nccl-tests' algo
 bandwidths, OSU's point-to-point latency and bandwidth, each measured against raw mpi4py calls
 on the same buffers in the same job. Modules: ``units`` (sizes), ``formulas`` (what a size means
 per op, bandwidths), ``stats`` (medians, spread, paired ratios), ``ops`` (the calls timed),
-``measure`` (the timing loop), ``output`` (JSON and table), ``plot`` (PNG), ``launch``
-(re-executing under mpiexec), ``cli`` (arguments and the run).
+``measure`` (the timing loop), ``output`` (JSON and table), ``plot`` (PNG), ``compare`` (two
+saved runs case by case), ``launch`` (re-executing under mpiexec), ``cli`` (arguments and the
+run).
 """
 
 from conformance.bench.cli import main

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.bench import launch
+from conformance.bench.compare import DEFAULT_TOLERANCE, compare, render_comparison
 from conformance.bench.formulas import DEFAULT_OPS, OPS
 from conformance.bench.machine import load_average
 from conformance.bench.measure import Settings, measure
@@ -79,6 +80,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"must be >= 0, got {text}")
     return value
 
 
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plot_main(argv[1:])
     if argv[:1] == ["table"]:
         return _table_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return _compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.np is not None and not launch.is_child():
         return launch.launch(args.np, argv, args.timeout, args.mpiexec, args.hostfile)
@@ -217,6 +227,31 @@ def _table_main(argv: list[str]) -> int:
         return 2
     render = render_markdown if args.markdown else render_table
     print("\n\n".join(render(report) for report in reports))
+    return 0
+
+
+def _compare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} compare",
+        description="Compare two saved reports case by case; flag the cases whose raw mpi4py "
+        "baselines disagree (the machine moved between the runs).",
+    )
+    parser.add_argument("before", help="JSON report written by --json")
+    parser.add_argument("after", help="JSON report written by --json")
+    parser.add_argument(
+        "--tolerance",
+        type=_typed(_non_negative_float),
+        default=DEFAULT_TOLERANCE,
+        help="how far (a fraction) the raw times may move for a case to count as comparable "
+        "(default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        rows = compare(read_json(args.before), read_json(args.after), args.tolerance)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_comparison(rows, args.tolerance))
     return 0
 
 
