@@ -229,11 +229,10 @@ def agree(
     for peer in exchange.peer_agreed:
         if peer != own:
             agreed = False
+            break
     if not agreed:
         raise _shared_failure(group, op, array, error, exchange.headers())
-    if plan is None or plan.stacked is None:
-        return None
-    return plan
+    return plan if plan is not None and plan.stacked is not None else None
 
 
 def _names(ranks: list[int]) -> str:

@@ -51,20 +51,16 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     for raw in _buffers:
         if raw.nbytes == nbytes and sys.getrefcount(raw) <= _UNREFERENCED:
             return raw.view(dtype).reshape(shape)
-    raw = _allocate(nbytes)
+    raw = mapped(nbytes)
     _buffers.append(raw)
     _evict()
     return raw.view(dtype).reshape(shape)
 
 
 def mapped(nbytes: int) -> np.ndarray:
-    """``nbytes`` of zeroed memory on pages of its own (an anonymous mapping), every page
-    faulted in. For buffers MPI reads or writes: see the module docstring."""
-    return _allocate(nbytes)
-
-
-def _allocate(nbytes: int) -> np.ndarray:
-    """A new buffer of ``nbytes`` on its own mapping, every page already faulted in."""
+    """``nbytes`` of zeroed memory on pages of its own (an anonymous mapping, on huge pages from
+    ``_HUGE_FROM``), every page faulted in: the pool's buffers and any other buffer MPI reads or
+    writes (see the module docstring)."""
     huge = nbytes >= _HUGE_FROM and _ADVISE_HUGE is not None
     extra = _HUGE_PAGE if huge else 0
     region = mmap.mmap(-1, max(nbytes, 1) + extra, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

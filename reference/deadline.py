@@ -111,6 +111,15 @@ _testall: Callable[[Sequence[MPI.Request]], bool] | None = None
 _test: Callable[[MPI.Request], bool] | None = None
 
 
+def _import_tests() -> None:
+    """Bind ``_test`` and ``_testall`` on first use: importing mpi4py.MPI initialises MPI, which a
+    singleton process never needs."""
+    global _testall, _test
+    from mpi4py import MPI
+
+    _testall, _test = MPI.Request.Testall, MPI.Request.Test
+
+
 def wait_all(
     requests: Sequence[MPI.Request],
     on_timeout: Callable[[list[int], float], Exception],
@@ -122,13 +131,8 @@ def wait_all(
     Pending requests are cancelled before raising (unless ``cancel`` is false: then the caller's
     ``on_timeout`` keeps them and their buffers alive), so their buffers are not written later.
     """
-    global _testall, _test
-    if _testall is None:
-        # Imported on first use: importing mpi4py.MPI initialises MPI, which a singleton
-        # process never needs.
-        from mpi4py import MPI
-
-        _testall, _test = MPI.Request.Testall, MPI.Request.Test
+    if _test is None:
+        _import_tests()
     # One request (a collective's data phase) is polled with Test: Testall converts the list
     # on every poll, which measured 7% slower at 64 KiB.
     if len(requests) == 1:
@@ -167,11 +171,8 @@ def wait_or_cancel(request: MPI.Request, on_timeout: Callable[[float], Exception
     A receive that MPI matched before the cancel completes normally instead: the message is
     delivered and nothing is raised, so a raised timeout always means nothing was consumed.
     """
-    global _test
     if _test is None:
-        from mpi4py import MPI
-
-        _test = MPI.Request.Test
+        _import_tests()
     if _wait_until(_test, request):
         return
     from mpi4py import MPI

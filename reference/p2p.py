@@ -237,8 +237,9 @@ def _recv(shape: tuple[int, ...], dtype: np.dtype, src: Any, group: Any) -> np.n
 
 
 def _open_arrival(group: Group, src: int) -> tuple[Any, np.ndarray]:
-    """The persistent receive of headers from ``src`` and the inbox it fills (a Start costs a
-    fifth of an Irecv). A cancelled receive leaves it inactive, ready for the next recv."""
+    """The persistent receive of headers from ``src`` and the inbox it fills: each recv starts it
+    instead of posting a new receive. A cancelled receive leaves it inactive, ready for the next
+    recv."""
     inbox = buffers.mapped(INBOX_BYTES)
     arrival = group._comm.Recv_init([inbox, _byte()], src, TAG_HEADER)
     group._arrivals[src] = (arrival, inbox)
