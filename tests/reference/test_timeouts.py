@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from transport_helpers import allgather, attempt, sync
+from transport_helpers import allgather, attempt, attempt_within, sync
 
 import reference
 from reference import p2p
@@ -81,17 +81,14 @@ def test_an_inline_send_nobody_receives_is_kept_for_a_late_recv(world, comm):
     outcome = late = following = None
     if comm.rank == src:
         x = np.full(p2p.INLINE_BYTES, 7, np.uint8)
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.send, x, dst, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(SHORT, reference.send, x, dst, group=sub)
         x[...] = 9
-        reference.send(np.arange(3, dtype=np.int16) + 7, dst, group=sub)
+        following = attempt(reference.send, np.arange(3, dtype=np.int16) + 7, dst, group=sub)
     sync(comm)
     if comm.rank == dst:
-        late = attempt(reference.recv, (p2p.INLINE_BYTES,), "uint8", src, group=sub)
-        following = attempt(reference.recv, (3,), "int16", src, group=sub)
+        # Bounded: if the sender failed, these raise instead of leaving the sender blocked.
+        late = attempt_within(10.0, reference.recv, (p2p.INLINE_BYTES,), "uint8", src, group=sub)
+        following = attempt_within(10.0, reference.recv, (3,), "int16", src, group=sub)
     sync(comm)
     assert_world_works(world, comm)
     if comm.rank == src:
@@ -100,6 +97,7 @@ def test_an_inline_send_nobody_receives_is_kept_for_a_late_recv(world, comm):
         if kind == "TimeoutError":
             assert f"to rank {dst} of split(color=0)" in message, message
             assert "did not take the message" in message and "x may be reused" in message
+        assert following[0] == "ok", following
     if comm.rank == dst:
         assert late[0] == "ok" and set(np.unique(late[1]).tolist()) == {7}, late
         assert following[0] == "ok" and following[1].tolist() == [7, 8, 9], following
@@ -114,19 +112,11 @@ def test_large_send_nobody_receives_times_out(world, comm):
     src, dst = 0, comm.size - 1
     outcome = late = following = None
     if comm.rank == src:
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.send, np.zeros(1 << 20, np.uint8), dst, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(SHORT, reference.send, np.zeros(1 << 20, np.uint8), dst, group=sub)
         reference.send(np.arange(3, dtype=np.int16) + 7, dst, group=sub)
     sync(comm)
     if comm.rank == dst:
-        previous = reference.set_timeout(SHORT)
-        try:
-            late = attempt(reference.recv, (1 << 20,), "uint8", src, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        late = attempt_within(SHORT, reference.recv, (1 << 20,), "uint8", src, group=sub)
         following = attempt(reference.recv, (3,), "int16", src, group=sub)
     sync(comm)
     assert_world_works(world, comm)
@@ -143,11 +133,7 @@ def test_a_timed_out_subgroup_does_not_affect_a_sibling(world, comm):
     """After one split subgroup breaks, a new split of the world works normally."""
     broken = world.split(0)
     if comm.rank == 0:
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.all_sum, np.int32(1), group=broken)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(SHORT, reference.all_sum, np.int32(1), group=broken)
     else:
         outcome = None
     sync(comm)
@@ -185,18 +171,14 @@ def test_a_rank_arriving_after_the_others_gave_up_gets_no_result(world, comm, co
     late = 1
     outcome = None
     if comm.rank != late:
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.all_sum, np.full(count, comm.rank, np.int32), group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(
+            SHORT, reference.all_sum, np.full(count, comm.rank, np.int32), group=sub
+        )
     sync(comm)
     if comm.rank == late:
-        previous = reference.set_timeout(1.0)
-        try:
-            outcome = attempt(reference.all_sum, np.full(count, comm.rank, np.int32), group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(
+            1.0, reference.all_sum, np.full(count, comm.rank, np.int32), group=sub
+        )
     outcomes = allgather(comm, (outcome[0], outcome[1] if outcome[0] != "ok" else None))
     assert all(kind == "TimeoutError" for r, (kind, _) in enumerate(outcomes) if r != late)
     assert outcomes[late][0] != "ok", "the late rank got a result"
@@ -211,19 +193,11 @@ def test_a_timed_out_send_stops_reading_the_senders_buffer(world, comm):
     outcome = None
     if comm.rank == src:
         x = np.full(1 << 20, 7, np.uint8)
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.send, x, dst, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(SHORT, reference.send, x, dst, group=sub)
         x[...] = 9
     sync(comm)
     if comm.rank == dst:
-        previous = reference.set_timeout(2.0)
-        try:
-            outcome = attempt(reference.recv, (1 << 20,), "uint8", src, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(2.0, reference.recv, (1 << 20,), "uint8", src, group=sub)
     sync(comm)
     if comm.rank == src:
         assert outcome[0] == "TimeoutError"
@@ -254,20 +228,12 @@ def test_a_data_phase_timeout_leaves_no_transfer_behind(world, comm, monkeypatch
             return real(*args)
 
         monkeypatch.setattr(collectives, "mpi_op", late_op)
-        previous = reference.set_timeout(3.0)
-        try:
-            outcome = attempt(reference.all_sum, np.ones(count, np.float32), group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(3.0, reference.all_sum, np.ones(count, np.float32), group=sub)
         monkeypatch.undo()
         sync(comm)
         sync(comm)
     else:
-        previous = reference.set_timeout(SHORT)
-        try:
-            outcome = attempt(reference.all_sum, np.ones(count, np.float32), group=sub)
-        finally:
-            reference.set_timeout(previous)
+        outcome = attempt_within(SHORT, reference.all_sum, np.ones(count, np.float32), group=sub)
         # What the next large float32 result of this size would be built on.
         recycled = buffers.empty((count,), np.dtype(np.float32))
         recycled[...] = -1
@@ -292,18 +258,12 @@ def test_a_stale_clear_to_send_is_dropped_and_the_next_large_message_arrives(wor
     abandoned = late = nxt = None
     count = 1 << 18
     if comm.rank == src:
-        previous = reference.set_timeout(SHORT)
-        try:
-            abandoned = attempt(reference.send, np.full(count, 3, np.uint8), dst, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        abandoned = attempt_within(
+            SHORT, reference.send, np.full(count, 3, np.uint8), dst, group=sub
+        )
     sync(comm)
     if comm.rank == dst:
-        previous = reference.set_timeout(SHORT)
-        try:
-            late = attempt(reference.recv, (count,), "uint8", src, group=sub)
-        finally:
-            reference.set_timeout(previous)
+        late = attempt_within(SHORT, reference.recv, (count,), "uint8", src, group=sub)
     sync(comm)
     following = np.arange(count, dtype=np.int32)
     if comm.rank == src:

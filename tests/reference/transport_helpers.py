@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+import reference
 from reference.dtypes import NUMPY_DTYPES
 
 DTYPES = list(NUMPY_DTYPES)
@@ -51,6 +52,15 @@ def attempt(fn, *args, **kwargs):
         return "ok", fn(*args, **kwargs)
     except Exception as error:
         return type(error).__name__, str(error)
+
+
+def attempt_within(seconds: float, fn, *args, **kwargs):
+    """``attempt`` with the reference's deadline set to ``seconds`` for this one call."""
+    previous = reference.set_timeout(seconds)
+    try:
+        return attempt(fn, *args, **kwargs)
+    finally:
+        reference.set_timeout(previous)
 
 
 def world_data(size: int, shape, dtype, salt: int = 0) -> list[np.ndarray]:
