@@ -57,9 +57,14 @@ class Group:
         group._exchange = None
         # Messages a rank sends to itself never touch MPI: they wait here for the matching recv.
         group._to_self = collections.deque()
+        # reference.p2p's state per peer: the number of the last message sent to it; the number
+        # of the message whose offer a timed-out recv withdrew (0: none); recv's persistent
+        # header receive and inbox per source, and send's persistent receive of offers per
+        # destination (made on first use).
         group._message_numbers = [0] * size
-        # recv's persistent header receive and inbox per source (reference.p2p), made on first use.
+        group._withdrawn = [0] * size
         group._arrivals = {}
+        group._offers = {}
         # Sends that stalled mid-transfer: MPI may still read their arrays, so they stay alive.
         group._orphans = []
         # The shared-memory segment (reference.shm), mapped on first use; False: spans nodes.
@@ -118,7 +123,7 @@ class Group:
             )
 
     def _next_message_number(self, dst: int) -> int:
-        """Number the messages to ``dst``: a receiver echoes it to clear a payload to send."""
+        """Number the messages to ``dst``: a receiver names it in its offer for the payload."""
         numbers = self._message_numbers
         numbers[dst] += 1
         return numbers[dst]

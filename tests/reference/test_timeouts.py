@@ -249,9 +249,9 @@ def test_a_data_phase_timeout_leaves_no_transfer_behind(world, comm, monkeypatch
         assert sentinel_left, "a result buffer handed out after the timeout was overwritten"
 
 
-def test_a_stale_clear_to_send_is_dropped_and_the_next_large_message_arrives(world, comm):
+def test_a_stale_offer_is_dropped_and_the_next_large_message_arrives(world, comm):
     """A large send abandoned by its sender, then received late (TimeoutError: no payload comes),
-    leaves a stale answer at the sender; the next large message between the pair still arrives
+    leaves a stale offer at the sender; the next large message between the pair still arrives
     intact and the group stays usable for both sides."""
     sub = world.split(0)
     src, dst = 0, comm.size - 1
@@ -279,3 +279,58 @@ def test_a_stale_clear_to_send_is_dropped_and_the_next_large_message_arrives(wor
     if comm.rank == src:
         assert nxt[0] == "ok"
     assert total[0] == "ok" and int(total[1]) == comm.size
+
+
+def poll_mpi(comm, seconds: float) -> None:
+    """Drive MPI's progress for ``seconds`` without receiving anything."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        comm.Iprobe(tag=999)
+        time.sleep(0.001)
+
+
+RETRIES = {
+    "same": ((5000,), "float32"),
+    "larger": ((6000,), "float32"),
+    "smaller": ((4500,), "float32"),
+    "other-dtype": ((5000,), "int32"),
+    "inline": ((4,), "float32"),
+}
+
+
+@pytest.mark.parametrize("retry", list(RETRIES))
+def test_a_recv_that_timed_out_can_be_retried_with_any_shape(world, comm, retry):
+    """A large recv that times out before its message was sent has offered its receive to the
+    sender; the offer must not outlive the recv. The sender sends afterwards, the receiver tries
+    again with the same or another shape: it gets the message intact, or a ValueError naming
+    both sides (never bytes in a buffer of the wrong size), and the next message arrives intact."""
+    sub = world.split(0)
+    src, dst = 0, comm.size - 1
+    sent = np.arange(5000, dtype=np.float32)
+    following = np.arange(3, dtype=np.int16) + 7
+    first = again = after = None
+    if comm.rank == dst:
+        first = attempt_within(SHORT, reference.recv, (5000,), "float32", src, group=sub)
+    sync(comm)
+    if comm.rank == src:
+        sender = attempt_within(10.0, reference.send, sent, dst, group=sub)
+        after = attempt_within(10.0, reference.send, following, dst, group=sub)
+        assert sender[0] == "ok" and after[0] == "ok", (sender, after)
+    elif comm.rank == dst:
+        # Let MPI take in the header and the payload's first message before the retry, as a
+        # receiver busy elsewhere would: a receive posted now matches whatever MPI already holds.
+        poll_mpi(comm, 0.2)
+        shape, name = RETRIES[retry]
+        again = attempt_within(10.0, reference.recv, shape, name, src, group=sub)
+        after = attempt_within(10.0, reference.recv, (3,), "int16", src, group=sub)
+    sync(comm)
+    assert_world_works(world, comm)
+    if comm.rank == dst:
+        assert first[0] == "TimeoutError" and "sent nothing" in first[1], first
+        if retry == "same":
+            assert again[0] == "ok" and again[1].tobytes() == sent.tobytes(), again
+        else:
+            shape, name = RETRIES[retry]
+            assert again[0] == "ValueError", again
+            assert f"recv expected {name} {shape}" in again[1] and "float32 (5000,)" in again[1]
+        assert after[0] == "ok" and after[1].tolist() == [7, 8, 9], after
