@@ -221,11 +221,12 @@ def recv(
     dtype or shape differs from the one asked for (the message is consumed; the channel stays
     usable). Raises TimeoutError if nothing arrives before the deadline (nothing is consumed).
     """
-    return _recv(as_shape(shape, "recv"), as_dtype(dtype), src, group)
+    shape, dtype = as_shape(shape, "recv"), as_dtype(dtype)
+    return _recv(shape, dtype, math.prod(shape) * dtype.itemsize, src, group)
 
 
-def _recv(shape: tuple[int, ...], dtype: np.dtype, src: Any, group: Any) -> np.ndarray:
-    """``recv`` of a valid shape and dtype."""
+def _recv(shape: tuple[int, ...], dtype: np.dtype, nbytes: int, src: Any, group: Any) -> np.ndarray:
+    """``recv`` of a valid shape and dtype (``nbytes``: their size in bytes)."""
     group = resolve_group(group, "recv")
     src = _check_peer(group, src, "recv", "source")
     group._check_usable("recv")
@@ -233,7 +234,6 @@ def _recv(shape: tuple[int, ...], dtype: np.dtype, src: Any, group: Any) -> np.n
         return _recv_from_self(group, shape, dtype)
     comm = group._comm
     arrival, inbox = group._arrivals.get(src) or _open_arrival(group, src)
-    nbytes = math.prod(shape) * dtype.itemsize
     offered: list[Any] | None = None
     if nbytes > INLINE_BYTES:
         # The next message's number: one past the last header the inbox took (0 before any).
@@ -358,4 +358,4 @@ def _recv_from_self(group: Group, shape: tuple[int, ...], dtype: np.dtype) -> np
 def recv_like(x: Any, src: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
     """``recv(x.shape, x.dtype, src)``: receive an array shaped and typed like ``x``."""
     like = as_array(x, "recv_like")
-    return _recv(like.shape, like.dtype, src, group)
+    return _recv(like.shape, like.dtype, like.nbytes, src, group)
