@@ -45,9 +45,15 @@ PLANES = ("mpi", "shm", "auto")
 #   64 KiB the MPI plane is faster (2 ranks, 32 KiB: 0.9-1.2x against 0.6x); from 1 MiB they
 #   trade places with the machine's state (direct reads gave 1.4-1.9x at 1-4 MiB in one state
 #   and 0.6-0.7x in the other, where the MPI plane gave 0.8-1.2x in both).
-# - sum_scatter: never. 4 ranks would gain (16 MiB 1.3x against 1.0x, 64 MiB 1.8x against
-#   1.2x), but at 2 ranks the exchange is one send/receive pair and is faster from 1 to 16 MiB
-#   (1.2-1.5x against 1.0-1.2x); these ranges do not look at the group's size.
+# - sum_scatter: past the inline limit and below 2 MiB, at 3 ranks and more (groups of two keep
+#   the MPI plane, PAIR_RANGES). Measured with buffers on pages of their own (fifth session),
+#   shm against the MPI plane, two runs each: 3 ranks 96 KiB 0.95-1.03x raw against
+#   0.61-0.69x, 512 KiB 2.0x against 1.6x, 1 MiB 0.90-0.91x against 0.78-0.81x; 4 ranks
+#   96 KiB 0.62-0.63x against 0.44x, 256 KiB 0.76-0.78x against 0.59x, 1 MiB 0.82-0.86x
+#   against 0.73-0.80x. From 2 MiB the MPI plane's exchange ties or wins (3 ranks 3 MiB
+#   0.90-0.91x against 1.02-1.06x; 4 ranks 16 MiB 0.47x against 1.06-1.08x). At 2 ranks the
+#   exchange is one send/receive pair and wins at every size (256 KiB 1.40-1.42x against
+#   1.19-1.22x, 1 MiB 1.11-1.13x against 0.81-0.82x).
 # A segment whose ranks cannot read each other copies twice, and takes the narrower
 # ``COPYING_RANGES`` (measured before direct reads): all-reduces up to 4 MiB, where shared memory
 # was as fast as the MPI plane or faster at 2 to 4 ranks; beyond it the MPI plane's exchange
@@ -58,7 +64,7 @@ AUTO_RANGES: dict[str, tuple[int, int] | None] = {
     "all_max": (0, _EVERY),
     "all_min": (0, _EVERY),
     "all_gather": (64 << 10, 1 << 20),
-    "sum_scatter": None,
+    "sum_scatter": (0, 2 << 20),
 }
 # Groups of two: all-reduces from 2 MiB (where the segment would read its peers directly) take
 # the MPI plane, whose pairwise exchange is then one send/receive pair. Measured with buffers on
@@ -73,6 +79,7 @@ PAIR_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 2 << 20),
     "all_max": (0, 2 << 20),
     "all_min": (0, 2 << 20),
+    "sum_scatter": None,
 }
 COPYING_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 4 << 20),
