@@ -35,7 +35,10 @@ PLANES = ("mpi", "shm", "auto")
 #   against 1.5-1.8x, 16 MiB 1.8-1.9x against 1.7x, 64 MiB 3.2-3.6x against 2.9-3.4x; 3 ranks
 #   faster at every size (64 MiB 5.6x against 4.7x); 4 ranks as fast or faster (16 MiB 1.9x
 #   against 1.6x).
-# - all_gather: from 64 KiB to below 1 MiB a rank, where the segment copies (direct reads start
+# - all_gather: below 1 MiB a rank at 3 ranks and more (past the inline limit: fifth session,
+#   own pages, two runs each: 3 ranks 40-60 KiB a rank 0.50-0.55x raw against 0.35-0.40x;
+#   4 ranks 0.53-0.58x against 0.39-0.43x; from 1 MiB a rank the planes tie); in groups of two
+#   from 64 KiB to below 1 MiB a rank (PAIR_RANGES), where the segment copies (direct reads start
 #   at 8 MiB) and beat the MPI plane in all runs measured but one (2 ranks, 256 KiB a rank:
 #   0.55x against 0.67x, in a run whose baselines disagreed between planes): 2 ranks, 64 KiB a rank
 #   0.72x raw against 0.62x, 128 KiB 0.84x against 0.73x (1.66-1.94x against 1.38-1.71x in other
@@ -57,13 +60,14 @@ PLANES = ("mpi", "shm", "auto")
 # A segment whose ranks cannot read each other copies twice, and takes the narrower
 # ``COPYING_RANGES`` (measured before direct reads): all-reduces up to 4 MiB, where shared memory
 # was as fast as the MPI plane or faster at 2 to 4 ranks; beyond it the MPI plane's exchange
-# (reference.scatter) copies less; all_gather's range above, which copies anyway.
+# (reference.scatter) copies less; all_gather's and sum_scatter's ranges above, where the segment
+# copies anyway (its direct reads start at 8 and 16 MiB); auto_ranges still applies first.
 _EVERY = sys.maxsize
 AUTO_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, _EVERY),
     "all_max": (0, _EVERY),
     "all_min": (0, _EVERY),
-    "all_gather": (64 << 10, 1 << 20),
+    "all_gather": (0, 1 << 20),
     "sum_scatter": (0, 2 << 20),
 }
 # Groups of two: all-reduces from 2 MiB (where the segment would read its peers directly) take
@@ -79,14 +83,15 @@ PAIR_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 2 << 20),
     "all_max": (0, 2 << 20),
     "all_min": (0, 2 << 20),
+    "all_gather": (64 << 10, 1 << 20),
     "sum_scatter": None,
 }
 COPYING_RANGES: dict[str, tuple[int, int] | None] = {
     "all_sum": (0, 4 << 20),
     "all_max": (0, 4 << 20),
     "all_min": (0, 4 << 20),
-    "all_gather": (64 << 10, 1 << 20),
-    "sum_scatter": None,
+    "all_gather": (0, 1 << 20),
+    "sum_scatter": (0, 2 << 20),
 }
 
 

@@ -370,7 +370,7 @@ def test_auto_follows_its_measured_ranges(world, comm, plane, monkeypatch, op):
         assert calls == ([nbytes] if in_range else []), (op, nbytes, calls)
 
 
-@pytest.mark.parametrize("op", ["all_sum", "all_gather"])
+@pytest.mark.parametrize("op", ["all_sum", "all_gather", "sum_scatter"])
 def test_auto_on_a_segment_that_copies_keeps_to_the_copying_ranges(
     world, comm, plane, monkeypatch, op
 ):
