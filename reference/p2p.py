@@ -277,6 +277,9 @@ def _recv(shape: tuple[int, ...], dtype: np.dtype, nbytes: int, src: Any, group:
     receive, offer, out = offered
 
     def sender_gave_up(pending: list[int], seconds: float) -> TimeoutError:
+        # The receive is cancelled; should MPI have matched it at the last moment, it still
+        # writes ``out``: keep that buffer from the result pool.
+        group._orphans.append((receive, out))
         return TimeoutError(
             f"recv from rank {src} of {group._label}: its header arrived but its payload did "
             f"not within {seconds:g} s (the sender gave up on this message)"
