@@ -175,13 +175,19 @@ def wait_or_cancel(request: MPI.Request, on_timeout: Callable[[float], Exception
         _import_tests()
     if _wait_until(_test, request):
         return
+    if cancel_receive(request):
+        raise on_timeout(_timeout)
+
+
+def cancel_receive(request: MPI.Request) -> bool:
+    """Cancel a pending receive and complete it: True if it was cancelled (nothing written),
+    False if MPI had already matched it (it completed normally, its buffer written)."""
     from mpi4py import MPI
 
     request.Cancel()
     status = MPI.Status()
     request.Wait(status)
-    if status.Is_cancelled():
-        raise on_timeout(_timeout)
+    return status.Is_cancelled()
 
 
 def poll(probe: Callable[[], object], on_timeout: Callable[[float], Exception]) -> object:

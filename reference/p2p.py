@@ -72,8 +72,6 @@ INLINE_BYTES = 16384
 
 # dtype code, ndim, nbytes, message number; then ndim dims; then the payload when inline
 _FIXED = struct.Struct("<4q")
-_NUMBER = struct.Struct("<q")
-_NUMBER_AT = 24
 # message number, byte count of the posted receive (WITHDRAWN: the receive is gone)
 _OFFER = struct.Struct("<2q")
 WITHDRAWN = -1
@@ -237,7 +235,7 @@ def _recv(shape: tuple[int, ...], dtype: np.dtype, nbytes: int, src: Any, group:
     offered: list[Any] | None = None
     if nbytes > INLINE_BYTES:
         # The next message's number: one past the last header the inbox took (0 before any).
-        number = _NUMBER.unpack_from(inbox, _NUMBER_AT)[0] + 1
+        number = _FIXED.unpack_from(inbox)[3] + 1
         if group._withdrawn[src] != number:
             offered = _offer(comm, src, number, nbytes, shape, dtype)
     arrival.Start()
@@ -307,25 +305,19 @@ def _offer(
 
 
 def _retract(group: Group, offered: list[Any]) -> None:
-    """Cancel an offered receive that no payload can match; the offer goes stale."""
+    """Cancel an offered receive; the offer goes stale. The offer's send (eager: done, or MPI
+    holds its copy) is kept, and so is the buffer should MPI have matched the receive."""
     receive, offer, _ = offered
-    receive.Cancel()
-    receive.Wait()
-    group._orphans.append(offer)  # an eager send: done, or MPI holds its copy
+    cancelled = deadline.cancel_receive(receive)
+    group._orphans.append(offer if cancelled else offered)
 
 
 def _withdraw(group: Group, src: int, number: int, offered: list[Any]) -> None:
-    """Take back the offer of message ``number`` (its header never came): cancel the receive,
-    tell ``src``, and make the next attempt at that message wait for its header first."""
-    from mpi4py import MPI
-
-    receive, offer, _ = offered
-    receive.Cancel()
-    status = MPI.Status()
-    receive.Wait(status)
+    """Take back the offer of message ``number`` (its header never came): retract it, tell
+    ``src``, and make the next attempt at that message wait for its header first."""
+    _retract(group, offered)
     withdrawal = group._comm.Isend([_OFFER.pack(number, WITHDRAWN), _byte()], src, TAG_OFFER)
-    # Eager sends, done or copied by MPI; the buffer stays out of reuse in case it was written.
-    group._orphans.append((offer, withdrawal, None if status.Is_cancelled() else offered))
+    group._orphans.append(withdrawal)  # eager, like the offer
     group._withdrawn[src] = number
 
 
