@@ -28,7 +28,9 @@ skip=""
 python="${PYTHON:-python}"
 step_to_run=""
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+# The help is the whole header comment (line 2 up to the first line that is not a comment), so
+# it grows with the header and cannot stop mid-sentence.
+usage() { sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -327,10 +327,17 @@ def _import_target(target: str, what: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
+        # The forms a name can take help only when the name itself did not resolve; a module
+        # that exists but fails as it imports needs its own error.
+        missing = isinstance(exc, ModuleNotFoundError) and module_name.startswith(str(exc.name))
+        hint = (
+            "; expected a built-in name (reference, mlx, faulty:<fault>), an entry point in "
+            f"group {ENTRY_POINT_GROUP!r}, or package.module[:attribute]"
+            if missing
+            else ""
+        )
         raise BackendLoadError(
-            f"{what}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
-            f"expected a built-in name (reference, mlx, faulty:<fault>), an entry point in group "
-            f"{ENTRY_POINT_GROUP!r}, or package.module[:attribute]"
+            f"{what}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}){hint}"
         ) from exc
     for part in filter(None, attribute.split(".")):
         try:

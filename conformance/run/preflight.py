@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from conformance.run import hostfile
+from conformance.run import hostfile, usage
 from conformance.run import launcher as launcher_mod
 
 CONNECT_TIMEOUT = 5.0
@@ -103,6 +103,7 @@ def _report(peers: list[tuple[str, str, int]], failures: list[dict[int, str]]) -
     return 0
 
 
+@usage.command
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m conformance preflight``."""
     parser = argparse.ArgumentParser(
@@ -111,22 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "over TCP at the addresses backends will listen on.",
     )
     hostfile.add_option(parser)
-    parser.add_argument("--np", type=int, default=None, help="ranks (default: every slot)")
+    parser.add_argument("--np", default=None, help="ranks (default: every slot)")
     parser.add_argument("--mpiexec", default=None, help="mpiexec to use")
-    parser.add_argument("--timeout", type=float, default=120.0, help="bound on the whole job")
+    parser.add_argument("--timeout", default="120", help="bound on the whole job in seconds")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         return probe()
+    # Usage errors before the job starts (conformance.run.usage).
+    ranks = usage.rank_count(args.np) if args.np is not None else None
+    timeout = usage.positive_seconds(args.timeout, "--timeout")
+    usage.existing_file(args.hostfile, "--hostfile")
     try:
         launcher = launcher_mod.find_launcher(args.mpiexec).with_hostfile(args.hostfile)
         hosts = hostfile.load(args.hostfile, launcher.flavor) if args.hostfile else []
     except (launcher_mod.LauncherError, hostfile.HostfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    np = args.np or sum(host.slots for host in hosts) or 2
+    np = ranks or sum(host.slots for host in hosts) or 2
     cmd = launcher.command(np, [sys.executable, "-m", "conformance.run.preflight", "--probe"])
-    return _launch(cmd, launcher.environment(np), args.timeout)
+    return _launch(cmd, launcher.environment(np), timeout)
 
 
 def _launch(cmd: list[str], env: dict[str, Any], timeout: float) -> int:

@@ -142,6 +142,19 @@ class RunSummary:
     def ok(self) -> bool:
         return not (self.unexpected or self.problems or self.declared_away() or self.load_errors())
 
+    def failure_reasons(self) -> list[str]:
+        """Every reason the run fails, one entry each (empty exactly when :attr:`ok`): the
+        backend not loading, the problems (jobs that could not run, strict deviations whose test
+        passed, rank counts not run), core features declared away, and each unexpected outcome
+        (one line per test and outcome, its rank counts joined). The terminal summary and
+        report.md both print this list."""
+        failures = [
+            f"np={_nps(r['np'] for r in group)} {group[0]['outcome']}: {group[0]['nodeid']}: "
+            f"{_one_line(group[0])}"
+            for group in grouped(self.unexpected, "outcome")
+        ]
+        return [*self.load_errors(), *self.problems, *self.declared_away(), *failures]
+
     def counts(self, records: Iterable[dict[str, Any]] | None = None) -> Counter[str]:
         return Counter(classify(r) for r in (self.records if records is None else records))
 
@@ -461,6 +474,9 @@ def grouped(records: Iterable[dict[str, Any]], *keys: str) -> list[list[dict[str
 def markdown(summary: RunSummary) -> str:
     """The Markdown report: verdicts, capabilities, matrix per level, tier costs, failures."""
     lines = headline(summary)
+    reasons = summary.failure_reasons()
+    if reasons:
+        lines += ["", "## Why the run failed", ""] + [f"- {_first_line(r)}" for r in reasons]
     if summary.declared_away():
         lines += ["", "## Core features declared away", ""]
         lines += [f"- {line}" for line in summary.declared_away()]
@@ -675,8 +691,15 @@ def _one_line(record: dict[str, Any]) -> str:
     return message.splitlines()[0][:500] if message else record["outcome"]
 
 
+def _first_line(text: str) -> str:
+    # A problem may carry the tail of a job's output after its first line: the report's own
+    # Problems section and the terminal show it whole.
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def terminal_summary(summary: RunSummary) -> str:
-    """A few lines for the terminal: verdict per level, and each unexpected failure."""
+    """The verdict, the verdict per level, and every reason the run failed
+    (``RunSummary.failure_reasons``, as report.md's "Why the run failed" lists them)."""
     counts = summary.counts()
     head = (
         f"{summary.verdict()}: "
@@ -687,10 +710,10 @@ def terminal_summary(summary: RunSummary) -> str:
     for level in LEVELS:
         word, level_counts = summary.level_verdict(level)
         lines.append(f"  {_display(level)}: {word} ({_count_text(level_counts)})")
-    lines += [f"  {line}" for line in summary.declared_away()]
-    for group in grouped(summary.unexpected, "outcome"):
-        nps = _nps(r["np"] for r in group)
-        lines.append(f"  np={nps} {group[0]['outcome']}: {group[0]['nodeid']}")
+    reasons = summary.failure_reasons()
+    if reasons:
+        lines.append("why the run failed:")
+        lines += ["  - " + reason.replace("\n", "\n    ") for reason in reasons]
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from conformance.harness import isolation
 from conformance.harness.isolation import EXIT_ISOLATED
 from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
-from conformance.run import hostfile, reports
+from conformance.run import hostfile, reports, usage
 from conformance.run import launcher as launcher_mod
 
 #: pytest exit statuses of a session that could not run tests (interrupted; usage error, which
@@ -77,11 +77,14 @@ class RunOptions:
     quiet: bool = False
     isolate: str = "auto"
     hostfile: Path | None = None
+    #: PYTHONPATH of the jobs (``usage.caller_pythonpath``); None: the caller's environment.
+    pythonpath: str | None = None
 
     @property
     def root(self) -> Path:
-        """The pytest rootdir of every job (node ids are relative to it)."""
-        return self.rootdir if self.rootdir is not None else package_root()
+        """The pytest rootdir of every job (node ids are relative to it): ``--rootdir``, else
+        the suite's root, unless test paths outside it were given (``job_root``)."""
+        return self.rootdir if self.rootdir is not None else job_root(self.paths)
 
     @property
     def job_margin(self) -> float:
@@ -103,26 +106,29 @@ class JobOutcome:
 
 
 def parse_nps(text: str) -> list[int]:
-    """``"1,2,3,4"`` or ``"1-4"`` or a mix -> sorted distinct positive rank counts."""
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = (int(p) for p in part.split("-", 1))
-            out.update(range(lo, hi + 1))
-        else:
-            out.add(int(part))
-    if not out or min(out) < 1:
-        raise ValueError(f"rank counts must be positive integers, got {text!r}")
-    return sorted(out)
+    """``"1,2,3,4"`` or ``"1-4"`` or a mix -> sorted distinct positive rank counts
+    (``usage.rank_counts``; its UsageError is a ValueError)."""
+    return usage.rank_counts(text)
 
 
 def package_root() -> Path:
     """The directory holding the ``conformance`` package: the pytest rootdir of every job, so
     node ids read ``conformance/specs/test_<area>.py::...`` wherever the suite is installed."""
     return Path(conformance.__file__).resolve().parent.parent
+
+
+def job_root(paths: Sequence[str]) -> Path:
+    """The suite's root when every path in ``paths`` is in it (relative paths are: the jobs
+    resolve them there), else the deepest directory holding the suite and every path, so that
+    tests outside the suite keep ids naming their file (pytest gives a file outside its rootdir
+    the id ``::test``) and their own conftest.py files."""
+    root = package_root()
+    files = [Path(p.partition("::")[0]) for p in paths]
+    outside = [f for f in files if f.is_absolute() and not f.is_relative_to(root)]
+    if not outside:
+        return root
+    dirs = [str(f if f.is_dir() else f.parent) for f in outside]
+    return Path(os.path.commonpath([str(root), *dirs] if len(outside) < len(files) else dirs))
 
 
 def default_paths() -> list[str]:
@@ -154,16 +160,34 @@ def job_environment(opts: RunOptions) -> dict[str, str]:
     return env
 
 
+def caller_environment(opts: RunOptions) -> dict[str, str]:
+    """Settings that make the caller's modules importable in jobs that run from the suite's root
+    (a backend ``package.module`` next to the caller). Not part of reproduce commands, which run
+    where the caller is."""
+    return {"PYTHONPATH": opts.pythonpath} if opts.pythonpath is not None else {}
+
+
+def forward_caller_environment(
+    launcher: launcher_mod.Launcher, opts: RunOptions, cmd: list[str]
+) -> list[str]:
+    """``cmd`` passing ``caller_environment`` to the ranks on every host: Hydra (MPICH) hands
+    its whole environment to remote hosts, Open MPI only the variables named by ``-x``."""
+    if launcher.flavor != launcher_mod.OPENMPI or not launcher.hostfile:
+        return cmd
+    forwarded = [arg for name in caller_environment(opts) for arg in ("-x", name)]
+    return [cmd[0], *forwarded, *cmd[1:]]
+
+
 def reproduce_command(
     opts: RunOptions, launcher: launcher_mod.Launcher | None, np: int, nodeid: str
 ) -> str:
-    """Shell command that reruns one test alone on ``np`` ranks."""
-    root = opts.root
-    base = pytest_args(opts, paths=[nodeid])
+    """Shell command that reruns one test alone on ``np`` ranks, from any directory (with the
+    suite installed in the environment it names): ``reproduce_target`` names the test without the
+    job's rootdir."""
     # -k/-m could deselect the single test being reproduced; drop them.
     cleaned: list[str] = []
     skip = False
-    for arg in base:
+    for arg in pytest_args(opts, paths=[]):
         if skip:
             skip = False
             continue
@@ -173,18 +197,30 @@ def reproduce_command(
         cleaned.append(arg)
     env = dict(job_environment(opts))
     prefix = ""
-    mpiexec = "mpiexec"
     launch: list[str]
     if launcher is not None:
         prefix = launcher.env_prefix(np)
         launch = launcher.command(np, [])
         launch[0] = _shortest("mpiexec", launcher.path)
     else:
-        launch = [mpiexec, "-n", str(np)]
-    cmd = [*launch, _shortest("python", sys.executable), "-m", "pytest", *cleaned]
+        launch = ["mpiexec", "-n", str(np)]
+    python = _shortest("python", sys.executable)
+    cmd = [*launch, python, "-m", "pytest", *cleaned, *reproduce_target(opts.root, nodeid)]
     env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    parts = [p for p in (prefix, env_text) if p]
-    return f"cd {shlex.quote(str(root))} && " + " ".join([*parts, *(shlex.quote(c) for c in cmd)])
+    return " ".join([p for p in (prefix, env_text) if p] + [shlex.quote(c) for c in cmd])
+
+
+def reproduce_target(root: Path, nodeid: str) -> list[str]:
+    """pytest arguments naming test ``nodeid`` (relative to the jobs' rootdir ``root``) that
+    work from any directory: a test of the installed suite by module (``--pyargs
+    conformance.specs.test_x::test``), any other by its file's absolute path."""
+    file_part, sep, rest = nodeid.partition("::")
+    path = (root / file_part).resolve()
+    package = Path(conformance.__file__).resolve().parent
+    if path.suffix == ".py" and path.is_relative_to(package):
+        module = ".".join(path.relative_to(package_root()).with_suffix("").parts)
+        return ["--pyargs", module + sep + rest]
+    return [str(path) + sep + rest]
 
 
 def _shortest(name: str, path: str) -> str:
@@ -221,7 +257,7 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         opts.isolate,
         *pytest_args(opts),
     ]
-    env = dict(os.environ, **job_environment(opts))
+    env = dict(os.environ, **job_environment(opts), **caller_environment(opts))
     try:
         out = subprocess.run(
             cmd,
@@ -297,9 +333,14 @@ def run_job(
 ) -> JobOutcome:
     """Run one MPI job to its end or until the job-level watchdog ends it (an interrupt ends
     it and propagates)."""
-    cmd = launcher.command(np, job_argv(opts, extra_args, results_path, log_dir), label_output=True)
+    cmd = forward_caller_environment(
+        launcher,
+        opts,
+        launcher.command(np, job_argv(opts, extra_args, results_path, log_dir), label_output=True),
+    )
     env = launcher.environment(np)
     env.update(job_environment(opts))
+    env.update(caller_environment(opts))
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(output_path, "w", encoding="utf-8") as out:
@@ -772,7 +813,8 @@ def _run(opts: RunOptions, progress: Progress) -> int:
             reports.write_all(state.summary(), opts.report_dir)
     summary = state.summary()
     paths = reports.write_all(summary, opts.report_dir)
-    for line in summary.warnings + state.problems:
+    # The problems are among the reasons terminal_summary gives for a failed run.
+    for line in summary.warnings:
         progress.message(f"warning: {line}")
     progress.message(reports.terminal_summary(summary))
     progress.message("reports: " + ", ".join(str(p) for p in paths))
@@ -846,8 +888,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
-        default=float(os.environ.get("CONFORMANCE_TIMEOUT", DEFAULT_TIMEOUT)),
+        # Checked by usage.positive_seconds (one line naming the fix), as is $CONFORMANCE_TIMEOUT.
+        default=os.environ.get("CONFORMANCE_TIMEOUT", f"{DEFAULT_TIMEOUT:g}"),
         help=f"per-test deadline in seconds (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
@@ -912,26 +954,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _absolute(path: str) -> str:
-    # Jobs run in the rootdir, so a path relative to the caller's directory must be made absolute
-    # (keeping any ::test suffix).
+    # Jobs run in their rootdir, so a path must be absolute (keeping any ::test suffix): relative
+    # to the caller's directory when it exists there, else to the suite's root (node ids as the
+    # reports print them).
     file_part, sep, rest = path.partition("::")
-    if Path(file_part).exists():
-        return str(Path(file_part).resolve()) + sep + rest
+    for base in (Path.cwd(), package_root()):
+        if (base / file_part).exists():
+            return str((base / file_part).resolve()) + sep + rest
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m conformance run``."""
-    args = build_parser().parse_args(argv)
-    try:
-        nps = parse_nps(args.np)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def options_from(args: argparse.Namespace) -> RunOptions:
+    """The run's options from the parsed command line, every value checked before any job starts
+    (``conformance.run.usage``: UsageError names the value and the fix)."""
+    usage.check_expression(args.keyword, "-k")
+    usage.check_expression(args.markers, "-m")
     opts = RunOptions(
         backend=args.backend,
-        nps=nps,
-        timeout=args.timeout,
+        nps=usage.rank_counts(args.np),
+        timeout=usage.positive_seconds(args.timeout, "--timeout"),
         max_examples=args.max_examples,
         seed=args.seed,
         keyword=args.keyword,
@@ -940,11 +981,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rootdir=args.rootdir.resolve() if args.rootdir else None,
         report_dir=args.report_dir.resolve(),
         mpiexec=args.mpiexec,
-        deviations=args.deviations,
+        deviations=usage.existing_file(args.deviations, "--deviations"),
         pytest_args=args.pytest_args,
         margin=args.job_margin,
         quiet=args.quiet,
         isolate=args.isolate,
-        hostfile=args.hostfile,
+        hostfile=usage.existing_file(args.hostfile, "--hostfile"),
+        pythonpath=usage.caller_pythonpath(),
     )
-    return run(opts)
+    usage.check_backend(opts.backend)
+    return opts
+
+
+@usage.command
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m conformance run``."""
+    return run(options_from(build_parser().parse_args(argv)))

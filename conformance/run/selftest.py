@@ -49,7 +49,7 @@ from typing import Any, TextIO
 
 from conformance import records as records_mod
 from conformance.adapters import faulty
-from conformance.run import hostfile, runner
+from conformance.run import hostfile, runner, usage
 from conformance.run import launcher as launcher_mod
 
 DEFAULT_NPS = (2, 3)
@@ -421,8 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
+        default=f"{DEFAULT_TIMEOUT:g}",
         help=f"per-test deadline of the faulty jobs in seconds (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
@@ -594,22 +593,22 @@ def _write_reports(
     (opts.report_dir / "selftest.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
+@usage.command
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m conformance selftest``."""
     args = build_parser().parse_args(argv)
     if args.list:
         list_faults(sys.stdout)
         return 0
-    try:
-        nps = runner.parse_nps(args.np)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Usage errors before any job starts (conformance.run.usage).
+    nps = usage.rank_counts(args.np)
+    timeout = usage.positive_seconds(args.timeout, "--timeout")
+    usage.existing_file(args.hostfile, "--hostfile")
     jobs = args.jobs if args.jobs is not None else max(1, launcher_mod.cpu_count() // 2)
     opts = SelftestOptions(
         nps=nps,
         faults=args.faults,
-        timeout=args.timeout,
+        timeout=timeout,
         jobs=jobs,
         maxfail=args.maxfail,
         max_examples=args.max_examples,

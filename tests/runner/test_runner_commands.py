@@ -24,22 +24,33 @@ def test_pytest_args_pass_every_option() -> None:
 
 
 def test_reproduce_command_runs_one_test_without_selection_filters(tmp_path: Path) -> None:
-    opts = runner.RunOptions(
-        backend="faulty:drop", keyword="not slow", markers="core", seed=4, rootdir=tmp_path
-    )
+    opts = runner.RunOptions(backend="faulty:drop", keyword="not slow", markers="core", seed=4)
     launcher = Launcher("/opt/elsewhere/mpiexec", MPICH)
     nodeid = "conformance/specs/test_all_sum.py::test_values[int8-(3,)]"
     command = runner.reproduce_command(opts, launcher, 3, nodeid)
-    assert command.startswith(f"cd {tmp_path} && ")
-    words = shlex.split(command.split(" && ", 1)[1])
+    # Runs from any directory: no cd into the suite, the test named by module.
+    assert "cd " not in command and "&&" not in command
+    words = shlex.split(command)
     words = [w for w in words if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
     assert words[:3] == ["/opt/elsewhere/mpiexec", "-n", "3"]
     assert words[3] in ("python", sys.executable)
-    assert words[-1] == nodeid
+    assert words[-2:] == ["--pyargs", "conformance.specs.test_all_sum::test_values[int8-(3,)]"]
     pytest_words = words[words.index("pytest") + 1 :]
     assert "-k" not in pytest_words and "-m" not in pytest_words
     assert words[words.index("--backend") + 1] == "faulty:drop"
     assert words[words.index("--conformance-seed") + 1] == "4"
+
+
+def test_tests_outside_the_suite_keep_their_file_in_ids_and_reproduce_commands(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "mine" / "test_sleep.py"
+    opts = runner.RunOptions(paths=[f"{outside}::test_sleep"])
+    # The jobs' rootdir holds the file, so pytest's id names it (not "::test_sleep").
+    assert opts.root == outside.parent
+    command = runner.reproduce_command(opts, None, 2, "test_sleep.py::test_sleep")
+    assert shlex.split(command)[-1] == f"{outside}::test_sleep"
+    assert runner.RunOptions().root == runner.package_root()
 
 
 def test_absolute_keeps_test_suffix(tmp_path: Path, monkeypatch) -> None:

@@ -100,8 +100,17 @@ def test_failures_are_reported_with_a_command_that_reproduces_them(tmp_path: Pat
     # The command reproduces the failure alone: exactly one test runs, and it fails.
     # Reports carry no machine paths: the temporary directory reads <tmp>.
     command = bad["reproduce"].replace("<tmp>", tempfile.gettempdir())
+    # ... from any directory (here: one that is neither the suite's nor the test file's).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     again = subprocess.run(
-        command, shell=True, capture_output=True, text=True, timeout=120, check=False
+        command,
+        shell=True,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert again.returncode == 1, again.stdout + again.stderr
     assert "1 failed" in again.stdout
