@@ -5,8 +5,8 @@ File format (``conformance/deviations/<backend>.toml``)::
 
     [[deviation]]
     tests = [                                   # exact node ids (or `test = "..."` for one)
-      "conformance/specs/test_all_max.py::test_values[bool]",
-      "conformance/specs/test_all_min.py::test_values[bool]",
+      "conformance/specs/test_all_max_all_min.py::test_values[all_max-bool]",
+      "conformance/specs/test_all_max_all_min.py::test_values[all_min-bool]",
     ]
     np = [2, 3, 4]              # optional: rank counts it applies to (default: every count)
     expect = "wrong"            # the outcome it excuses: wrong, error, hang or crash (or a list)

@@ -395,3 +395,45 @@ def test_a_core_feature_declared_unsupported_fails_a_real_two_rank_run(
     assert status == 0, md
     assert data["declared_away"] == [] and data["levels"]["core"]["verdict"] == "DEVIATES"
     assert "core, excused by a deviation" in md
+
+
+def test_terminal_and_report_give_every_reason_a_run_failed(tmp_path: Path) -> None:
+    """Issue 28, item 5: a strict deviation whose test passed fails the run, and the terminal
+    says so (not just "1 xpassed"), as do declared-away features, problems and failures."""
+    strict = deviations.Deviation(
+        reason="bool max is wrong",
+        tests=("s/test_x.py::b",),
+        expect=frozenset({"wrong"}),
+        no_upstream="not yet filed",
+    )
+    records = [
+        rec("s/test_x.py::a", 2, "passed"),
+        rec("s/test_x.py::b", 2, "passed"),
+        rec("s/test_x.py::c", 2, "crashed", message="rank 1 died of SIGSEGV"),
+    ]
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(session(("all_max[complex64]", False))) + "\n")
+    run = reports.summarize_run(
+        backend="fake",
+        nps=[2, 3],
+        results={2: results},
+        records=records,
+        collected=[r["nodeid"] for r in records],
+        problems=["np=2: the job could not run tests (status 4); see out\ntail line"],
+        deviations=[strict],
+    )
+    reasons = run.failure_reasons()
+    assert not run.ok and len(reasons) == 5, reasons
+    says = ["s/test_x.py::b passed", "np=3: not run yet", "status 4", "all_max[complex64]"]
+    says.append("np=2 crashed: s/test_x.py::c: rank 1 died of SIGSEGV")
+    terminal = reports.terminal_summary(run)
+    reports.write_all(run, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    why = md.split("## Why the run failed", 1)[1].split("\n## ", 1)[0]
+    for text in says:
+        assert text in terminal.split("why the run failed:", 1)[1], text
+        assert text in why, text
+    fine = summary([rec("s/test_x.py::a", 2, "passed")])
+    assert fine.ok and fine.failure_reasons() == []
+    assert "why the run failed" not in reports.terminal_summary(fine)
+    assert "Why the run failed" not in reports.markdown(fine)
