@@ -270,7 +270,6 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         )
     except subprocess.TimeoutExpired as exc:
         return [], f"collection timed out after {timeout:g} s: {exc}"
-    text = out.stdout + out.stderr
     ids: list[str] = []
     # -q prints the node ids, then a blank line, then the count and any warnings.
     for line in out.stdout.splitlines():
@@ -278,6 +277,11 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
             break
         if "::" in line:
             ids.append(line.strip())
+    # What went wrong, without the list of every collected id.
+    listed = set(ids)
+    text = "\n".join(
+        line for line in (out.stdout + out.stderr).splitlines() if line.strip() not in listed
+    )
     if out.returncode not in (ExitCode.OK, ExitCode.NO_TESTS_COLLECTED):
         return ids, text
     return ids, "" if ids or out.returncode == ExitCode.NO_TESTS_COLLECTED else text

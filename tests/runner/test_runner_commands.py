@@ -58,3 +58,12 @@ def test_absolute_keeps_test_suffix(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert runner._absolute("test_x.py::test_a[1]") == f"{tmp_path}/test_x.py::test_a[1]"
     assert runner._absolute("missing.py::t") == "missing.py::t"
+
+
+def test_collection_errors_come_without_the_list_of_collected_ids(tmp_path: Path) -> None:
+    (tmp_path / "test_good.py").write_text("def test_a():\n    pass\n")
+    (tmp_path / "test_bad.py").write_text("import no_such_module_anywhere\n")
+    opts = runner.RunOptions(paths=[str(tmp_path / "test_good.py"), str(tmp_path / "test_bad.py")])
+    ids, text = runner.collect(opts)
+    assert ids == ["test_good.py::test_a"]
+    assert "no_such_module_anywhere" in text and "test_good.py::test_a" not in text
