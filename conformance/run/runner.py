@@ -885,7 +885,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         default=os.environ.get("CONFORMANCE_BACKEND", "reference"),
-        help="backend under test (default: $CONFORMANCE_BACKEND, else reference)",
+        help="backend under test: reference, mlx, faulty:<fault>, an entry point, or "
+        "package.module[:attribute] importable from this directory or PYTHONPATH "
+        "(default: $CONFORMANCE_BACKEND, else reference)",
     )
     parser.add_argument(
         "--np", default="1,2,3,4", help="rank counts, e.g. 1,2,3,4 or 1-4 (default 1,2,3,4)"
@@ -944,7 +946,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     hostfile.add_option(parser)
     parser.add_argument(
-        "paths", nargs="*", help="test files or node ids (default: the installed spec)"
+        "paths",
+        nargs="*",
+        help="test files or node ids, relative to this directory or to the suite's root "
+        "(default: the installed spec)",
     )
     parser.add_argument(
         "--pytest-arg",
