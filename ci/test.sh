@@ -12,9 +12,9 @@
 # each rank count of --np); spec (python -m conformance run at --np, reports in <reports>/spec);
 # selftest (faulty backends must be caught in a call phase, 2 jobs at once: a sample of one fault
 # of each kind / every fault; fails if it cannot run); full only: planes (each data plane forced,
-# REFERENCE_DATA_PLANE=shm and =mpi: the reference's transport, shm, cross-memory, scatter and
-# buffer tests at 2 and 4 ranks and the spec's collective and size-sweep modules at 2, 3 and 4
-# ranks; the other steps run on auto, which picks per op and size), multihost (the suite across
+# REFERENCE_DATA_PLANE=shm and =mpi: the reference's collective transport and buffer tests at 2
+# and 4 ranks and the spec's collective and size-sweep modules at 2, 3 and 4 ranks; the other
+# steps run on auto, which picks per op and size), multihost (the suite across
 # 2 namespace hosts on this machine: ci/multihost-check.sh; skipped where namespaces cannot be
 # made), pythons (reference tests and spec at 2 ranks under Python 3.10 and 3.13 through tox:
 # ci/pythons.sh; a version not found is skipped with a message).
@@ -148,8 +148,8 @@ step_planes() {
     # reference's transport tests and the spec's collective and size-sweep modules. Groups of two
     # and of more pick differently (dataplane.PAIR_RANGES), hence 2 and 3+ ranks.
     local n plane status=0
-    local reference_tests=(tests/reference/test_collectives_transport.py tests/reference/test_shm.py
-                           tests/reference/test_crossmemory.py tests/reference/test_scatter.py
+    # (test_shm.py and test_scatter.py choose their plane per test: the reference step ran them.)
+    local reference_tests=(tests/reference/test_collectives_transport.py
                            tests/reference/test_buffers.py)
     local specs=conformance/specs
     local spec_modules=("$specs/test_size_sweep.py" "$specs/test_all_sum.py"
