@@ -101,6 +101,10 @@ class SessionRecord(TypedDict, total=False):
     declared: list[dict[str, Any]]
     load_error: str
     world_size: int
+    # When rank 0's harness was configured and when every rank had collected (``time.time()``):
+    # how the runner splits a job's time (``conformance.run.jobtime``).
+    started_at: float
+    collected_at: float
 
 
 _FIELDS = frozenset(TestRecord.__annotations__)

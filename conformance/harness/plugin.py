@@ -2,7 +2,10 @@
 
 Options: ``--backend`` (else ``CONFORMANCE_BACKEND``, else ``reference``), ``--conformance-timeout``
 (per-test deadline, default 60 s, else ``CONFORMANCE_TIMEOUT``), ``--conformance-results FILE``,
-``--conformance-log-dir DIR``, ``--conformance-seed N``.
+``--conformance-log-dir DIR``, ``--conformance-seed N``, ``--conformance-expect-hang NODEID``
+(repeatable) with ``--conformance-hang-deadline SECONDS``: those tests run under that shorter
+deadline (the runner names the tests a known deviation expects to hang; one that no longer
+hangs still passes, one that does is recorded ``hung`` within seconds).
 
 Fixtures: ``backend``, ``world``, ``capabilities``, ``control`` (session scope) and
 ``conformance_seed`` (per test, equal on every rank).
@@ -91,6 +94,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="session seed from which per-test seeds derive (default: $CONFORMANCE_SEED, else 0)",
     )
     group.addoption(
+        "--conformance-expect-hang",
+        action="append",
+        default=[],
+        metavar="NODEID",
+        help="a test expected to hang (a known deviation): it runs under "
+        "--conformance-hang-deadline instead of the per-test deadline (repeatable)",
+    )
+    group.addoption(
+        "--conformance-hang-deadline",
+        type=float,
+        default=None,
+        help="deadline in seconds of the tests named by --conformance-expect-hang",
+    )
+    group.addoption(
         "--conformance-isolate",
         default="never",
         choices=isolation.MODES,
@@ -118,6 +135,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[HARNESS] = harness
     config.pluginmanager.register(harness, "conformance-harness")
     _load_hypothesis_profile(config)
+    # Configured: the session header's started_at (imports up to here count as the job's start).
+    harness.started_at = time.time()
 
 
 def _load_hypothesis_profile(config: pytest.Config) -> None:
@@ -137,6 +156,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(harness)
 
 
+def _hang_deadlines(config: pytest.Config, timeout: float) -> dict[str, float]:
+    """Node id -> deadline of the tests expected to hang (``--conformance-expect-hang``): the
+    ``--conformance-hang-deadline``, never longer than the per-test deadline."""
+    names = config.getoption("conformance_expect_hang", None) or []
+    deadline = config.getoption("conformance_hang_deadline", None)
+    if not names:
+        return {}
+    if deadline is None or deadline <= 0:
+        raise pytest.UsageError(
+            "--conformance-expect-hang needs a positive --conformance-hang-deadline, "
+            f"not {deadline}"
+        )
+    return dict.fromkeys(names, min(float(deadline), timeout))
+
+
 def _option_or_env(config: pytest.Config, option: str, env: str, default: Any) -> Any:
     value = config.getoption(option)
     if value is not None:
@@ -152,6 +186,7 @@ class Harness:
     ) -> None:
         self.config = config
         self.nested = nested
+        self.started_at = time.time()  # reset once pytest_configure is done (jobtime's "start")
         self.control = plane
         self._previous_plane = control_plane.set_current(plane)
         self.rank, self.size = plane.rank, plane.size
@@ -164,6 +199,7 @@ class Harness:
         if self.timeout <= 0:
             raise pytest.UsageError(f"--conformance-timeout must be positive, not {self.timeout}")
         self.seed = int(_option_or_env(config, "conformance_seed", "CONFORMANCE_SEED", 0))
+        self.hang_deadlines = _hang_deadlines(config, self.timeout)
         self.exitstatus: int | None = None
         self.isolate = str(config.getoption("conformance_isolate", "never") or "never")
         self.isolated = False
@@ -336,7 +372,7 @@ class Harness:
         collective.begin_test()
         self._current_item = item
         item.stash[VERDICTS] = {}
-        self.watchdog.arm(item.nodeid)
+        self.watchdog.arm(item.nodeid, self.hang_deadlines.get(item.nodeid))
         try:
             return (yield)
         finally:
@@ -394,6 +430,7 @@ class Harness:
             header = runinfo.session_header(self.backend_spec, None, self.size, error=exc)
         else:
             header = runinfo.session_header(self.backend_spec, backend, self.size)
+        header["started_at"], header["collected_at"] = self.started_at, time.time()
         self.results.write(header)
 
     def _record(self, item: pytest.Item) -> None:
@@ -456,8 +493,14 @@ class Harness:
         if item is not None and item.nodeid != label:
             item = None
         stuck = [rank for rank, text in stacks.items() if runinfo.WAITING not in text[:400]]
+        deadline = self.hang_deadlines.get(label, self.timeout)
+        short = (
+            " (the short deadline of a test a known deviation expects to hang)"
+            if label in self.hang_deadlines
+            else ""
+        )
         message = (
-            f"conformance: {label} hung: no progress within {self.timeout:g} s; "
+            f"conformance: {label} hung: no progress within {deadline:g} s{short}; "
             f"ranks busy outside the harness's exchanges (in test or backend code): {stuck}. "
             "Stacks of every rank are in the results file and in the "
             f"per-rank logs under {self.log_dir}. Ending the job with status {EXIT_HUNG}."
@@ -470,7 +513,7 @@ class Harness:
                     failing_ranks=stuck,
                     message=message,
                     longrepr="\n\n".join(stacks[rank] for rank in sorted(stacks)),
-                    duration=self.timeout,
+                    duration=deadline,
                     stacks={str(rank): text for rank, text in sorted(stacks.items())},
                     **self._item_fields(item),
                 )

@@ -200,6 +200,7 @@ class Watchdog:
         self._cond = threading.Condition()
         self._label: str | None = None
         self._deadline = 0.0
+        self._length = timeout  # of the running deadline: what pet() restarts
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="conformance-watchdog", daemon=True)
         self._thread.start()
@@ -208,15 +209,16 @@ class Watchdog:
         """Start the deadline for ``label`` (default length: ``self.timeout``)."""
         with self._cond:
             self._label = label
-            self._deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+            self._length = timeout if timeout is not None else self.timeout
+            self._deadline = time.monotonic() + self._length
             self._cond.notify()
         self._beat()
 
     def pet(self) -> None:
-        """Restart the running deadline, if any, at its full length."""
+        """Restart the running deadline, if any, at its full length (the one it was armed with)."""
         with self._cond:
             if self._label is not None:
-                self._deadline = time.monotonic() + self.timeout
+                self._deadline = time.monotonic() + self._length
                 self._cond.notify()
         self._beat()
 
@@ -265,7 +267,7 @@ class Watchdog:
     def _expire(self, label: str) -> None:
         state = self._describe_state()
         text = (
-            f"rank {self.rank}: no progress within {self.timeout:g} s in {label}"
+            f"rank {self.rank}: no progress within {self._length:g} s in {label}"
             + (f" ({state})" if state else "")
             + "\n"
             + format_stacks(skip_thread=threading.get_ident())

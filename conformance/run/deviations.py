@@ -32,6 +32,7 @@ Contract:
   (strict: fix the entry when the backend is fixed). Entries whose tests were selected but have no
   record, or whose tests were not collected in a full run, are reported as stale.
 - :func:`excused_features` maps feature ids to the entries that excuse them.
+- :func:`expected_hangs` names the tests an entry expects to hang at a rank count.
 """
 
 from __future__ import annotations
@@ -321,3 +322,13 @@ def _mark(record: MutableMapping[str, Any], entry: Deviation, applied: Applied) 
 def excused_features(deviations: Iterable[Deviation]) -> dict[str, Deviation]:
     """Feature id -> the entry that excuses declaring that core feature unsupported."""
     return {d.feature: d for d in deviations if d.feature}
+
+
+def expected_hangs(deviations: Iterable[Deviation], np: int) -> list[str]:
+    """Node ids an entry expects to hang on ``np`` ranks (``expect`` includes ``hang``), in file
+    order, each once: the runner gives them a short deadline of their own."""
+    found: dict[str, None] = {}
+    for entry in deviations:
+        if entry.expects(Outcome.HUNG.value):
+            found.update((t, None) for t in entry.tests if entry.covers(t, np))
+    return list(found)

@@ -12,7 +12,8 @@ record plus ``np``, ``reproduce`` and, where a known deviation applies, ``deviat
   unsupported without a deviation entry naming it.
 - Every declared capability is listed, each declared-unsupported feature marked optional or not.
 - Identical outcomes of one test at several rank counts are one line (or one section).
-- A table says what each tier cost (tests, results, time).
+- A table says what each tier cost (tests, results, time), and one where each MPI job's time
+  went (start, collection, tests, teardown: ``conformance.run.jobtime``).
 - No path of the machine that made the report appears in it (:func:`scrub`).
 - :attr:`RunSummary.ok` is the run's verdict (the runner's exit status is 0 only when it holds).
 """
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +40,7 @@ import conformance
 from conformance.harness.levels import BASIC_TIER, LEVELS
 from conformance.records import BAD_OUTCOMES, SessionRecord, outcome_of, read_session
 from conformance.run import deviations as deviations_mod
+from conformance.run import jobtime
 
 UNLABELLED = "unlabelled"
 DISTRIBUTION = "mlx-distributed-conformance"
@@ -106,6 +108,10 @@ class RunSummary:
     #: The command that made the run, and the suite's identity (``suite_identity``).
     command: str = ""
     suite: dict[str, str] = field(default_factory=dict)
+    #: Where each MPI job's time went (``conformance.run.jobtime``).
+    jobs: list[jobtime.JobTiming] = field(default_factory=list)
+    #: How the run was made that bears on reading it (short deadlines of expected hangs).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def unexpected(self) -> list[dict[str, Any]]:
@@ -223,6 +229,8 @@ def summarize_run(
     scope: str = "all",
     duration: float = 0.0,
     launcher: str = "",
+    jobs: Sequence[jobtime.JobTiming] = (),
+    notes: Sequence[str] = (),
 ) -> RunSummary:
     """The runner's one call: apply the deviations to ``records`` (of the rank counts in
     ``results``, rank count -> its results file, whose session headers are read), add what they
@@ -249,6 +257,8 @@ def summarize_run(
         excused_features={f: d.describe() for f, d in excused.items()},
         command=command_line(),
         suite=suite_identity(),
+        jobs=list(jobs),
+        notes=list(notes),
     )
     declared = summary.declared()
     summary.warnings += [
@@ -483,6 +493,9 @@ def markdown(summary: RunSummary) -> str:
     lines += capabilities_section(summary)
     lines += _matrix(summary)
     lines += _tier_section(summary)
+    lines += jobtime.markdown(summary.jobs)
+    if summary.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in summary.notes]
     problems = [*summary.load_errors(), *summary.problems]
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
@@ -630,6 +643,8 @@ def json_report(summary: RunSummary) -> dict[str, Any]:
             {"tier": t, "tests": n, "results": r, "seconds": round(s, 3)}
             for t, n, r, s in tier_costs(summary)
         ],
+        "jobs": [t.as_dict() for t in summary.jobs],
+        "notes": summary.notes,
         "totals": {name: summary.counts()[name] for name, _ in CLASSES},
         "problems": [*summary.load_errors(), *summary.problems],
         "warnings": summary.warnings,

@@ -6,11 +6,12 @@ Contract:
   the plugin writing one record per finished test to ``<report-dir>/np<N>/results.jsonl``
   (docs/contracts.md, "Plugin <-> runner"). The terminal shows rank count, tests done of total
   and failures so far.
-- A job that ends before every test has a record is relaunched with the finished tests and the
-  broken one deselected. The plugin's watchdog records a hung test itself (exit status 3); for
-  any other early end (a crash, a kill, the job-level watchdog) the runner records the test that
-  was running (the first collected test without a record) as ``crashed``, or ``hung`` if the
-  job-level watchdog ended it, with the tail of what the job and each rank printed.
+- A job that ends before every test has a record is relaunched over the tests still without one,
+  named by node id (it imports and collects only their modules). The plugin's watchdog records
+  a hung test itself (exit status 3); for any other early end (a crash, a kill, the job-level
+  watchdog) the runner records the test that was running (the first collected test without a
+  record) as ``crashed``, or ``hung`` if the job-level watchdog ended it, with the tail of what
+  the job and each rank printed.
 - The job-level watchdog ends a job (its whole process tree) when it shows no sign of progress
   (a results line, a change to its output or to a file in its log dir) for the per-test deadline
   plus a margin (plus a start-up allowance before the first test). It is the last resort for
@@ -44,7 +45,7 @@ from conformance.harness import isolation
 from conformance.harness.isolation import EXIT_ISOLATED
 from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
-from conformance.run import hostfile, reports, usage
+from conformance.run import hostfile, jobtime, reports, usage
 from conformance.run import launcher as launcher_mod
 
 #: pytest exit statuses of a session that could not run tests (interrupted; usage error, which
@@ -79,6 +80,8 @@ class RunOptions:
     hostfile: Path | None = None
     #: PYTHONPATH of the jobs (``usage.caller_pythonpath``); None: the caller's environment.
     pythonpath: str | None = None
+    #: Deadline of the tests a deviations entry expects to hang (``expected_hang_args``).
+    hang_deadline: float = 10.0
 
     @property
     def root(self) -> Path:
@@ -103,6 +106,10 @@ class JobOutcome:
     duration: float
     #: Wall-clock time (``time.time()``) the job ended.
     ended_at: float = 0.0
+    #: Wall-clock time it was launched, and the size of the results file then (where its lines
+    #: start): what ``jobtime.measure`` splits the job's time by.
+    launched_at: float = 0.0
+    results_offset: int = 0
 
 
 def parse_nps(text: str) -> list[int]:
@@ -299,9 +306,13 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def job_argv(
-    opts: RunOptions, extra_args: Sequence[str], results: Path, log_dir: Path
+    opts: RunOptions,
+    extra_args: Sequence[str],
+    results: Path,
+    log_dir: Path,
+    paths: Sequence[str] | None = None,
 ) -> list[str]:
-    """The pytest command every rank of a job runs."""
+    """The pytest command every rank of a job runs (over ``paths``, else the run's paths)."""
     return [
         sys.executable,
         "-m",
@@ -320,7 +331,7 @@ def job_argv(
         "--conformance-isolate",
         opts.isolate,
         *extra_args,
-        *pytest_args(opts),
+        *pytest_args(opts, paths),
     ]
 
 
@@ -334,18 +345,17 @@ def run_job(
     output_path: Path,
     on_progress: Callable[[], None] = lambda: None,
     poll: float = 0.5,
+    paths: Sequence[str] | None = None,
 ) -> JobOutcome:
-    """Run one MPI job to its end or until the job-level watchdog ends it (an interrupt ends
-    it and propagates)."""
-    cmd = forward_caller_environment(
-        launcher,
-        opts,
-        launcher.command(np, job_argv(opts, extra_args, results_path, log_dir), label_output=True),
-    )
+    """Run one MPI job (over ``paths``, else the run's paths) to its end or until the job-level
+    watchdog ends it (an interrupt ends it and propagates)."""
+    argv = job_argv(opts, extra_args, results_path, log_dir, paths)
+    cmd = forward_caller_environment(launcher, opts, launcher.command(np, argv, label_output=True))
     env = launcher.environment(np)
     env.update(job_environment(opts))
     env.update(caller_environment(opts))
     log_dir.mkdir(parents=True, exist_ok=True)
+    offset, launched_at = jobtime.results_size(results_path), time.time()
     start = time.monotonic()
     with open(output_path, "w", encoding="utf-8") as out:
         out.write("+ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
@@ -371,7 +381,14 @@ def run_job(
             launcher_mod.forget_job(proc)
         on_progress()
     return JobOutcome(
-        proc.returncode, bool(killed), output_path, log_dir, time.monotonic() - start, time.time()
+        proc.returncode,
+        bool(killed),
+        output_path,
+        log_dir,
+        time.monotonic() - start,
+        time.time(),
+        launched_at,
+        offset,
     )
 
 
@@ -567,16 +584,19 @@ def run_rank_count(
     np: int,
     collected: list[str],
     progress: Progress,
-) -> tuple[list[dict[str, Any]], list[str]]:
+    expect_hang: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[str], list[jobtime.JobTiming]]:
     """Run every test on ``np`` ranks, resuming after hangs, crashes and isolation stops.
 
-    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``)
-    and problems that kept tests from running at all. An interrupt ends the rank count early
-    with what finished (the caller checks ``launcher.stop_signal()``).
+    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``),
+    problems that kept tests from running at all, and where each job's time went. The tests in
+    ``expect_hang`` run under the short deadline ``opts.hang_deadline``. An interrupt
+    ends the rank count early with what finished (the caller checks ``launcher.stop_signal()``).
     """
     base = opts.report_dir / f"np{np}"
     base.mkdir(parents=True, exist_ok=True)
     attempts = _Attempts(launcher, opts, np, collected, progress, base)
+    attempts.extra_args = expected_hang_args(opts, expect_hang, collected)
     try:
         attempts.run()
     except launcher_mod.Interrupted as exc:
@@ -587,7 +607,7 @@ def run_rank_count(
     for record in records:
         record["np"] = np
         record.setdefault("order", order.get(record["nodeid"], len(order)))
-    return records, attempts.problems
+    return records, attempts.problems, attempts.timings
 
 
 class _Attempts:
@@ -609,6 +629,8 @@ class _Attempts:
             self.results_path.unlink()  # a fresh run never inherits an old run's results
         self.runner_records: list[dict[str, Any]] = []
         self.problems: list[str] = []
+        self.timings: list[jobtime.JobTiming] = []
+        self.extra_args: list[str] = []  # pytest arguments of every job
 
     def current(self) -> list[dict[str, Any]]:
         return _dedupe([*records_mod.read_records(self.results_path), *self.runner_records])
@@ -661,27 +683,59 @@ class _Attempts:
                 return
 
     def launch(self, attempt: int, done: set[str]) -> JobOutcome:
-        """One job over the tests not in ``done``."""
-        extra: list[str] = []
+        """One job over the tests not in ``done`` (a resumed job gets exactly those, by node id),
+        its time split into phases (``self.timings``)."""
+        paths: list[str] | None = None
         if done:
-            deselect = self.base / f"deselect-{attempt}.txt"
-            deselect.write_text(
-                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(done)), encoding="utf-8"
-            )
-            extra.append(f"@{deselect}")
+            paths = resumed_paths(self.base / f"remaining-{attempt}.txt", self.collected, done)
             self.progress.message(
                 f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
             )
-        return run_job(
+        job = run_job(
             self.launcher,
             self.opts,
             self.np,
-            extra,
+            self.extra_args,
             self.results_path,
             self.base / "logs" / f"attempt{attempt}",
             self.base / f"attempt{attempt}.out",
             on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
+            paths=paths,
         )
+        self.timings.append(
+            jobtime.measure(
+                self.np,
+                attempt,
+                self.results_path,
+                job.results_offset,
+                job.launched_at,
+                job.ended_at,
+            )
+        )
+        return job
+
+
+def expected_hang_args(
+    opts: RunOptions, expect_hang: Sequence[str], collected: Sequence[str]
+) -> list[str]:
+    """Plugin arguments that give each collected test of ``expect_hang`` (the tests a deviations
+    entry expects to hang) the deadline ``opts.hang_deadline`` instead of the per-test one: a
+    known hang then costs seconds, and a backend that no longer hangs still passes (and the
+    entry is reported as passing unexpectedly)."""
+    chosen = set(collected)
+    named = [f"--conformance-expect-hang={nodeid}" for nodeid in expect_hang if nodeid in chosen]
+    if not named or opts.hang_deadline >= opts.timeout:
+        return []
+    return [f"--conformance-hang-deadline={opts.hang_deadline:g}", *named]
+
+
+def resumed_paths(argfile: Path, collected: Sequence[str], done: set[str]) -> list[str]:
+    """The pytest paths of a resumed job: an argument file naming each collected test not in
+    ``done``, in collection order. The job then imports and collects only the modules those
+    tests are in, not the whole suite with the finished tests deselected."""
+    remaining = [nodeid for nodeid in collected if nodeid not in done]
+    argfile.write_text("".join(f"{nodeid}\n" for nodeid in remaining), encoding="utf-8")
+    return [f"@{argfile}"]
 
 
 def _running(job: JobOutcome, remaining: list[str]) -> str:
@@ -807,9 +861,15 @@ def _run(opts: RunOptions, progress: Progress) -> int:
         progress.message(f"warning: collection reported errors:\n{collect_error}")
     progress.message(f"{len(collected)} tests per rank count")
     state = _RunState(opts, launcher, known, deviation_path, collected)
+    notes = hang_notes(opts, known, collected)
+    for note in notes:
+        progress.message(note)
+    state.notes = notes
     for np in opts.nps:
-        records, issues = run_rank_count(launcher, opts, np, collected, progress)
+        hangs = deviations_mod.expected_hangs(known, np)
+        records, issues, timings = run_rank_count(launcher, opts, np, collected, progress, hangs)
         state.add(np, records, issues)
+        state.timings += timings
         if launcher_mod.stop_signal() is not None:
             break
         if len(state.done) < len(opts.nps):
@@ -821,11 +881,29 @@ def _run(opts: RunOptions, progress: Progress) -> int:
     for line in summary.warnings:
         progress.message(f"warning: {line}")
     progress.message(reports.terminal_summary(summary))
+    progress.message("time: " + jobtime.terminal_line(state.timings))
     progress.message("reports: " + ", ".join(str(p) for p in paths))
     signum = launcher_mod.stop_signal()
     if signum is not None:
         return launcher_mod.exit_status(signum)
     return 0 if summary.ok else 1
+
+
+def hang_notes(opts: RunOptions, known: Sequence[Any], collected: Sequence[str]) -> list[str]:
+    """The report's note on the tests that ran under the short deadline of expected hangs."""
+    chosen = set(collected)
+    per_np = {
+        np: [t for t in deviations_mod.expected_hangs(known, np) if t in chosen] for np in opts.nps
+    }
+    total = sum(len(ids) for ids in per_np.values())
+    if not total or opts.hang_deadline >= opts.timeout:
+        return []
+    counts = ", ".join(f"np={np}: {len(ids)}" for np, ids in per_np.items() if ids)
+    return [
+        f"{total} test runs that a deviations entry expects to hang ({counts}) ran under a "
+        f"deadline of {opts.hang_deadline:g} s (--hang-deadline) instead of {opts.timeout:g} s: "
+        "a hang costs seconds; a test that no longer hangs passes and fails the entry (strict)"
+    ]
 
 
 class _RunState:
@@ -844,6 +922,8 @@ class _RunState:
         self.records: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.done: list[int] = []
+        self.timings: list[jobtime.JobTiming] = []
+        self.notes: list[str] = []
         self.started = time.monotonic()
 
     def add(self, np: int, records: list[dict[str, Any]], problems: list[str]) -> None:
@@ -871,6 +951,8 @@ class _RunState:
             duration=time.monotonic() - self.started,
             launcher=f"{Path(self.launcher.path).name} ({self.launcher.flavor}: "
             f"{self.launcher.library_version})",
+            jobs=self.timings,
+            notes=self.notes,
         )
 
 
@@ -921,6 +1003,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="known-deviations TOML (default conformance/deviations/<backend>.toml)",
+    )
+    parser.add_argument(
+        "--hang-deadline",
+        type=float,
+        default=RunOptions.hang_deadline,
+        help="deadline in seconds of the tests a deviations entry expects to hang "
+        f"(default {RunOptions.hang_deadline:g}; at or above --timeout: no short deadline)",
     )
     parser.add_argument(
         "--job-margin",
@@ -993,6 +1082,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         deviations=usage.existing_file(args.deviations, "--deviations"),
         pytest_args=args.pytest_args,
         margin=args.job_margin,
+        hang_deadline=args.hang_deadline,
         quiet=args.quiet,
         isolate=args.isolate,
         hostfile=usage.existing_file(args.hostfile, "--hostfile"),

@@ -25,8 +25,12 @@ Contract:
 
   A fault is caught (``yes``) when caught at every rank count where it shows; ``no`` when missed
   at one; ``problem`` / ``inconclusive`` otherwise; ``n/a`` when it shows at none.
-- Prints a table: fault, verdict per rank count, caught, the tests that caught it, time; writes
-  it (``selftest.md``) and the details (``selftest.json``) to ``--report-dir``.
+- Fault jobs run ``--jobs`` at once (default: 2 on 2 to 5 cores, one per 2 cores above): most
+  of a fault job is waiting (a job starting, a backend deadline running out), so two share a
+  2-core machine.
+- Prints a table: fault, verdict per rank count, caught, its wall time (first job's start to last
+  job's end) and its jobs' time added up, the tests that caught it; writes it
+  (``selftest.md``) and the details (``selftest.json``) to ``--report-dir``.
 - Exit status 0 only when the reference passed (or was skipped) and every selected fault is
   ``yes`` or ``n/a``; 1 otherwise (so the ``none`` control, reported missed, fails the run); 2 for
   usage errors and a missing MPI.
@@ -90,6 +94,9 @@ class Attempt:
     detail: str = ""
     ran: int = 0  # tests with a record
     jobs: int = 0
+    #: When its first job started and its last ended (seconds since the selftest started).
+    started: float = 0.0
+    ended: float = 0.0
 
 
 @dataclasses.dataclass
@@ -115,7 +122,15 @@ class FaultResult:
 
     @property
     def duration(self) -> float:
+        """Seconds its jobs ran, added up over its rank counts."""
         return sum(a.duration for a in self.attempts.values())
+
+    @property
+    def wall(self) -> float:
+        """Seconds from its first job's start to its last job's end (jobs of other faults and
+        of its other rank counts may have run at the same time)."""
+        ran = [a for a in self.attempts.values() if a.ended > 0]
+        return max(a.ended for a in ran) - min(a.started for a in ran) if ran else 0.0
 
 
 @dataclasses.dataclass
@@ -327,7 +342,7 @@ def run_reference(opts: SelftestOptions) -> ReferenceResult:
 
 def format_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
     """A plain-text table: fault, status per rank count, caught, catching tests, time."""
-    header = ["fault", *(f"np={n}" for n in nps), "caught", "time", "caught by"]
+    header = ["fault", *(f"np={n}" for n in nps), "caught", "wall", "job time", "caught by"]
     rows = []
     for result in results:
         tests: list[str] = []
@@ -340,7 +355,8 @@ def format_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
                 tests.append(f"[np={n}: {attempt.detail}]")
         cells = [result.name]
         cells += [result.attempts[n].status if n in result.attempts else "-" for n in nps]
-        cells += [result.verdict, f"{result.duration:.1f}s", "; ".join(tests) or "-"]
+        cells += [result.verdict, f"{result.wall:.1f}s", f"{result.duration:.1f}s"]
+        cells.append("; ".join(tests) or "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
@@ -352,13 +368,15 @@ def format_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
 
 def markdown_table(results: Iterable[FaultResult], nps: Sequence[int]) -> str:
     """The same table in Markdown (for ``selftest.md``), with each fault's rule."""
-    head = ["fault", "rule broken", *(f"np={n}" for n in nps), "caught", "time", "caught by"]
+    head = ["fault", "rule broken", *(f"np={n}" for n in nps), "caught", "wall", "job time"]
+    head.append("caught by")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         tests = sorted({t for a in r.attempts.values() for t in a.tests})
         cells = [f"`{r.name}`: {r.fault}", r.rule]
         cells += [r.attempts[n].status if n in r.attempts else "-" for n in nps]
-        cells += [r.verdict, f"{r.duration:.1f}s", "<br>".join(f"`{t}`" for t in tests) or "-"]
+        cells += [r.verdict, f"{r.wall:.1f}s", f"{r.duration:.1f}s"]
+        cells.append("<br>".join(f"`{t}`" for t in tests) or "-")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -428,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="MPI jobs at once (default: 1 per 2 cores, at least 1)",
+        help="MPI jobs at once (default: 2 on 2 to 5 cores, 1 per 2 cores above, 1 on 1 core)",
     )
     parser.add_argument(
         "--maxfail",
@@ -514,7 +532,7 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
         # The reference is the longest single task: start it first so it overlaps the faults.
         ref_future = pool.submit(run_reference, opts) if opts.reference else None
         futures = {
-            pool.submit(run_fault_job, launcher, fault, np, opts): (fault.name, np)
+            pool.submit(_timed, started, run_fault_job, launcher, fault, np, opts): (fault.name, np)
             for fault in faults
             for np in opts.nps
         }
@@ -544,11 +562,20 @@ def selftest(opts: SelftestOptions, stream: TextIO = sys.stdout) -> int:
     return status
 
 
+def _timed(started: float, run: Any, *args: Any) -> Attempt:
+    """``run(*args)``, its attempt stamped with when it started and ended (seconds since
+    ``started``, a ``time.monotonic()``): a fault's wall time when its jobs overlap others."""
+    begin = time.monotonic() - started
+    attempt: Attempt = run(*args)
+    attempt.started, attempt.ended = begin, time.monotonic() - started
+    return attempt
+
+
 def _children_cpu() -> float:
     # CPU seconds of finished child processes: a measure of cost that does not depend on how
     # busy the machine was (wall time does).
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    spent = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return spent.ru_utime + spent.ru_stime
 
 
 def _write_reports(
@@ -585,12 +612,19 @@ def _write_reports(
                 "rule": r.rule,
                 "caught": r.verdict,
                 "duration": r.duration,
+                "wall": r.wall,
                 "attempts": [dataclasses.asdict(a) for a in r.attempts.values()],
             }
             for r in results
         ],
     }
     (opts.report_dir / "selftest.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def default_jobs(cores: int) -> int:
+    """Fault jobs at once on ``cores`` cores: two wherever there are two cores (a fault job
+    mostly waits), one per two cores on larger machines."""
+    return max(min(2, cores), cores // 2)
 
 
 @usage.command
@@ -604,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nps = usage.rank_counts(args.np)
     timeout = usage.positive_seconds(args.timeout, "--timeout")
     usage.existing_file(args.hostfile, "--hostfile")
-    jobs = args.jobs if args.jobs is not None else max(1, launcher_mod.cpu_count() // 2)
+    jobs = args.jobs if args.jobs is not None else default_jobs(launcher_mod.cpu_count())
     opts = SelftestOptions(
         nps=nps,
         faults=args.faults,

@@ -339,6 +339,23 @@ class TestWatchdog:
         assert (hung, ended) == ([], [])
         assert dog._thread not in threading.enumerate()
 
+    def test_a_short_deadline_stays_short_when_petted(self, tmp_path):
+        """A deadline armed shorter than the default (an expected hang's) is what pet()
+        restarts, and the hang message names it."""
+        hung, ended = [], []
+        dog = self._dog(tmp_path, hung, ended, timeout=30.0)
+        start = time.monotonic()
+        try:
+            dog.arm("short", 0.3)
+            dog.pet()
+            while not ended and time.monotonic() - start < 10:
+                time.sleep(0.05)
+        finally:
+            dog.stop()
+        assert ended == [EXIT_HUNG] and time.monotonic() - start < 10
+        ((label, stacks),) = hung
+        assert label == "short" and "no progress within 0.3 s" in stacks[0]
+
 
 class TestDeclaredCapabilities:
     def test_only_the_manifests_optional_features_are_optional(self):

@@ -360,3 +360,57 @@ def test_a_signal_ends_every_job_and_still_writes_the_report(tmp_path: Path, sig
     outcomes = {r["nodeid"].split("::")[-1]: r["outcome"] for r in report["records"]}
     assert outcomes.get("test_quick") == "passed"
     assert any("interrupted" in p for p in report["problems"]), report["problems"]
+
+
+def test_an_expected_hang_costs_its_short_deadline_and_a_fixed_one_passes(tmp_path: Path) -> None:
+    """A test a deviations entry expects to hang runs under --hang-deadline, not the per-test
+    deadline: the known hang is recorded (excused) within seconds, a test that no longer hangs
+    passes (and the strict entry fails the run), and the resumed job names exactly the tests
+    left, whose time the report splits into phases."""
+    path = write_suite(
+        tmp_path,
+        """
+        def test_hang():
+            time.sleep(600)
+
+        def test_fixed():
+            pass
+
+        def test_after():
+            pass
+        """,
+    )
+    deviations = tmp_path / "dev.toml"
+    deviations.write_text(
+        textwrap.dedent(
+            """
+            [[deviation]]
+            tests = ["test_tiny.py::test_hang", "test_tiny.py::test_fixed"]
+            np = [2]
+            expect = "hang"
+            reason = "hangs on mismatched calls"
+            no_upstream = "not yet filed: t"
+            """
+        )
+    )
+    start = time.monotonic()
+    status, report, progress = run_suite(
+        tmp_path, path, [2], timeout=120.0, hang_deadline=2.0, deviations=deviations
+    )
+    elapsed = time.monotonic() - start
+    records = by_test(report)
+    hung = records[("test_hang", 2)]
+    assert hung["outcome"] == "hung" and hung["class"] == "expected", hung
+    assert "no progress within 2 s (the short deadline" in hung["message"]
+    assert records[("test_fixed", 2)]["class"] == "xpassed"
+    assert records[("test_after", 2)]["outcome"] == "passed"
+    assert status == 1, progress  # the entry's test_fixed passed: strict
+    assert elapsed < 60, f"{elapsed:.0f} s: the known hang waited out more than its deadline"
+    assert any("ran under a deadline of 2 s" in note for note in report["notes"]), report["notes"]
+    remaining = (tmp_path / "reports" / "np2" / "remaining-2.txt").read_text().split()
+    assert remaining == ["test_tiny.py::test_fixed", "test_tiny.py::test_after"]
+    jobs = report["jobs"]
+    assert [(j["attempt"], j["ran"]) for j in jobs] == [(1, 1), (2, 2)], jobs
+    for job in jobs:
+        assert job["start"] > 0 and job["collection"] >= 0 and job["tests"] >= 0, job
+    assert jobs[0]["tests"] >= 2.0, "the hang took its 2 s deadline inside the tests phase"

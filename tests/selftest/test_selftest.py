@@ -234,9 +234,14 @@ def _result(name, *attempts):
     return result
 
 
-CAUGHT2 = selftest.Attempt(2, selftest.CAUGHT, ["test_a.py::t[x]"], 1.5)
-CAUGHT3 = selftest.Attempt(3, selftest.CAUGHT, ["test_a.py::t[x]", "test_b.py::u"], 2.0)
-MISSED3 = selftest.Attempt(3, selftest.MISSED, [], 4.0, "12 tests ran, none failed")
+CAUGHT2 = selftest.Attempt(2, selftest.CAUGHT, ["test_a.py::t[x]"], 1.5, started=0.0, ended=1.5)
+# Ran while CAUGHT2 did (2 jobs at once): the fault's wall time is less than its jobs' time.
+CAUGHT3 = selftest.Attempt(
+    3, selftest.CAUGHT, ["test_a.py::t[x]", "test_b.py::u"], 2.0, started=0.5, ended=2.5
+)
+MISSED3 = selftest.Attempt(
+    3, selftest.MISSED, [], 4.0, "12 tests ran, none failed", started=1.0, ended=5.0
+)
 HUNG3 = selftest.Attempt(3, selftest.INCONCLUSIVE, [], 9.0, "hung in test_a.py::t")
 PROBLEM2 = selftest.Attempt(2, selftest.PROBLEM, [], 1.0, "the backend did not load")
 NA2 = selftest.Attempt(2, selftest.NOT_SHOWN, detail="shows only with 3+ ranks")
@@ -251,17 +256,20 @@ def test_verdicts():
     assert _result("f", PROBLEM2, HUNG3).verdict == "problem"
     assert _result("f", PROBLEM2, MISSED3).verdict == "no"
     assert _result("f", CAUGHT2, CAUGHT3).duration == pytest.approx(3.5)
+    assert _result("f", CAUGHT2, CAUGHT3).wall == pytest.approx(2.5)
+    assert _result("f", NA2).wall == 0.0
 
 
 def test_table_lists_status_per_rank_count_and_catching_tests():
     results = [_result("good_fault", CAUGHT2, CAUGHT3), _result("sneaky", NA2, MISSED3)]
     lines = selftest.format_table(results, [2, 3]).splitlines()
-    assert lines[0].split() == ["fault", "np=2", "np=3", "caught", "time", "caught", "by"]
-    good, sneaky = lines[1].split(None, 5), lines[2].split(None, 5)
-    assert good[:5] == ["good_fault", "caught", "caught", "yes", "3.5s"]
-    assert good[5] == "test_a.py::t[x]; test_b.py::u"  # each test once
-    assert sneaky[:5] == ["sneaky", "n/a", "missed", "no", "4.0s"]
-    assert "np=3: 12 tests ran, none failed" in sneaky[5]
+    header = ["fault", "np=2", "np=3", "caught", "wall", "job", "time", "caught", "by"]
+    assert lines[0].split() == header
+    good, sneaky = lines[1].split(None, 6), lines[2].split(None, 6)
+    assert good[:6] == ["good_fault", "caught", "caught", "yes", "2.5s", "3.5s"]
+    assert good[6] == "test_a.py::t[x]; test_b.py::u"  # each test once
+    assert sneaky[:6] == ["sneaky", "n/a", "missed", "no", "4.0s", "4.0s"]
+    assert "np=3: 12 tests ran, none failed" in sneaky[6]
     # Columns line up: every row starts its verdict where the header's does.
     column = lines[0].index("caught ")
     assert all(line[column:].split()[0] in ("caught", "yes", "no") for line in lines)
@@ -331,7 +339,7 @@ def test_a_fault_that_is_no_fault_is_reported_missed(tmp_path):
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
     assert rows["none"][1:3] == ["missed", "no"], text
     assert rows["send_returns_none"][1:3] == ["caught", "yes"], text
-    assert "test_send_recv.py::" in rows["send_returns_none"][4], text
+    assert "test_send_recv.py::" in rows["send_returns_none"][5], text  # after wall, job time
     assert "1 fault(s) NOT caught: none" in text  # the control is a miss, never a catch
     report = json.loads((tmp_path / "selftest.json").read_text())
     assert report["ok"] is False
