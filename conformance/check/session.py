@@ -26,6 +26,7 @@ from conformance.check.settings import Settings
 from conformance.check.wire import Connection
 
 EXIT_FAILED = 1
+SWITCH_INTERVAL = 5e-5  # seconds
 
 
 class CheckError(RuntimeError):
@@ -50,6 +51,10 @@ class Session:
         self._final: dict[str, Any] | None = None
         self._closed = False
         if settings.rank == 0:
+            # The coordinator's threads share rank 0's interpreter with a program that may hold
+            # the GIL while it polls (the reference waits on MPI in Python): at the default
+            # 5 ms switch interval every other rank's check would wait for it that long.
+            sys.setswitchinterval(SWITCH_INTERVAL)
             self.coordinator = Coordinator(settings.size, settings.timeout)
             self.coordinator.serve(settings.host, settings.port)
         self.conn = self._connect()
@@ -153,7 +158,8 @@ class Session:
             return
         print(
             f"conformance check (rank {self.rank}): still not at a check "
-            f"{self.settings.timeout:g} s after the failure (blocked in the backend or in its own code); ending this rank",
+            f"{self.settings.timeout:g} s after the failure (blocked in the backend or in its "
+            "own code); ending this rank",
             file=sys.stderr,
             flush=True,
         )
