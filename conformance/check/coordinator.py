@@ -1,4 +1,10 @@
-"""The coordinator: the one place that sees every rank's fingerprints (it runs in rank 0).
+"""The coordinator: the one place that sees every rank's fingerprints.
+
+Rank 0 starts it as a process of its own (``python -m conformance.check.coordinator HOST PORT
+SIZE TIMEOUT``) so that it never waits for the program's interpreter lock: a program that polls
+in Python while it waits for its peers (the reference does) would otherwise delay every other
+rank's check by up to the interpreter's switch interval (5 ms). It ends once every rank has said
+goodbye or disconnected, or when rank 0 is gone.
 
 Rules it applies, each ending the job with one text sent to every rank:
 - a collective (or split) call number ``seq`` on a group completes once every member has sent its
@@ -17,13 +23,16 @@ Rules it applies, each ending the job with one text sent to every rank:
 
 from __future__ import annotations
 
+import os
+import selectors
 import socket
+import sys
 import threading
 import time
 from typing import Any
 
 from conformance.check import fingerprint
-from conformance.check.wire import Connection
+from conformance.check.wire import Closed, Connection
 
 RUNNING, DONE, GONE = "running", "finished", "disconnected"
 
@@ -54,55 +63,75 @@ class Coordinator:
     # -- serving ----------------------------------------------------------------------------
 
     def serve(self, host: str, port: int) -> None:
-        """Listen on host:port and handle every rank in a thread of its own (daemon threads)."""
+        """Listen on host:port; :meth:`run` then handles every rank in one thread."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
         listener.listen(max(self.size, 8))
         self.listener = listener
-        threading.Thread(target=self._accept, daemon=True, name="check-accept").start()
-        threading.Thread(target=self._watch, daemon=True, name="check-deadline").start()
 
-    def _accept(self) -> None:
+    def run(self, keep_going: Any) -> None:
+        """Handle connections and messages in this thread (no hand-over between threads on the
+        way of a check), and stalls every tick, while ``keep_going()`` and the job lasts."""
         assert self.listener is not None
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(Connection(sock),), daemon=True).start()
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ, None)
+        ranks: dict[Connection, int | None] = {}
+        tick = min(0.1, self.timeout / 10)
+        while keep_going() and not self.finals_sent:
+            for key, _ in selector.select(tick):
+                if key.data is None:
+                    sock, _ = self.listener.accept()
+                    conn = Connection(sock)
+                    ranks[conn] = None
+                    selector.register(sock, selectors.EVENT_READ, conn)
+                    continue
+                conn = key.data
+                while True:  # every whole message already read
+                    try:
+                        message = conn.receive(block=False)
+                    except Closed:
+                        message = None
+                        selector.unregister(conn.sock)
+                        if ranks[conn] is not None:
+                            self.handle(ranks[conn], None)
+                        break
+                    if message is None:
+                        break
+                    if ranks[conn] is None:
+                        ranks[conn] = int(message["rank"])
+                        self.attach(ranks[conn], conn)
+                    else:
+                        self.handle(ranks[conn], message)
+                    if not conn.buffered():
+                        break
+            self._stalls()
 
-    def _handle(self, conn: Connection) -> None:
-        hello = conn.receive()
-        if not hello or hello.get("t") != "hello":
-            conn.close()
-            return
-        rank = int(hello["rank"])
+    def attach(self, rank: int, conn: Any) -> None:
+        """Register ``rank``'s connection (anything with ``send(message)``)."""
         with self.lock:
             self.conns[rank] = conn
             self.state[rank] = RUNNING
             if self.failure:
                 conn.send({"t": "fail", "text": self.failure})
-        while True:
-            message = conn.receive()
-            with self.lock:
-                if message is None:
-                    self._left(rank, GONE)
-                    return
-                kind = message["t"]
-                if kind == "check":
-                    self._check(rank, message["id"], message["fp"])
-                elif kind == "bye":
-                    self.stats[rank] = message.get("stats", {})
-                    self._left(rank, DONE)
 
-    def _watch(self) -> None:
-        """Stalls: a check waiting past the timeout ends the job with the stall's diagnosis."""
-        while True:
-            time.sleep(min(0.1, self.timeout / 10))
-            with self.lock:
-                if self.failure:
-                    continue
+    def handle(self, rank: int, message: dict[str, Any] | None) -> None:
+        """One message from ``rank``; None when its connection ended."""
+        with self.lock:
+            if message is None:
+                self._left(rank, GONE)
+                return
+            kind = message["t"]
+            if kind == "check":
+                self._check(rank, message["id"], message["fp"])
+            elif kind == "bye":
+                self.stats[rank] = message.get("stats", {})
+                self._left(rank, DONE)
+
+    def _stalls(self) -> None:
+        """A check waiting past the timeout ends the job with the stall's diagnosis."""
+        with self.lock:
+            if not self.failure:
                 now = time.monotonic()
                 late = [(r, w) for r, w in self.waiting.items() if now - w[2] > self.timeout]
                 if late:
@@ -282,3 +311,18 @@ class Coordinator:
         for rank, conn in self.conns.items():
             if self.state.get(rank) == DONE:
                 conn.send({"t": "final", "problem": problem, "stats": self.stats})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one job: HOST PORT SIZE TIMEOUT; exit when it is over or rank 0 (the parent) is."""
+    host, port, size, timeout = (sys.argv[1:] if argv is None else argv)[:4]
+    coordinator = Coordinator(int(size), float(timeout))
+    coordinator.serve(host, int(port))
+    parent = os.getppid()
+    print("ready", flush=True)  # rank 0 waits for this line before it connects
+    coordinator.run(lambda: os.getppid() == parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,19 +14,18 @@ import atexit
 import collections
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
 from conformance.check import recorder as recorder_mod
-from conformance.check.coordinator import Coordinator
 from conformance.check.recorder import Recorder
-from conformance.check.settings import Settings
-from conformance.check.wire import Connection
+from conformance.check.settings import ENV_ACTIVE_PID, Settings
+from conformance.check.wire import Closed, Connection
 
 EXIT_FAILED = 1
-SWITCH_INTERVAL = 5e-5  # seconds
 
 
 class CheckError(RuntimeError):
@@ -40,28 +39,50 @@ class Session:
         self.settings = settings
         self.rank = settings.rank
         self.recorder = Recorder(settings.rank, settings.size, settings.depth, settings.record_dir)
-        self.coordinator: Coordinator | None = None
+        self.coordinator: subprocess.Popen | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.check_seconds = 0.0
         self.first_problem: str | None = None
         self.failure: str | None = None
-        self._cond = threading.Condition()
-        self._replies: dict[int, dict[str, Any]] = {}
+        self._io = threading.Lock()  # held by the thread reading the link
         self._next_id = 0
+        self._early: dict[int, dict[str, Any]] = {}
         self._final: dict[str, Any] | None = None
         self._closed = False
         if settings.rank == 0:
-            # The coordinator's threads share rank 0's interpreter with a program that may hold
-            # the GIL while it polls (the reference waits on MPI in Python): at the default
-            # 5 ms switch interval every other rank's check would wait for it that long.
-            sys.setswitchinterval(SWITCH_INTERVAL)
-            self.coordinator = Coordinator(settings.size, settings.timeout)
-            self.coordinator.serve(settings.host, settings.port)
-        self.conn = self._connect()
-        self.conn.send({"t": "hello", "rank": self.rank, "pid": os.getpid()})
-        threading.Thread(target=self._read, daemon=True, name="check-reader").start()
+            self.coordinator = self._start_coordinator()
+        self.link = self._connect()
+        self._post = self.link.send
+        self._post({"t": "hello", "rank": self.rank, "pid": os.getpid()})
+        threading.Thread(target=self._watch, daemon=True, name="check-watch").start()
         self.recorder.install_signals()
         atexit.register(self.close)
+
+    def _start_coordinator(self) -> subprocess.Popen:
+        """Rank 0 starts the coordinator's process and waits until it listens."""
+        s = self.settings
+        # The child inherits the launcher's rank variables: this marks it as not a rank.
+        os.environ[ENV_ACTIVE_PID] = str(os.getpid())
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conformance.check.coordinator",
+                s.host,
+                str(s.port),
+                str(s.size),
+                str(s.timeout),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise CheckError(
+                f"the check's coordinator could not listen on {s.host}:{s.port} "
+                "(set CONFORMANCE_CHECK_ADDR to a free host:port of rank 0's host)"
+            )
+        return proc
 
     def _connect(self) -> Connection:
         """Rank 0 may still be starting: retry for one timeout, then fail naming the address."""
@@ -69,9 +90,7 @@ class Session:
         deadline = time.monotonic() + max(s.timeout, 5.0)
         while True:
             try:
-                sock = socket.create_connection((s.host, s.port), timeout=s.timeout)
-                sock.settimeout(None)  # the reader waits as long as the program runs
-                return Connection(sock)
+                return Connection(socket.create_connection((s.host, s.port), timeout=s.timeout))
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise CheckError(
@@ -87,15 +106,18 @@ class Session:
         ``members``), or CheckError."""
         record = self.recorder.begin(fp, stack)
         start = time.perf_counter()
-        with self._cond:
+        reply = None
+        with self._io:
             request = self._next_id
             self._next_id += 1
-        if self.failure is None:
-            self.conn.send({"t": "check", "id": request, "fp": fp})
-        with self._cond:
-            while request not in self._replies and self.failure is None:
-                self._cond.wait()
-            reply = self._replies.pop(request, None)
+            if self.failure is None:
+                self._post({"t": "check", "id": request, "fp": fp})
+            while self.failure is None:
+                message = self._receive(block=True)
+                if message is not None and message.get("id") == request:
+                    reply = message
+                    break
+            reply = reply or self._early.pop(request, None)
         self.check_seconds += time.perf_counter() - start
         self.counts[fp["op"]] += 1
         if reply is None or reply["t"] == "fail":
@@ -110,27 +132,42 @@ class Session:
     def _failure_text(self) -> str:
         return f"conformance check (rank {self.rank}): {self.failure}"
 
-    def _read(self) -> None:
-        """Answers go to the waiting check; a failure also reaches a rank that is not in one."""
-        while True:
-            message = self.conn.receive()
-            if message is None:
-                if not self._closed and self.failure is None:
-                    self._on_failure("the coordinator (rank 0) is gone: rank 0 has ended")
-                with self._cond:
-                    self._cond.notify_all()
-                return
-            kind = message["t"]
-            if kind == "fail":
-                self._on_failure(message["text"])
-            elif kind == "final":
-                with self._cond:
-                    self._final = message
-                    self._cond.notify_all()
-            if "id" in message:
-                with self._cond:
-                    self._replies[message["id"]] = message
-                    self._cond.notify_all()
+    def _receive(self, block: bool) -> dict[str, Any] | None:
+        """Read one message (the caller holds ``_io``) and act on failures and the verdict."""
+        try:
+            message = self.link.receive(block)
+        except Closed:
+            if not self._closed:
+                self._on_failure("the coordinator (rank 0) is gone: rank 0 has ended")
+            else:
+                self._final = self._final or {"t": "final", "problem": None, "stats": {}}
+            return None
+        if message is None:
+            return None
+        if message["t"] == "fail":
+            self._on_failure(message["text"])
+        elif message["t"] == "final":
+            self._final = message
+        return message
+
+    def _watch(self) -> None:
+        """Between checks, a failure must still reach this rank: read what arrives while no
+        check is reading (a check holds ``_io`` and reads its own answer)."""
+        while self.failure is None and not self._closed:
+            if not self.link.readable(0.2):
+                continue
+            if self._io.acquire(blocking=False):
+                try:
+                    if self.failure is None and not self._closed:
+                        message = self._receive(block=False)
+                        if message is not None and "id" in message:
+                            # An answer is only ever read here for a check that ended on a
+                            # failure; keep it for completeness.
+                            self._early[message["id"]] = message
+                finally:
+                    self._io.release()
+            else:
+                time.sleep(0.02)  # a check is reading; let it
 
     def _on_failure(self, text: str) -> None:
         if self.failure is not None:
@@ -145,8 +182,6 @@ class Session:
                 file=sys.stderr,
                 flush=True,
             )
-        with self._cond:
-            self._cond.notify_all()
         # A rank blocked inside the backend (or busy in its own code) would never see the error:
         # give it one timeout to reach a check and raise, then end it.
         timer = threading.Timer(self.settings.timeout, self._end_blocked)
@@ -177,11 +212,12 @@ class Session:
             "seconds": self.check_seconds,
             "problem": self.first_problem,
         }
-        self.conn.send({"t": "bye", "stats": stats})
         deadline = time.monotonic() + self.settings.timeout + 5.0
-        with self._cond:
+        with self._io:
+            self._post({"t": "bye", "stats": stats})
             while self._final is None and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.1)
+                if self.link.readable(0.1):
+                    self._receive(block=False)
         final = self._final
         if final is None:
             print(
@@ -203,14 +239,7 @@ class Session:
                 file=sys.stderr,
                 flush=True,
             )
-            self._wait_for_others()
         if problem:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(EXIT_FAILED)
-
-    def _wait_for_others(self) -> None:
-        """Rank 0 hosts the coordinator: its last answers are out once it lets go of its lock."""
-        if self.coordinator is not None:
-            with self.coordinator.lock:
-                pass

@@ -1,21 +1,28 @@
 """The side channel's framing: one JSON object per line over TCP (loopback, or the job's own
-hosts). Small and dependency-free; a check is one request line and one answer line."""
+hosts). A check is one request and one answer; the thread that made the check reads its own
+answer, so an answer costs one wake-up, not a hand-over between threads."""
 
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 from typing import Any
 
 
+class Closed(EOFError):
+    """The other end has gone."""
+
+
 class Connection:
-    """A socket that sends and receives whole JSON messages; ``send`` is thread-safe."""
+    """A socket carrying whole JSON messages; ``send`` is thread-safe, one thread receives."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
         self.sock = sock
-        self._reader = sock.makefile("rb")
+        self._buffer = bytearray()
         self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> bool:
@@ -28,15 +35,35 @@ class Connection:
                 return False
         return True
 
-    def receive(self) -> dict[str, Any] | None:
-        """The next message, or None once the peer has closed the connection."""
+    def readable(self, timeout: float) -> bool:
+        """Whether a message (or the end) may be read without waiting, after up to ``timeout``."""
+        if b"\n" in self._buffer:
+            return True
         try:
-            line = self._reader.readline()
-        except OSError:
-            return None
-        if not line:
-            return None
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
+    def receive(self, block: bool = True) -> dict[str, Any] | None:
+        """The next message; None when ``block`` is False and none is there; Closed at the end."""
+        while b"\n" not in self._buffer:
+            try:
+                chunk = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            except OSError:
+                raise Closed from None
+            if not chunk:
+                raise Closed
+            self._buffer += chunk
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
         return json.loads(line)
+
+    def buffered(self) -> bool:
+        """Whether a whole message has already been read from the socket."""
+        return b"\n" in self._buffer
 
     def close(self) -> None:
         try:

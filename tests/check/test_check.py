@@ -69,7 +69,7 @@ def line_of(bug: str) -> int:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("np", [2, 3])
 def test_clean_training_loop_has_no_report(backend, np, tmp_path):
-    steps = "300" if backend == "reference" else "40"
+    steps = "150" if backend == "reference" else "30"
     code, out, _, records = run_checked(backend, np, "train.py", tmp_path, STEPS=steps)
     assert code == 0, out
     for rank in range(np):  # the averaged gradients fit y = 3x + 1 on every rank
