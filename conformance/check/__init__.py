@@ -9,8 +9,8 @@ are checked; ``CONFORMANCE_CHECK=0`` leaves the program unchecked.
 
 Where the code runs: inside each rank — ``settings`` (who am I), ``fingerprint`` (what a call
 is), ``wrap`` (the checked API), ``session`` (this rank's link to the check), ``recorder`` (the
-flight recorder), ``coordinator`` (in rank 0 only: matching every rank's calls), ``wire`` (the
-side channel), ``activate``; in the command that drives the job — ``command`` (``python -m
+flight recorder), ``wire`` (the side channel), ``activate``; ``coordinator``, a process rank 0
+starts, matches every rank's calls; in the command that drives the job — ``command`` (``python -m
 conformance check``) and ``merge`` (the cross-rank view of the recorders), ``summary``.
 """
 

@@ -169,3 +169,54 @@ def test_usage_errors_are_one_line_and_status_2():
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("error: "), proc.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_import_under_an_existing_launcher_and_sigusr1_dump(tmp_path):
+    """``import conformance.check`` under a plain ``mpiexec``: the calls are checked (a shape
+    bug is found), and SIGUSR1 makes a rank write its flight recorder and carry on."""
+    from conformance.run import launcher as launcher_mod
+
+    launcher = launcher_mod.find_launcher()
+    program = tmp_path / "imported.py"
+    program.write_text(
+        "import os, signal\nimport conformance.check\n"
+        "import numpy as np\nimport reference as dist\nw = dist.init()\n"
+        "for i in range(5):\n    dist.all_sum(np.ones(2, np.float32))\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "n = 2 + (w.rank() if os.environ.get('SKEW') else 0)\n"
+        "dist.all_sum(np.ones(n, np.float32))  # line 10\nprint('done', w.rank(), flush=True)\n"
+    )
+    records = tmp_path / "records"
+    for skew in ("", "1"):
+        env = {
+            **os.environ,
+            "SKEW": skew,
+            "CONFORMANCE_CHECK_DIR": str(records),
+            "CONFORMANCE_CHECK_ADDR": f"127.0.0.1:{_free_port()}",
+            "CONFORMANCE_CHECK_TIMEOUT": str(TIMEOUT),
+        }
+        proc = subprocess.run(
+            launcher.command(2, [sys.executable, str(program)]),
+            env=launcher.environment(2, env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out = proc.stdout + proc.stderr
+        if skew:
+            assert proc.returncode != 0 and "ranks disagree at call #5" in out, out
+            assert "imported.py:10" in out, out
+        else:
+            assert proc.returncode == 0 and out.count("done") == 2, out
+            dumps = [json.loads(p.read_text()) for p in records.glob("rank-*.json")]
+            assert sorted(d["rank"] for d in dumps) == [0, 1], out
+            assert all(d["reason"] == "SIGUSR1" and d["calls_made"] == 5 for d in dumps)
+            assert "no problem found" in out, out
