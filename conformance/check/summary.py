@@ -19,6 +19,7 @@ def summary_text(stats: dict[str, dict[str, Any]], size: int, problem: str | Non
     per_call = f" ({seconds / calls * 1e6:.0f} us a call)" if calls else ""
     verdict = f"first problem: {problem.splitlines()[0]}" if problem else "no problem found"
     return (
-        f"conformance check: {size} ranks, {calls} calls checked on all ranks ({ops or 'none'}), "
+        f"conformance check: {size} rank{'s' if size != 1 else ''}, "
+        f"{calls} calls checked on all ranks ({ops or 'none'}), "
         f"{seconds:.2f} s in checks{per_call}, {verdict}"
     )
