@@ -73,7 +73,7 @@ def test_clean_training_loop_has_no_report(backend, np, tmp_path):
     code, out, _, records = run_checked(backend, np, "train.py", tmp_path, STEPS=steps)
     assert code == 0, out
     for rank in range(np):  # the averaged gradients fit y = 3x + 1 on every rank
-        found = re.search(rf"rank {rank}: w=(\S+) b=(\S+)", out)
+        found = re.search(rf"rank {rank}: w=(-?\d+\.\d+) b=(-?\d+\.\d+)", out)
         assert found and abs(float(found[1]) - 3) < 0.05 and abs(float(found[2]) - 1) < 0.05, out
     calls = np * int(steps) * 2
     assert f"{calls + np * 2 * ((int(steps) + 49) // 50)} calls checked" in out, out
