@@ -123,11 +123,8 @@ def assert_diagnosed(backend: str, np: int, bug: str, tmp_path: Path) -> None:
     site = "bugs.py:" if bug == "one_rank" else f"bugs.py:{line_of(bug)}"
     code, out, seconds, records = run_checked(backend, np, "bugs.py", tmp_path, BUG=bug)
     assert code != 0, out
-    for rank in range(np):
-        mine = [
-            ln for ln in out.splitlines() if ln.startswith(f"conformance check (rank {rank}): ")
-        ]
-        assert mine, f"rank {rank} printed no diagnosis:\n{out}"
+    for rank in range(np):  # launchers may interleave the ranks' output: no line anchors
+        assert f"conformance check (rank {rank}): " in out, f"rank {rank}: no diagnosis\n{out}"
     assert text in out, out
     assert site in out, out
     # Startup of the job, one deadline, and one more for a rank blocked in the backend.
