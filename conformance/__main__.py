@@ -15,6 +15,10 @@ COMMANDS = {
     "run": ("conformance.run.runner", "run the spec at several rank counts and write reports"),
     "selftest": ("conformance.run.selftest", "check that the suite catches known-broken backends"),
     "bench": ("conformance.bench", "measure bandwidth and latency of a backend"),
+    "matrix": (
+        "conformance.run.matrix",
+        "run the suite against several MLX releases and merge the reports",
+    ),
     "preflight": (
         "conformance.run.preflight",
         "check that ranks on several hosts reach each other",
