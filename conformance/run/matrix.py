@@ -49,6 +49,7 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 BASE_REQUIREMENTS = ("mpi4py>=4.0", "mpich>=4.2", "pytest>=8.0", "pytest-mpi>=0.6", "hypothesis")
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _READY = ".conformance-ready"
+_PIP = (sys.executable, "-m", "pip")
 
 
 class MatrixError(ValueError):
@@ -110,9 +111,11 @@ def select_releases(spec: str, available: Sequence[str] | None = None) -> list[s
     return sorted(chosen, key=version_key)
 
 
-def _pip(python: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _pip(python: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    # This interpreter's pip installs into the environment of ``python`` (pip --python): the
+    # environments are made without pip, which saves ensurepip's minute per environment.
     return subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+        [*_PIP, "--python", str(python), "install", "-q", "--disable-pip-version-check", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -136,18 +139,19 @@ def _site_packages(python: Path) -> str:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
         check=True,
     )
     return out.stdout.strip()
 
 
 def _make_venv(env: Path) -> None:
+    """A new environment at ``env`` (without pip: see :func:`_pip`)."""
     subprocess.run(
-        [sys.executable, "-m", "venv", "--clear", str(env)],
+        [sys.executable, "-m", "venv", "--clear", "--without-pip", str(env)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=600,
     )
 
 
@@ -176,29 +180,29 @@ def ensure_release(cache: Path, base: Path, version: str) -> tuple[Path | None, 
     """(the release's interpreter, "") or (None, why it cannot be used). Reused when present."""
     env = cache / f"mlx-{version}"
     python = _python_of(env)
-    if not (env / _READY).exists():
-        try:
+    try:
+        if not (env / _READY).exists():
             _make_venv(env)
-        except (subprocess.SubprocessError, OSError) as exc:
-            return None, f"could not create a virtual environment: {exc}"
-        pth = Path(_site_packages(python)) / "_conformance_base.pth"
-        # A line starting with "import" is executed: addsitedir also reads the base's own .pth
-        # files (the editable install of the project).
-        pth.write_text(
-            f"import site; site.addsitedir({_site_packages(_python_of(base))!r})\n", "utf-8"
+            pth = Path(_site_packages(python)) / "_conformance_base.pth"
+            # A line starting with "import" is executed: addsitedir also reads the base's own
+            # .pth files (the editable install of the project).
+            pth.write_text(
+                f"import site; site.addsitedir({_site_packages(_python_of(base))!r})\n", "utf-8"
+            )
+            proc = _pip(python, "--no-deps", f"mlx=={version}", f"{CPU_PACKAGE}=={version}")
+            if proc.returncode:
+                return None, f"pip could not install mlx=={version}: {_last_error(proc)}"
+            (env / _READY).write_text(version + "\n", "utf-8")
+        _link_mpi(base, env)
+        check = subprocess.run(
+            [str(python), "-c", "import mlx.core as mx; print(mx.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
-        proc = _pip(python, "--no-deps", f"mlx=={version}", f"{CPU_PACKAGE}=={version}")
-        if proc.returncode:
-            return None, f"pip could not install mlx=={version}: {_last_error(proc)}"
-        (env / _READY).write_text(version + "\n", "utf-8")
-    _link_mpi(base, env)
-    check = subprocess.run(
-        [str(python), "-c", "import mlx.core as mx; print(mx.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"could not prepare its environment: {exc}"
     if check.returncode:
         return None, f"import mlx.core failed: {_last_error(check)}"
     return python, ""
