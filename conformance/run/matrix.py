@@ -452,11 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one release's run may take before it is stopped (default 1800)",
     )
     parser.add_argument(
+        "--reuse-reports",
+        action="store_true",
+        help="take a release's report from --report-dir when one is there instead of running "
+        "it again (e.g. to merge releases run in several invocations)",
+    )
+    parser.add_argument(
         "--prepare-only",
         action="store_true",
         help="make the environments and stop (no runs)",
     )
     return parser
+
+
+def _write(out: Path, rows: Sequence[Row], command: str, run_args: Sequence[str]) -> None:
+    # Written after every release, so a run cut short leaves what it covered.
+    (out / "matrix.md").write_text(markdown(rows, command, run_args), "utf-8")
+    (out / "matrix.json").write_text(
+        json.dumps(json_matrix(rows, command), indent=1) + "\n", "utf-8"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,12 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_args += ["-k", args.keyword]
     cache = args.cache_dir.expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"conformance matrix: {len(versions)} releases ({', '.join(versions)}); cache {cache}")
-    try:
-        base = ensure_base(cache)
-    except (MatrixError, subprocess.SubprocessError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    print(
+        f"conformance matrix: {len(versions)} releases ({', '.join(versions)}); cache {cache}",
+        flush=True,
+    )
+    base: Path | None = None  # made when the first release needs it
     out = args.report_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m conformance matrix " + " ".join(
@@ -488,6 +501,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows: list[Row] = []
     for version in versions:
+        saved = out / f"mlx-{version}" / "report.json"
+        if args.reuse_reports and saved.exists():
+            report = json.loads(saved.read_text("utf-8"))
+            rows.append(Row(version, report, seconds=float(report.get("duration", 0.0))))
+            print(f"mlx {version}: {report.get('verdict')} (saved report)", flush=True)
+            _write(out, rows, command, run_args)
+            continue
+        if base is None:
+            try:
+                base = ensure_base(cache)
+            except (MatrixError, subprocess.SubprocessError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         python, why = ensure_release(cache, base, version)
         if python is None:
             print(f"mlx {version}: {why}", flush=True)
@@ -503,11 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mlx {version}: {verdict} in {row.seconds:.0f} s {row.problem}", flush=True)
             rows.append(row)
         if not args.prepare_only:
-            # Written after every release, so a run cut short leaves what it covered.
-            (out / "matrix.md").write_text(markdown(rows, command, run_args), "utf-8")
-            (out / "matrix.json").write_text(
-                json.dumps(json_matrix(rows, command), indent=1) + "\n", "utf-8"
-            )
+            _write(out, rows, command, run_args)
     if args.prepare_only:
         return 0 if not rows else 1
     print(f"matrix: {out / 'matrix.md'}")

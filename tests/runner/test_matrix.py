@@ -66,3 +66,21 @@ def test_markdown_has_a_row_per_release_and_says_why_one_is_missing() -> None:
     assert "0.26.5 ->" not in text  # a release without a report is not compared
     line = next(ln for ln in text.splitlines() if ln.startswith("| 0.29.0 | PASS"))
     assert "sum_scatter" in line  # declared absent from the API
+
+
+def test_saved_reports_are_merged_without_running_or_installing(tmp_path, capsys) -> None:
+    import json
+
+    for version, outcome in (("0.29.0", "wrong"), ("0.30.1", "passed")):
+        (tmp_path / f"mlx-{version}").mkdir()
+        report = _report([_record("t.py::a", outcome)]) | {"verdict": "PASS", "duration": 5.0}
+        (tmp_path / f"mlx-{version}" / "report.json").write_text(json.dumps(report))
+    cache = tmp_path / "cache"  # must stay empty: nothing is installed
+    argv = ["--mlx", "0.29.0,0.30.1", "--reuse-reports", "--report-dir", str(tmp_path)]
+    assert matrix.main([*argv, "--cache-dir", str(cache)]) == 0
+    assert not any(cache.iterdir())
+    text = (tmp_path / "matrix.md").read_text()
+    assert "### 0.29.0 -> 0.30.1" in text and "`t.py::a` (np=2)" in text
+    merged = json.loads((tmp_path / "matrix.json").read_text())
+    assert [r["version"] for r in merged["releases"]] == ["0.29.0", "0.30.1"]
+    assert merged["changes"][0]["changes"] == {"wrong -> passed": [["t.py::a", [2]]]}
