@@ -219,7 +219,9 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
     if not cell:
         return "-"
     if cell.get("time") is None:
-        return "failed" if cell.get("error") else "-"
+        error = str(cell.get("error") or "")
+        unsupported = "not supported" in error or "not yet implemented" in error
+        return "not supported" if unsupported else "failed" if error else "-"
     text = _time(cell["time"])
     if cell.get("ratio") is not None:
         text += f" ({cell['ratio']:.2f}x)"

@@ -136,3 +136,14 @@ def test_mlx_mpi_is_measured_in_its_open_mpi_environment(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "initialised MPI before MLX" not in proc.stderr
     assert f"backend {sbs.MLX_MPI_SPEC}" in proc.stdout and "all_sum" in proc.stdout
+
+
+def test_an_op_the_backend_does_not_support_says_so():
+    row = _row("sum_scatter", 8, 1e-6, 1e-6, 1.0)
+    row["backend"] = {
+        "time": None,
+        "error": "rank 0: RuntimeError: [ring] sum_scatter not supported.",
+    }
+    row["ratio"] = None
+    text = sbs.render({"mlx ring": make_report({"mpi": "MPICH"}, [row])}, {})
+    assert "not supported" in text
