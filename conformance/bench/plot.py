@@ -39,9 +39,25 @@ def _ratios(report: Mapping[str, Any], key: tuple[str, str]) -> tuple[list, list
     return sizes, medians, low, high
 
 
-def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Write a PNG to ``path`` from one or more reports. ImportError names the extra to install
-    when matplotlib is missing."""
+def legends(reports: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> list[str]:
+    """One distinct legend per report: ``backend (N ranks)``, plus the report's name (its file,
+    else its position) wherever two reports would otherwise share a legend."""
+    base = [f"{r['meta'].get('backend')} ({r['meta'].get('np')} ranks)" for r in reports]
+    tags = list(names) if names is not None else [f"run {i + 1}" for i in range(len(reports))]
+    if len(set(tags)) < len(tags):
+        tags = [f"{tag} #{i + 1}" for i, tag in enumerate(tags)]
+    return [
+        f"{label}, {tag}" if base.count(label) > 1 else label
+        for label, tag in zip(base, tags, strict=True)
+    ]
+
+
+def plot_reports(
+    reports: Sequence[Mapping[str, Any]], path: str | Path, names: Sequence[str] | None = None
+) -> None:
+    """Write a PNG to ``path`` from one or more reports. Each report's lines carry a distinct
+    legend (:func:`legends`; ``names`` are e.g. the files the reports came from). ImportError
+    names the extra to install when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -59,17 +75,16 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | Path) -> None
                 keys.append((row["op"], row["mode"]))
     if not keys:
         raise ValueError("nothing to plot: the reports have no results")
+    labels = legends(reports, names)
     fig, axes = plt.subplots(len(keys), 3, figsize=(16, 3.2 * len(keys)), squeeze=False)
     for (op, mode), (ax_bw, ax_t, ax_r) in zip(keys, axes, strict=True):
-        for report in reports:
-            meta = report["meta"]
-            label = f"{meta.get('backend')} ({meta.get('np')} ranks)"
+        for report, label in zip(reports, labels, strict=True):
             for side, style, name in (("backend", "-o", label), ("baseline", "--x", "mpi4py")):
                 sizes, bw, times = _series(report, (op, mode), side)
                 if not sizes:
                     continue
                 if side == "baseline" and len(reports) > 1:
-                    name = f"mpi4py (job of {meta.get('backend')})"
+                    name = f"mpi4py (job of {label})"
                 ax_bw.plot(sizes, bw, style, label=name, markersize=3)
                 ax_t.plot(sizes, times, style, label=name, markersize=3)
             sizes, medians, low, high = _ratios(report, (op, mode))

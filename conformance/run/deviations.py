@@ -13,6 +13,8 @@ File format (``conformance/deviations/<backend>.toml``)::
     reason = "bool reductions return each rank's own input"
     upstream = "https://github.com/ml-explore/mlx/issues/NNNN"   # or no_upstream = "why none"
     flaky = "why it sometimes passes"          # optional: a pass is reported, not a failure
+    releases = ["0.29.4..0.32.4", "0.26.5"]    # optional: backend versions it applies to
+                                               # (exact, or an inclusive range A..B; default all)
 
     [[deviation]]
     feature = "all_max[complex64]"   # a core feature the backend declares unsupported
@@ -33,6 +35,9 @@ Contract:
   record, or whose tests were not collected in a full run, are reported as stale.
 - :func:`excused_features` maps feature ids to the entries that excuse them.
 - :func:`expected_hangs` names the tests an entry expects to hang at a rank count.
+- :func:`for_release` keeps the entries that apply to one backend version (``releases``); an
+  entry without ``releases`` applies to every version. So one file can describe several
+  releases of a backend exactly (``python -m conformance matrix``).
 """
 
 from __future__ import annotations
@@ -64,7 +69,18 @@ PASSING_OUTCOMES = frozenset(o.value for o in GOOD_OUTCOMES)
 _WILDCARDS = ("*", "?")
 #: How far a run reached (``apply``'s ``scope``).
 SCOPES = ("all", "files", "selected")
-_KEYS = {"test", "tests", "feature", "np", "expect", "reason", "upstream", "no_upstream", "flaky"}
+_KEYS = {
+    "test",
+    "tests",
+    "feature",
+    "np",
+    "expect",
+    "reason",
+    "upstream",
+    "no_upstream",
+    "flaky",
+    "releases",
+}
 
 DEVIATIONS_DIR = Path(__file__).parent.parent / "deviations"
 
@@ -86,6 +102,14 @@ class Deviation:
     upstream: str = ""
     no_upstream: str = ""
     flaky: str = ""
+    #: Versions (exact, or inclusive ranges ``A..B``) the entry applies to; None: every version.
+    releases: tuple[str, ...] | None = None
+
+    def applies_to(self, version: str | None) -> bool:
+        """Whether the entry is about backend ``version`` (unknown versions: every entry)."""
+        if self.releases is None or version is None:
+            return True
+        return any(_in_release(version, spec) for spec in self.releases)
 
     @property
     def label(self) -> str:
@@ -170,7 +194,12 @@ def _entry(entry: Mapping[str, Any], where: str) -> Deviation:
     if upstream and not upstream.startswith(("https://", "http://")):
         raise DeviationError(f"{where}: 'upstream' must be a URL, not {upstream!r}")
     feature = _text(entry, "feature", where)
-    common = {"reason": reason, "upstream": upstream, "no_upstream": no_upstream}
+    common = {
+        "reason": reason,
+        "upstream": upstream,
+        "no_upstream": no_upstream,
+        "releases": _releases(entry, where),
+    }
     if feature:
         stray = set(entry) & {"test", "tests", "np", "expect", "flaky"}
         if stray:
@@ -203,6 +232,53 @@ def _tests(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise DeviationError(f"{where}: a test id is listed twice")
     return tuple(value)
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    parts = version.strip().split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def _in_release(version: str, spec: str) -> bool:
+    low, sep, high = spec.partition("..")
+    if not sep:
+        return version.strip() == spec.strip()
+    key = _version_key(version)
+    if key is None:
+        return False
+    return (not low or _version_key(low) <= key) and (not high or key <= _version_key(high))
+
+
+def _valid_release(spec: Any) -> bool:
+    if not isinstance(spec, str):
+        return False
+    low, sep, high = spec.partition("..")
+    if not sep:
+        return _version_key(spec) is not None
+    ends = [e for e in (low, high) if e]
+    return bool(ends) and all(_version_key(e) is not None for e in ends)
+
+
+def _releases(entry: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
+    value = entry.get("releases")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise DeviationError(f"{where}: 'releases' must be a non-empty list of versions")
+    for spec in value:
+        if not _valid_release(spec):
+            raise DeviationError(
+                f"{where}: {spec!r} in 'releases' is not a version (0.30.1) or a range "
+                "(0.29.4..0.32.4, open ends allowed: ..0.29.3)"
+            )
+    return tuple(value)
+
+
+def for_release(deviations: Iterable[Deviation], version: str | None) -> list[Deviation]:
+    """The entries that apply to backend ``version`` (all of them when it is unknown)."""
+    return [d for d in deviations if d.applies_to(version)]
 
 
 def _expect(entry: Mapping[str, Any], where: str) -> frozenset[str]:

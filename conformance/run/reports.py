@@ -236,8 +236,11 @@ def summarize_run(
     ``results``, rank count -> its results file, whose session headers are read), add what they
     found to the problems and warnings, and stamp the suite's identity and the command line."""
     done = sorted(results)
-    applied = deviations_mod.apply(records, deviations, {np: collected for np in done}, scope=scope)
     sessions = {np: s for np, path in results.items() if (s := read_session(path)) is not None}
+    # Entries naming the releases they apply to count only for the version that ran.
+    version = next((s.get("backend_version") for s in sessions.values()), None)
+    deviations = deviations_mod.for_release(deviations, version)
+    applied = deviations_mod.apply(records, deviations, {np: collected for np in done}, scope=scope)
     excused = deviations_mod.excused_features(deviations)
     summary = RunSummary(
         backend=backend,

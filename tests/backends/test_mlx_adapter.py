@@ -167,3 +167,24 @@ def test_wrappers_carry_mlx_signatures(ring: adapter.MLXRingBackend) -> None:
     for op in ("init", "all_sum", "send", "recv", "recv_like"):
         want = signatures.parameters(getattr(ring.mx.distributed, op))
         assert want is not None and signatures.parameters(getattr(ring, op)) == want, op
+
+
+def test_releases_without_an_op_declare_it_absent_and_raise() -> None:
+    """An MLX release without sum_scatter (before 0.29.4) gets the op declared absent and a
+    stand-in that raises RuntimeError naming it; the other ops stay."""
+
+    class OldDistributed:
+        def __getattr__(self, name: str) -> Any:
+            if name == "sum_scatter":
+                raise AttributeError(name)
+            return lambda *a, **k: None
+
+    missing = adapter.missing_ops(OldDistributed())
+    assert missing == ("sum_scatter",)
+    caps = adapter.ring_capabilities(1, missing)
+    assert "sum_scatter" not in caps.ops and not caps.supports("sum_scatter")
+    assert "sum_scatter" not in caps.dtypes and caps.supports("all_sum", "int32")
+    stand_in = adapter._absent("sum_scatter", "0.26.5")
+    with pytest.raises(RuntimeError, match=r"0\.26\.5.*sum_scatter"):
+        stand_in(np.zeros(2))
+    assert adapter.ring_capabilities(1).supports("sum_scatter")

@@ -113,3 +113,52 @@ def test_table_subcommand_prints_text_and_markdown(tmp_path, capsys):
     assert "| 1M | 2000.00 | 0% | 0.50 | 1000.00 | 1.00 | 0.50 [0.45, 0.55] (wrong result: " in out
     assert "failed: rank 0: RuntimeError: nope" in out
     assert main(["table", str(tmp_path / "missing.json")]) == 2
+
+
+def test_help_lists_every_subcommand(capsys):
+    from conformance.bench.cli import SUBCOMMANDS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert set(SUBCOMMANDS) >= {"plot", "table", "compare"}
+    for name in SUBCOMMANDS:
+        assert f"  {name} " in out, f"bench --help does not list {name!r}"
+        # Each listed subcommand is really dispatched (its own parser answers --help).
+        with pytest.raises(SystemExit) as sub:
+            main([name, "--help"])
+        assert sub.value.code == 0
+        assert f"bench {name}" in capsys.readouterr().out
+
+
+def test_plot_without_matplotlib_is_a_usage_error_before_measuring(monkeypatch, capsys):
+    import sys
+
+    from conformance.bench import launch
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+
+    def no_job(*args, **kwargs):
+        raise AssertionError("a job was launched although --plot cannot be honoured")
+
+    monkeypatch.setattr(launch, "launch", no_job)
+    assert main(["--np", "2", "--plot", "p.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[bench]" in err[0] and "matplotlib" in err[0]
+
+
+def test_two_runs_of_one_backend_get_distinct_legends():
+    from conformance.bench.plot import legends
+
+    one, two = _report(), _report()
+    labels = legends([one, two], ["before.json", "after.json"])
+    assert len(set(labels)) == 2
+    assert "before.json" in labels[0] and "after.json" in labels[1]
+    assert len(set(legends([one, two]))) == 2  # without names: by position
+    assert len(set(legends([one, two], ["r.json", "r.json"]))) == 2  # same file twice
+    other = make_report({**one["meta"], "backend": "mlx"}, one["results"])
+    assert legends([one, other], ["a.json", "b.json"]) == [
+        f"{one['meta']['backend']} ({one['meta']['np']} ranks)",
+        f"mlx ({one['meta']['np']} ranks)",
+    ]

@@ -51,8 +51,22 @@ def test_cases_in_both_reports_pair_up_and_a_moved_baseline_is_flagged():
     small, large, gather = rows
     assert (small["ratio_before"], small["ratio_after"]) == (0.40, 0.54)
     assert small["comparable"] and large["comparable"]
-    assert large["raw_moved"] == pytest.approx(600 / 560 - 1)
+    # Signed: the raw time fell from 600 to 560 us (-7 %) and rose from 200 to 548 us.
+    assert large["raw_moved"] == pytest.approx(560 / 600 - 1)
     assert not gather["comparable"] and gather["raw_moved"] == pytest.approx(548 / 200 - 1)
+
+
+def test_a_time_that_fell_is_a_negative_change_and_a_halving_is_as_far_as_a_doubling():
+    before = make_report({}, [_row("all_sum", 8, 0.30, 3.96e-6), _row("all_max", 8, 0.5, 2e-6)])
+    after = make_report({}, [_row("all_sum", 8, 0.60, 1.84e-6), _row("all_max", 8, 0.5, 4e-6)])
+    fell, doubled = compare(before, after, tolerance=0.15)
+    assert fell["raw_moved"] == pytest.approx(1.84 / 3.96 - 1)  # -54 %, not +115 %
+    assert not fell["comparable"] and not doubled["comparable"]
+    assert compare(before, after, tolerance=1.0)[1]["comparable"]  # 2x apart: 100 %
+    assert not compare(before, after, tolerance=0.99)[1]["comparable"]
+    line = render_comparison([fell], 0.15).splitlines()[2]
+    assert "-54%" in line and "+115%" not in line
+    assert "+100%" in line  # the ratio doubled
 
 
 def test_the_tolerance_decides_what_is_comparable():

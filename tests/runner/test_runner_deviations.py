@@ -202,3 +202,52 @@ def test_stale_entries_are_reported_when_their_test_was_selected() -> None:
     assert files.stale == entries
     # ... but a selected test whose entry matched nothing is still reported.
     assert "matched no test that ran" in partial.warnings()[0]
+
+
+def test_an_entry_can_name_the_releases_it_applies_to() -> None:
+    entries = deviations.parse(
+        {
+            "deviation": [
+                {
+                    "test": "conformance/specs/test_values.py::test_a",
+                    "expect": "wrong",
+                    "reason": "old releases only",
+                    "no_upstream": "fixed upstream",
+                    "releases": ["..0.29.3", "0.30.0"],
+                },
+                {
+                    "test": "conformance/specs/test_values.py::test_b",
+                    "expect": "wrong",
+                    "reason": "every release",
+                    "no_upstream": "n/a",
+                },
+            ]
+        }
+    )
+    old, anyrelease = entries
+    assert old.applies_to("0.26.5") and old.applies_to("0.29.3") and old.applies_to("0.30.0")
+    assert not old.applies_to("0.29.4") and not old.applies_to("0.32.4")
+    assert old.applies_to(None)  # a version nobody reported: the file as written
+    assert [d.reason for d in deviations.for_release(entries, "0.32.4")] == ["every release"]
+    assert deviations.for_release(entries, "0.26.5") == entries
+    assert anyrelease.applies_to("0.32.4")
+    # The run applies only the entries of the version that ran: a pass is no strict failure.
+    record = {"nodeid": old.tests[0], "np": 2, "outcome": "passed"}
+    applied = deviations.apply([record], deviations.for_release(entries, "0.32.4"), scope="files")
+    assert not applied.problems() and "deviation_passed" not in record
+
+
+@pytest.mark.parametrize("releases", ["latest", ["0.30"], ["0.3x"], [".."], [], [1]])
+def test_bad_releases_are_rejected(releases) -> None:
+    entry = {
+        "test": "conformance/specs/test_values.py::test_a",
+        "expect": "wrong",
+        "reason": "r",
+        "no_upstream": "n",
+        "releases": releases,
+    }
+    if releases == ["0.30"]:  # a two-part version is a version
+        assert deviations.parse({"deviation": [entry]})[0].releases == ("0.30",)
+        return
+    with pytest.raises(deviations.DeviationError, match="releases"):
+        deviations.parse({"deviation": [entry]})

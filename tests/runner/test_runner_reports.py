@@ -300,6 +300,34 @@ def test_summarize_run_applies_deviations_and_reads_session_headers(tmp_path: Pa
     assert run.declared_away() and not run.ok
 
 
+def test_summarize_run_applies_only_the_entries_of_the_version_that_ran(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    records_mod.ResultsFile(path).write(session())  # backend_version 1.2.3
+
+    def entry(test: str, releases: tuple[str, ...]) -> deviations.Deviation:
+        return deviations.Deviation(
+            reason=f"about {releases}",
+            tests=(test,),
+            expect=frozenset({"wrong"}),
+            no_upstream="n",
+            releases=releases,
+        )
+
+    records = [rec("m.py::old", 2, "passed"), rec("m.py::now", 2, "wrong")]
+    run = reports.summarize_run(
+        backend="fake",
+        nps=[2],
+        results={2: path},
+        records=records,
+        collected=["m.py::old", "m.py::now"],
+        problems=[],
+        deviations=[entry("m.py::old", ("..1.2.2",)), entry("m.py::now", ("1.2.0..1.3",))],
+    )
+    # The entry for older releases neither excuses nor turns this release's pass into a failure.
+    assert "deviation_passed" not in records[0] and records[1]["deviation"].startswith("about")
+    assert run.ok, run.problems
+
+
 def test_crash_details_from_launcher_output() -> None:
     hydra = (
         "=   PID 4242 RUNNING AT vm\n=   EXIT CODE: 9\n"
