@@ -1190,7 +1190,7 @@ _GATHER_CACHE_CALLS = 512
     "dtype match the previous one returns the previous result (a result cache that starts "
     "matching on shape once its table is full)",
     "Sizes, groups and call sequences: results do not depend on earlier calls",
-    ("test_call_sequences.py", "test_properties.py"),
+    ("test_programs.py",),
 )
 def _all_gather_stale_after_512() -> dict[str, Any]:
     state: dict[str, Any] = {"calls": 0, "previous": None}

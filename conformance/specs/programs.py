@@ -13,7 +13,6 @@ the script carries, and the script checks each result against numpy.
 from __future__ import annotations
 
 import inspect
-import json
 from typing import Any
 
 import numpy as np
@@ -198,7 +197,7 @@ def script(steps: list[dict[str, Any]], np_: int, backend: str, failure: str, na
         np_=np_,
         failure="\n".join(failure.splitlines()[:6]),
         name=name,
-        steps="[\n" + "".join(f"    {json.dumps(step)},\n" for step in steps) + "]",
+        steps="[\n" + "".join(f"    {step!r},\n" for step in steps) + "]",
         source=inspect.getsource(program_input),
         kinds=repr(KINDS),
         import_line=_import_line(backend),

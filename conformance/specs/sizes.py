@@ -49,6 +49,16 @@ SOAK_LARGE_COUNTS: tuple[int, ...] = (4 * MI + 3, 16 * MI + 5)
 # dtypes, nor of 16 for 8-byte ones): a transport that moves whole words or vectors has a tail.
 DTYPE_BYTE_THRESHOLDS: tuple[tuple[int, int], ...] = ((64 * KI, 1), (MI, 3))
 DTYPE_COUNTS_SOAK: tuple[int, ...] = (MI - 1, 4 * MI + 1, 16 * MI + 1)
+# Just past 4 MiB: each dtype for the ops of one entry (by the dtype's place in DTYPE_NAMES), so
+# every dtype crosses it in one collective and, one dtype in two, in send/recv.
+DTYPE_FAR_BYTES = 4 * MI
+DTYPE_FAR_OPS: tuple[tuple[str, ...], ...] = (
+    ("all_sum", "send"),
+    ("all_max",),
+    ("all_min", "send"),
+    ("all_gather",),
+    ("sum_scatter", "send"),
+)
 # Counts the default sweep calls twice in a row (fresh inputs the second time) while the first
 # result is held: the same shape, dtype and group as a later call, where a result pool that hands
 # out a held buffer shows. Past the 64 KiB and 1 MiB thresholds, in float32 (4 Mi + 3 only once:
@@ -106,10 +116,16 @@ def _region(count: int) -> str:
     return f"{power // MI}Mi" if power >= MI else f"{power // KI}Ki"
 
 
-def dtype_counts(dtype: str) -> list[int]:
-    """The default run's counts for ``dtype``: just past 64 KiB and 1 MiB per rank."""
+def dtype_counts(dtype: str, op: str = "") -> list[int]:
+    """The default run's counts for ``dtype``: just past 64 KiB and 1 MiB per rank, and, for
+    one op per dtype (``DTYPE_FAR_OPS``: a sparse dtype x op design, every dtype once), just
+    past 4 MiB (a transport's path for large messages may start anywhere past 1 MiB)."""
     itemsize = data.np_dtype(dtype).itemsize
-    return [threshold // itemsize + extra for threshold, extra in DTYPE_BYTE_THRESHOLDS]
+    counts = [threshold // itemsize + extra for threshold, extra in DTYPE_BYTE_THRESHOLDS]
+    far = DTYPE_FAR_OPS[data.DTYPE_NAMES.index(dtype) % len(DTYPE_FAR_OPS)]
+    if op in far:
+        counts.append(DTYPE_FAR_BYTES // itemsize + 5)
+    return counts
 
 
 # What the sweep's inputs hold, per op: every bit of the dtype used, so a backend that narrows,

@@ -166,15 +166,16 @@ def test_collective_sweep(backend, world, control, capabilities, op):
 @pytest.mark.sweep
 @pytest.mark.parametrize("op", _per_op(COLLECTIVES))
 def test_collective_dtypes_large(backend, world, control, capabilities, op):
-    """All 14 dtypes just past 64 KiB and just past 1 MiB per rank, at counts whose byte size is
-    not a multiple of twice the itemsize (``sizes.dtype_counts``), every bit of the inputs used;
+    """All 14 dtypes just past 64 KiB and just past 1 MiB per rank (and a few just past 4 MiB),
+    at counts whose byte size is not a multiple of twice the itemsize (``sizes.dtype_counts``),
+    every bit of the inputs used;
     every result and input kept and re-checked after every later call.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count". Inputs: layouts and ownership: "An op never changes its inputs" and "A returned array
     is the caller's: no later call changes it, whatever the backend pools, caches or reuses."
     """
-    counts = sizes.dtype_counts
+    counts = partial(sizes.dtype_counts, op=op)
     _sweep_or_unsupported(backend, world, control, capabilities, op, data.DTYPE_NAMES, counts, 1)
 
 
@@ -338,7 +339,8 @@ def _p2p_sweep(backend, world, capabilities, dtypes, counts, salt) -> None:
 @pytest.mark.spec("send", rule=RULE)
 def test_send_recv_sweep(backend, world, capabilities):
     """send to rank + 1, recv / recv_like from rank - 1, across the sweep and all 14 dtypes
-    (just past 64 KiB and 1 MiB each), random bit patterns moved bit for bit; every message,
+    (just past 64 KiB and 1 MiB each, one in two past 4 MiB), random bit patterns moved bit for
+    bit; every message,
     input and template kept and re-checked after every later call.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
@@ -348,7 +350,8 @@ def test_send_recv_sweep(backend, world, capabilities):
     """
     size = world.size()
     _p2p_sweep(backend, world, capabilities, ["float32"], sizes.default_counts(size), 4)
-    _p2p_sweep(backend, world, capabilities, data.DTYPE_NAMES, sizes.dtype_counts, 5)
+    counts = partial(sizes.dtype_counts, op="send")
+    _p2p_sweep(backend, world, capabilities, data.DTYPE_NAMES, counts, 5)
 
 
 @pytest.mark.soak
