@@ -147,6 +147,8 @@ FAMILIES = {
 def family_input(family: str, rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
     """Rank ``rank``'s 1-D input of ``family`` (a value of ``FAMILIES``)."""
     if family == "full-mantissa":
+        if dtype in _WORDS:
+            return _full_mantissa_words(rank, count, dtype, salt)
         return data.full_mantissa(rank, (count,), dtype, salt)
     if family == "contribution":
         return data.contribution(rank, (count,), dtype, salt)
@@ -155,6 +157,27 @@ def family_input(family: str, rank: int, count: int, dtype: str, salt: int) -> n
         nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
         out[nan] = 0
     return out
+
+
+# float32 / float64 (complex64 as float32 pairs): (unsigned word, exponent shift, exponent bias).
+_WORDS = {
+    "float32": (np.uint32, 23, 127),
+    "complex64": (np.uint32, 23, 127),
+    "float64": (np.uint64, 52, 1023),
+}
+
+
+def _full_mantissa_words(rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
+    """``data.full_mantissa``'s kind of values, built in the float's own bits (several times
+    faster at millions of elements): random sign and significand, exponent uniform in [-8, 8)."""
+    word, shift, bias = _WORDS[dtype]
+    parts = 2 if dtype == "complex64" else 1
+    rng = np.random.default_rng([0x5EED, 4, salt, rank])
+    raw = rng.integers(0, np.iinfo(word).max, size=count * parts, dtype=word, endpoint=True)
+    exponent = (raw >> word(shift)) & word(15)
+    keep = word((1 << (8 * np.dtype(word).itemsize - 1)) | ((1 << shift) - 1))  # sign, significand
+    raw = (raw & keep) | ((exponent + word(bias - 8)) << word(shift))
+    return raw.view(data.np_dtype(dtype))
 
 
 def scatter_rows(group_size: int, count: int) -> int:

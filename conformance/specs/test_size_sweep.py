@@ -91,15 +91,18 @@ def _one_call(backend, world, control, op, dtype, count, salt, held) -> list[str
     got, digests = call_everywhere(control, what, _given(backend, op, arg, world))
     problems = [differing(digests, what)] if op != "sum_scatter" else []
 
-    # The checks rebuild the inputs (deterministic) rather than keep every rank's alive.
-    def result() -> str | None:
-        return sizes.check_result(op, got, _inputs(op, size, count, dtype, salt), rank, what)
+    # Checked now on the inputs at hand; the held checks rebuild them (deterministic, and only
+    # when a fingerprint changed) rather than keep every rank's input alive.
+    def result(blocks: Sequence[np.ndarray] | None = None) -> str | None:
+        blocks = blocks or _inputs(op, size, count, dtype, salt)
+        return sizes.check_result(op, got, blocks, rank, what)
 
-    def given() -> str | None:
-        pristine = _inputs(op, size, count, dtype, salt)[rank]
+    def given(blocks: Sequence[np.ndarray] | None = None) -> str | None:
+        pristine = (blocks or _inputs(op, size, count, dtype, salt))[rank]
         return sizes.same_bits(backend.to_numpy(arg), pristine, f"{what}: its input")
 
-    problems += [local(result), local(given)]
+    problems += [local(partial(result, inputs)), local(partial(given, inputs))]
+    del inputs  # large counts are not cached: let them go before the next call
     problems += held.recheck(what, _nbytes(got, x))
     held.hold(f"{what}: its result", got, result)
     held.hold(f"{what}: its input", x, given)
