@@ -1023,13 +1023,12 @@ _POOL_BYTES = 64 * 1024
     "the array an earlier call returned (a buffer cache that forgets reference counts)",
     "Inputs: layouts and ownership: a returned array is never changed by a later call",
     ("test_size_sweep.py",),
-    min_np=1,
 )
 def _result_pool_ignores_holders() -> dict[str, Any]:
     pool: dict[tuple, np.ndarray] = {}
 
     def pooled(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
-        if out.nbytes < _POOL_BYTES:
+        if out.nbytes < _POOL_BYTES or _size_rank(group, op)[0] == 1:
             return out
         buffer = pool.setdefault((op, out.shape, out.dtype.str), np.empty_like(out))
         buffer[...] = out
@@ -1291,6 +1290,8 @@ def _nan_meets_inf_gives_inf() -> dict[str, Any]:
 def _float64_extremes_through_float32_large() -> dict[str, Any]:
     def narrowed(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
         if op not in ("all_max", "all_min") or out.dtype != np.float64 or out.size <= 200_000:
+            return out
+        if _size_rank(group, op)[0] == 1:
             return out
         with np.errstate(all="ignore"):
             return out.astype(np.float32).astype(np.float64)
