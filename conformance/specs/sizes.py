@@ -159,8 +159,10 @@ def family_input(family: str, rank: int, count: int, dtype: str, salt: int) -> n
     return out
 
 
-# float32 / float64 (complex64 as float32 pairs): (unsigned word, exponent shift, exponent bias).
+# Each float dtype (complex64 as float32 pairs): (unsigned word, exponent shift, exponent bias).
 _WORDS = {
+    "float16": (np.uint16, 10, 15),
+    "bfloat16": (np.uint16, 7, 127),
     "float32": (np.uint32, 23, 127),
     "complex64": (np.uint32, 23, 127),
     "float64": (np.uint64, 52, 1023),
