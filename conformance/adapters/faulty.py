@@ -987,3 +987,313 @@ def _all_sum_deadlocks_sometimes() -> dict[str, Any]:
 )
 def _none() -> dict[str, Any]:
     return {}
+
+
+# -- data verdicts: ownership, precision, dtypes past the thresholds, special values -----------
+# Each shows only past a size, for some dtypes or some values, or after some number of calls.
+# The sizes and counts are this section's own; none is a spec's threshold.
+
+_RESULT_OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter")
+
+
+def _results(transform: Callable[[str, np.ndarray, np.ndarray, Any], np.ndarray]) -> dict:
+    """Every collective as the reference's, its result passed through
+    ``transform(op, input, result, group)`` (the input as a numpy array)."""
+
+    def wrapped(op: str) -> Callable[..., Any]:
+        correct = getattr(reference, op)
+
+        def run(x: Any, *, group: Any = None, stream: Any = None) -> Any:
+            out = correct(x, group=group, stream=stream)
+            return transform(op, as_array(x, op), out, group)
+
+        return run
+
+    return {op: wrapped(op) for op in _RESULT_OPS}
+
+
+#: Results of this many bytes or more come from the faulty pool.
+_POOL_BYTES = 64 * 1024
+
+
+@_fault(
+    "result_pool_ignores_holders",
+    f"collective results of {_POOL_BYTES} bytes or more come from a pool keyed by shape and "
+    "dtype that hands out the same buffer on every call, whether or not the caller still holds "
+    "the array an earlier call returned (a buffer cache that forgets reference counts)",
+    "Inputs: layouts and ownership: a returned array is never changed by a later call",
+    ("test_size_sweep.py",),
+)
+def _result_pool_ignores_holders() -> dict[str, Any]:
+    pool: dict[tuple, np.ndarray] = {}
+
+    def pooled(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if out.nbytes < _POOL_BYTES or _size_rank(group, op)[0] == 1:
+            return out
+        buffer = pool.setdefault((op, out.shape, out.dtype.str), np.empty_like(out))
+        buffer[...] = out
+        return buffer
+
+    return _results(pooled)
+
+
+#: all_sum and sum_scatter reduce in the caller's buffer from this many bytes of input.
+_IN_PLACE_BYTES = 64 * 1024
+
+
+@_fault(
+    "reduce_into_input_large",
+    f"all_sum and sum_scatter of {_IN_PLACE_BYTES} bytes or more write the reduction into the "
+    "caller's (writable) input and return a copy (MPI_IN_PLACE on the caller's buffer)",
+    "Inputs: layouts and ownership: an op never changes its inputs",
+    ("test_size_sweep.py",),
+)
+def _reduce_into_input_large() -> dict[str, Any]:
+    def in_place(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if op not in ("all_sum", "sum_scatter") or x.nbytes < _IN_PLACE_BYTES:
+            return out
+        if not x.flags.writeable or _size_rank(group, op)[0] == 1 or x.dtype != out.dtype:
+            return out
+        x.reshape(-1)[: out.size] = out.reshape(-1)
+        return out.copy()
+
+    return _results(in_place)
+
+
+#: Float messages of this many bytes or more are "compressed" to bfloat16 on the wire.
+_COMPRESS_BYTES = 256 * 1024
+
+
+def _bfloat16_rounded(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "c":
+        parts = [_bfloat16_rounded(np.ascontiguousarray(p)) for p in (a.real, a.imag)]
+        return (parts[0] + 1j * parts[1]).astype(a.dtype)
+    with np.errstate(all="ignore"):
+        return a.astype(ml_dtypes.bfloat16).astype(a.dtype)
+
+
+@_fault(
+    "float_results_bfloat16_large",
+    f"float32, float64 and complex64 results of {_COMPRESS_BYTES} bytes or more are rounded to "
+    "bfloat16 (a compressed transport for large float messages)",
+    "Values: every bit counts; Reductions: float sums within the dtype's tolerance",
+    ("test_size_sweep.py",),
+)
+def _float_results_bfloat16_large() -> dict[str, Any]:
+    wide = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64))
+
+    def compressed(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if out.dtype not in wide or x.nbytes < _COMPRESS_BYTES or _size_rank(group, op)[0] == 1:
+            return out
+        return _bfloat16_rounded(out)
+
+    return _results(compressed)
+
+
+#: Results of more than this many elements of a 1-, 2- or 8-byte dtype lose their last element.
+_TAIL_ELEMENTS = 70_000
+
+
+@_fault(
+    "last_element_wrong_odd_widths",
+    f"results of more than {_TAIL_ELEMENTS} elements of a 1-, 2- or 8-byte dtype have the low "
+    "bit of their last element flipped (a tail loop written for 4-byte words)",
+    "Sizes, groups and call sequences: every rule holds at every element count, every element",
+    ("test_size_sweep.py",),
+)
+def _last_element_wrong_odd_widths() -> dict[str, Any]:
+    def tail(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if out.dtype.itemsize not in (1, 2, 8) or out.size <= _TAIL_ELEMENTS:
+            return out
+        if _size_rank(group, op)[0] == 1:
+            return out
+        flat = np.ascontiguousarray(out).reshape(-1)
+        word = flat.view(np.dtype(f"u{flat.dtype.itemsize}"))
+        word[-1] ^= 1
+        return flat.reshape(out.shape)
+
+    return _results(tail)
+
+
+def _float_kind(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f" or a.dtype == np.dtype(ml_dtypes.bfloat16)
+
+
+def _anywhere(mask: np.ndarray, group: Any) -> np.ndarray:
+    """Where ``mask`` is True on some rank of ``group`` (through the reference's all_max)."""
+    return reference.all_max(mask.astype(np.uint8), group=group).astype(bool)
+
+
+@_fault(
+    "inf_plus_minus_inf_is_inf",
+    "all_sum and sum_scatter give +inf where +inf meets -inf (an accumulator that saturates "
+    "infinities instead of following IEEE 754)",
+    "Values: special values follow IEEE 754 arithmetic (+inf with -inf gives NaN)",
+    ("test_values.py",),
+)
+def _inf_plus_minus_inf_is_inf() -> dict[str, Any]:
+    def saturated(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if op not in ("all_sum", "sum_scatter") or not _float_kind(x):
+            return out
+        if _size_rank(group, op)[0] == 1:
+            return out
+        with np.errstate(all="ignore"):
+            both = _anywhere(np.isposinf(x.astype(np.float64)), group) & _anywhere(
+                np.isneginf(x.astype(np.float64)), group
+            )
+        if op == "sum_scatter":
+            rows = out.shape[0]
+            both = both[_size_rank(group, op)[1] * rows :][:rows]
+        out = np.array(out)
+        out[both] = np.inf
+        return out
+
+    return _results(saturated)
+
+
+def _canonical(a: np.ndarray) -> np.ndarray:
+    """NaNs as the default NaN, subnormals flushed to zero, -0.0 as +0.0 (an FTZ/DAZ copy)."""
+    out = np.array(a)
+    parts = (out.real, out.imag) if out.dtype.kind == "c" else (out,)
+    for part in parts:
+        wide = part.astype(np.float64)
+        tiny = float(ml_dtypes.finfo(part.dtype).smallest_normal)
+        with np.errstate(all="ignore"):
+            part[np.isnan(wide)] = np.nan
+            part[np.abs(wide) < tiny] = 0.0
+    return out
+
+
+@_fault(
+    "recv_like_canonicalises",
+    "recv_like copies floats through an FTZ/DAZ float unit: NaN payloads become the default "
+    "NaN, subnormals and -0.0 become +0.0 (recv moves the bytes untouched)",
+    "Values: send, recv and recv_like move values bit for bit",
+    ("test_values.py", "test_size_sweep.py"),
+)
+def _recv_like_canonicalises() -> dict[str, Any]:
+    def recv_like(x: Any, src: int, *, group: Any = None, stream: Any = None) -> Any:
+        got = reference.recv_like(x, src, group=group, stream=stream)
+        return _canonical(got) if _float_kind(got) or got.dtype.kind == "c" else got
+
+    return {"recv_like": recv_like}
+
+
+#: all_gather serves stale results once a process has made this many all_gather calls.
+_GATHER_CACHE_CALLS = 512
+
+
+@_fault(
+    "all_gather_stale_after_512",
+    f"after {_GATHER_CACHE_CALLS} all_gather calls in a process, an all_gather whose shape and "
+    "dtype match the previous one returns the previous result (a result cache that starts "
+    "matching on shape once its table is full)",
+    "Sizes, groups and call sequences: results do not depend on earlier calls",
+    ("test_programs.py",),
+)
+def _all_gather_stale_after_512() -> dict[str, Any]:
+    state: dict[str, Any] = {"calls": 0, "previous": None}
+
+    def all_gather(x: Any, *, group: Any = None, stream: Any = None) -> Any:
+        out = reference.all_gather(x, group=group, stream=stream)
+        state["calls"] += 1
+        previous, state["previous"] = state["previous"], out.copy()
+        if state["calls"] <= _GATHER_CACHE_CALLS or previous is None:
+            return out
+        if _size_rank(group, "all_gather")[0] == 1:
+            return out
+        same = previous.shape == out.shape and previous.dtype == out.dtype
+        return previous if same else out
+
+    return {"all_gather": all_gather}
+
+
+# Faults of the same kinds that no spec above was written around (each checked to be caught).
+
+
+@_fault(
+    "recv_pool_by_bytes",
+    "recv and recv_like of 100,000 bytes or more land in one buffer per byte size, reused by "
+    "the next receive of that many bytes while the caller still holds the earlier message",
+    "Inputs: layouts and ownership: a returned array is never changed by a later call",
+    ("test_size_sweep.py",),
+)
+def _recv_pool_by_bytes() -> dict[str, Any]:
+    pool: dict[int, np.ndarray] = {}
+
+    def pooled(got: np.ndarray) -> np.ndarray:
+        if got.nbytes < 100_000:
+            return got
+        raw = pool.setdefault(got.nbytes, np.empty(got.nbytes, np.uint8))
+        raw[...] = np.ascontiguousarray(got).reshape(-1).view(np.uint8)
+        return raw.view(got.dtype).reshape(got.shape)
+
+    def recv(shape: Any, dtype: Any, src: int, *, group: Any = None, stream: Any = None) -> Any:
+        return pooled(reference.recv(shape, dtype, src, group=group, stream=stream))
+
+    def recv_like(x: Any, src: int, *, group: Any = None, stream: Any = None) -> Any:
+        return pooled(reference.recv_like(x, src, group=group, stream=stream))
+
+    return {"recv": recv, "recv_like": recv_like}
+
+
+@_fault(
+    "half_width_sum_word_tail",
+    "all_sum of 2-byte dtypes past 600,000 bytes moves whole 8-byte words: the last (bytes mod "
+    "8) bytes keep the caller's own input",
+    "Sizes, groups and call sequences: every rule holds at every element count",
+    ("test_size_sweep.py",),
+)
+def _half_width_sum_word_tail() -> dict[str, Any]:
+    def words(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if op != "all_sum" or out.dtype.itemsize != 2 or out.nbytes <= 600_000:
+            return out
+        tail = (out.nbytes % 8) // 2
+        if tail == 0 or _size_rank(group, op)[0] == 1:
+            return out
+        out = np.array(out)
+        out.reshape(-1)[-tail:] = x.reshape(-1)[-tail:]
+        return out
+
+    return _results(words)
+
+
+@_fault(
+    "nan_meets_inf_gives_inf",
+    "all_sum gives the infinity where NaN meets +-inf on another rank (a NaN-skipping "
+    "accumulator that only checks for infinities)",
+    "Values: special values follow IEEE 754 arithmetic (a NaN on any rank gives NaN)",
+    ("test_values.py",),
+)
+def _nan_meets_inf_gives_inf() -> dict[str, Any]:
+    def skipping(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if op != "all_sum" or not _float_kind(x) or _size_rank(group, op)[0] == 1:
+            return out
+        wide = x.astype(np.float64)
+        nan = _anywhere(np.isnan(wide), group)
+        pos, neg = _anywhere(np.isposinf(wide), group), _anywhere(np.isneginf(wide), group)
+        out = np.array(out)
+        out[nan & pos & ~neg] = np.inf
+        out[nan & neg & ~pos] = -np.inf
+        return out
+
+    return _results(skipping)
+
+
+@_fault(
+    "float64_extremes_through_float32_large",
+    "all_max and all_min of float64 above 200,000 elements compare and return values in "
+    "float32 (a vectorised path for wide types that narrows)",
+    "Values: all_max and all_min return one of the inputs bit for bit",
+    ("test_size_sweep.py",),
+)
+def _float64_extremes_through_float32_large() -> dict[str, Any]:
+    def narrowed(op: str, x: np.ndarray, out: np.ndarray, group: Any) -> np.ndarray:
+        if op not in ("all_max", "all_min") or out.dtype != np.float64 or out.size <= 200_000:
+            return out
+        if _size_rank(group, op)[0] == 1:
+            return out
+        with np.errstate(all="ignore"):
+            return out.astype(np.float32).astype(np.float64)
+
+    return _results(narrowed)

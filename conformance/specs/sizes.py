@@ -9,8 +9,9 @@ and the counts around the group size (1, N - 1, N, N + 1).
 
 Results are compared chunk by chunk (``CHUNK`` elements at a time, so memory stays bounded
 at 16 Mi elements and more) and a failure names the first wrong element's index, its value and
-the expected one, and the count. Inputs come from ``data.contribution``; ``blocks`` keeps
-recent ones, so the five collectives of one count build every rank's input once.
+the expected one, and the count. Inputs use every bit of the dtype (``FAMILIES``: full-mantissa
+floats for sums, random bit patterns for the others); ``blocks`` keeps recent ones, so the
+collectives of one count that share a family build every rank's input once.
 """
 
 from __future__ import annotations
@@ -41,9 +42,28 @@ DEFAULT_NEIGHBOURS_MAX = 256 * KI + 1
 DEFAULT_LARGE_COUNTS: tuple[int, ...] = (MI + 1, 4 * MI + 3)
 SOAK_MAX_COUNT = 16 * MI + 1
 SOAK_LARGE_COUNTS: tuple[int, ...] = (4 * MI + 3, 16 * MI + 5)
-# The 14 dtypes at a few large counts (the dtype x size matrix is sparse; float32 has the sweep).
-DTYPE_COUNTS_DEFAULT: tuple[int, ...] = (64 * KI + 1,)
+# The 14 dtypes at a few large sizes (the dtype x size matrix is sparse; float32 has the sweep).
+# Default run: one count just past each byte threshold, 64 KiB (where result pools and eager
+# paths start) and 1 MiB (rendezvous and chunking): ``threshold // itemsize`` plus an odd few
+# elements, so the byte count is not a multiple of twice the itemsize (nor of 4 for 1- and 2-byte
+# dtypes, nor of 16 for 8-byte ones): a transport that moves whole words or vectors has a tail.
+DTYPE_BYTE_THRESHOLDS: tuple[tuple[int, int], ...] = ((64 * KI, 1), (MI, 3))
 DTYPE_COUNTS_SOAK: tuple[int, ...] = (MI - 1, 4 * MI + 1, 16 * MI + 1)
+# Just past 4 MiB: each dtype for the ops of one entry (by the dtype's place in DTYPE_NAMES), so
+# every dtype crosses it in one collective and, one dtype in two, in send/recv.
+DTYPE_FAR_BYTES = 4 * MI
+DTYPE_FAR_OPS: tuple[tuple[str, ...], ...] = (
+    ("all_sum", "send"),
+    ("all_max",),
+    ("all_min", "send"),
+    ("all_gather",),
+    ("sum_scatter", "send"),
+)
+# Counts the default sweep calls twice in a row (fresh inputs the second time) while the first
+# result is held: the same shape, dtype and group as a later call, where a result pool that hands
+# out a held buffer shows. Past the 64 KiB and 1 MiB thresholds, in float32 (4 Mi + 3 only once:
+# it is the sweep's costliest count).
+REPEATED_COUNTS: frozenset[int] = frozenset({16 * KI + 1, 256 * KI - 1, MI + 1})
 
 # Compare this many elements at a time: bounded memory for the float64 copies a comparison makes.
 CHUNK = MI
@@ -96,6 +116,72 @@ def _region(count: int) -> str:
     return f"{power // MI}Mi" if power >= MI else f"{power // KI}Ki"
 
 
+def dtype_counts(dtype: str, op: str = "") -> list[int]:
+    """The default run's counts for ``dtype``: just past 64 KiB and 1 MiB per rank, and, for
+    one op per dtype (``DTYPE_FAR_OPS``: a sparse dtype x op design, every dtype once), just
+    past 4 MiB (a transport's path for large messages may start anywhere past 1 MiB)."""
+    itemsize = data.np_dtype(dtype).itemsize
+    counts = [threshold // itemsize + extra for threshold, extra in DTYPE_BYTE_THRESHOLDS]
+    far = DTYPE_FAR_OPS[data.DTYPE_NAMES.index(dtype) % len(DTYPE_FAR_OPS)]
+    if op in far:
+        counts.append(DTYPE_FAR_BYTES // itemsize + 5)
+    return counts
+
+
+# What the sweep's inputs hold, per op: every bit of the dtype used, so a backend that narrows,
+# rounds or canonicalises values at some size shows there. Sums: floats with every significand
+# bit random over 16 binades (``data.full_mantissa``, compared within the derived tolerance);
+# max/min: random bit patterns without NaN (infinities, subnormals, -0.0: exact, NaN has its own
+# impl-defined bounds); gather and send/recv: random bit patterns, NaN payloads included (bit for
+# bit). Integers cover their whole range in every family.
+FAMILIES = {
+    "all_sum": "full-mantissa",
+    "sum_scatter": "full-mantissa",
+    "all_max": "bits-no-nan",
+    "all_min": "bits-no-nan",
+    "all_gather": "bits",
+    "send": "bits",
+}
+
+
+def family_input(family: str, rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
+    """Rank ``rank``'s 1-D input of ``family`` (a value of ``FAMILIES``)."""
+    if family == "full-mantissa":
+        if dtype in _WORDS:
+            return _full_mantissa_words(rank, count, dtype, salt)
+        return data.full_mantissa(rank, (count,), dtype, salt)
+    if family == "contribution":
+        return data.contribution(rank, (count,), dtype, salt)
+    out = data.random_bits(rank, (count,), dtype, salt)
+    if family == "bits-no-nan" and dtype in (*data.FLOAT_NAMES, "complex64"):
+        nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
+        out[nan] = 0
+    return out
+
+
+# Each float dtype (complex64 as float32 pairs): (unsigned word, exponent shift, exponent bias).
+_WORDS = {
+    "float16": (np.uint16, 10, 15),
+    "bfloat16": (np.uint16, 7, 127),
+    "float32": (np.uint32, 23, 127),
+    "complex64": (np.uint32, 23, 127),
+    "float64": (np.uint64, 52, 1023),
+}
+
+
+def _full_mantissa_words(rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
+    """``data.full_mantissa``'s kind of values, built in the float's own bits (several times
+    faster at millions of elements): random sign and significand, exponent uniform in [-8, 8)."""
+    word, shift, bias = _WORDS[dtype]
+    parts = 2 if dtype == "complex64" else 1
+    rng = np.random.default_rng([0x5EED, 4, salt, rank])
+    raw = rng.integers(0, np.iinfo(word).max, size=count * parts, dtype=word, endpoint=True)
+    exponent = (raw >> word(shift)) & word(15)
+    keep = word((1 << (8 * np.dtype(word).itemsize - 1)) | ((1 << shift) - 1))  # sign, significand
+    raw = (raw & keep) | ((exponent + word(bias - 8)) << word(shift))
+    return raw.view(data.np_dtype(dtype))
+
+
 def scatter_rows(group_size: int, count: int) -> int:
     """sum_scatter's input rows for a swept ``count``: the largest multiple of N not above it,
     so the inputs are prefixes of the other collectives' (no new data to build) and the block
@@ -109,14 +195,16 @@ class _BlockCache:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.entries: OrderedDict[tuple[int, int, str, int], tuple[np.ndarray, ...]] = OrderedDict()
+        self.entries: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
 
-    def get(self, size: int, count: int, dtype: str, salt: int) -> tuple[np.ndarray, ...]:
-        key = (size, count, dtype, salt)
+    def get(
+        self, size: int, count: int, dtype: str, salt: int, family: str
+    ) -> tuple[np.ndarray, ...]:
+        key = (size, count, dtype, salt, family)
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        blocks = tuple(data.contributions(size, (count,), dtype, salt))
+        blocks = tuple(family_input(family, r, count, dtype, salt) for r in range(size))
         for b in blocks:
             b.flags.writeable = False
         self.entries[key] = blocks
@@ -133,13 +221,18 @@ class _BlockCache:
 _CACHE = _BlockCache(CACHE_BYTES)
 
 
-def blocks(size: int, count: int, dtype: str, salt: int = 0) -> tuple[np.ndarray, ...]:
-    """Every rank's 1-D input of ``count`` elements (``data.contribution``), kept between tests
-    while small enough; large counts are built fresh and the cache emptied first."""
+def blocks(
+    size: int, count: int, dtype: str, salt: int = 0, family: str = "contribution"
+) -> tuple[np.ndarray, ...]:
+    """Every rank's 1-D input of ``count`` elements (``family_input``), read-only, kept between
+    tests while small enough; large counts are built fresh and the cache emptied first."""
     if count * data.np_dtype(dtype).itemsize * size > CACHE_BYTES // 2:
         _CACHE.clear()
-        return tuple(data.contributions(size, (count,), dtype, salt))
-    return _CACHE.get(size, count, dtype, salt)
+        out = tuple(family_input(family, r, count, dtype, salt) for r in range(size))
+        for b in out:
+            b.flags.writeable = False
+        return out
+    return _CACHE.get(size, count, dtype, salt, family)
 
 
 # -- comparing in chunks ------------------------------------------------------------------------
@@ -147,6 +240,29 @@ def blocks(size: int, count: int, dtype: str, salt: int = 0) -> tuple[np.ndarray
 # a function computing it: only called when the elements are not bit-identical to the expected)
 Bound = np.ndarray | None | Callable[[], np.ndarray | None]
 Expect = Callable[[int, int], tuple[np.ndarray, Bound]]
+
+
+def same_bits(got: np.ndarray, want: np.ndarray, label: str, offset: int = 0) -> str | None:
+    """Why the 1-D ``got`` is not bit for bit ``want`` (NaN payloads and the sign of zero
+    count), naming the first differing element with its bits, or None. Never raises."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return f"{label}: is {data.describe(got)}, expected {data.describe(want)}"
+    word = np.dtype(f"u{want.dtype.itemsize}")
+    for start in range(0, want.shape[0], CHUNK):
+        stop = min(start + CHUNK, want.shape[0])
+        g = np.ascontiguousarray(got[start:stop]).view(word)
+        w = np.ascontiguousarray(want[start:stop]).view(word)
+        bad = np.flatnonzero(g != w)
+        if len(bad):
+            i, digits = int(bad[0]), 2 * word.itemsize
+            return (
+                f"{label}: first wrong element at index {offset + start + i} of {want.shape[0]}:"
+                f" got {_scalar(got[start + i])!r} (0x{int(g[i]):0{digits}x}), expected"
+                f" {_scalar(want[start + i])!r} (0x{int(w[i]):0{digits}x})"
+                f" ({len(bad)} of {stop - start} elements in [{offset + start},"
+                f" {offset + stop}) differ)"
+            )
+    return None
 
 
 def first_wrong(
@@ -226,14 +342,12 @@ def check_result(
     if not isinstance(got, np.ndarray) or got.dtype != dtype or got.shape != shape:
         what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
         return f"{label}: result is {what}, expected {data.dtype_name(dtype)} {shape}"
-    if size == 1:
-        return first_wrong(got, _exact(blocks_[0]), count, label)
+    if size == 1:  # a group of one returns its input: bit for bit
+        return same_bits(got, blocks_[0], label)
     if op == "all_gather":
         for r in range(size):
             part = got[r * count : (r + 1) * count]
-            found = first_wrong(
-                part, _exact(blocks_[r]), count, f"{label} block of rank {r}", r * count
-            )
+            found = same_bits(part, blocks_[r], f"{label} block of rank {r}", r * count)
             if found:
                 return found
         return None
@@ -256,10 +370,6 @@ def check_result(
     return first_wrong(got, reduce, count, label)
 
 
-def _exact(block: np.ndarray) -> Expect:
-    return lambda a, b: (block[a:b], None)
-
-
 def _result_shape(op: str, size: int, count: int) -> tuple[int, ...]:
     if size == 1:
         return (count,)
@@ -271,11 +381,11 @@ def _result_shape(op: str, size: int, count: int) -> tuple[int, ...]:
 
 
 def received(got: object, sent: np.ndarray, label: str) -> str | None:
-    """Why a received array ``got`` differs from what was ``sent`` (exact), or None."""
+    """Why a received array ``got`` differs from what was ``sent`` in any bit, or None."""
     if not isinstance(got, np.ndarray) or got.dtype != sent.dtype or got.shape != sent.shape:
         what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
         return f"{label}: received {what}, expected {data.describe(sent)}"
-    return first_wrong(got.reshape(-1), _exact(sent.reshape(-1)), sent.size, label)
+    return same_bits(got.reshape(-1), sent.reshape(-1), label)
 
 
 def label(op: str, dtype: str, count: int, extra: str = "") -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance.specs import data, exchanges, sizes
+from conformance.specs import data, exchanges, ownership, sizes
 from conformance.specs.calls import (
     attempt,
     call_everywhere,
@@ -53,34 +53,97 @@ def _runner(backend: Any, op: str, x: np.ndarray, group: Any) -> Any:
     return go
 
 
-def sweep_collective(
-    backend: Any, world: Any, control: Any, op: str, dtype: str, counts: Sequence[int], salt: int
-) -> list[str | None]:
-    """``op`` at each count on the world; the findings (collective-safe: exceptions fail every
-    rank at the call, comparisons never raise)."""
+def _given(backend: Any, op: str, arg: Any, group: Any) -> Any:
+    """``op`` on ``arg``, a backend array already (so the caller can look at it afterwards)."""
+
+    def go() -> np.ndarray:
+        out = getattr(backend, op)(arg, group=group)
+        backend.evaluate(out)
+        return backend.to_numpy(out)
+
+    return go
+
+
+def _inputs(op: str, size: int, count: int, dtype: str, salt: int) -> tuple[np.ndarray, ...]:
+    """Every rank's (read-only) input of ``op`` at a swept ``count``: sum_scatter takes the
+    largest multiple of the group size not above it (no rows at all below the group size)."""
+    inputs = sizes.blocks(size, count, dtype, salt, sizes.FAMILIES[op])
+    if op == "sum_scatter":
+        inputs = tuple(b[: sizes.scatter_rows(size, count)] for b in inputs)
+    return inputs
+
+
+def _nbytes(*arrays: object) -> set[int]:
+    return {a.nbytes for a in arrays if isinstance(a, np.ndarray)}
+
+
+def _one_call(backend, world, control, op, dtype, count, salt, held) -> list[str | None]:
+    """``op`` at ``count`` on a writable copy of this rank's input; the findings: the result,
+    the input after the call, then every result and input ``held`` from earlier calls (the
+    caller still holds them). The result and the input are then held too."""
     size, rank = world.size(), world.rank()
+    inputs = _inputs(op, size, count, dtype, salt)
+    # Writable, as the backend holds it (``asarray`` may copy): a backend writing into its
+    # input has the chance to, and the check reads what the backend was given.
+    arg = backend.asarray(inputs[rank].copy())
+    x = backend.to_numpy(arg)
+    what = sizes.label(op, dtype, x.shape[0])
+    got, digests = call_everywhere(control, what, _given(backend, op, arg, world))
+    problems = [differing(digests, what)] if op != "sum_scatter" else []
+
+    # Checked now on the inputs at hand; the held checks rebuild them (deterministic, and only
+    # when a fingerprint changed) rather than keep every rank's input alive.
+    def result(blocks: Sequence[np.ndarray] | None = None) -> str | None:
+        blocks = blocks or _inputs(op, size, count, dtype, salt)
+        return sizes.check_result(op, got, blocks, rank, what)
+
+    def given(blocks: Sequence[np.ndarray] | None = None) -> str | None:
+        pristine = (blocks or _inputs(op, size, count, dtype, salt))[rank]
+        return sizes.same_bits(backend.to_numpy(arg), pristine, f"{what}: its input")
+
+    problems += [local(partial(result, inputs)), local(partial(given, inputs))]
+    del inputs  # large counts are not cached: let them go before the next call
+    problems += held.recheck(what, _nbytes(got, x))
+    held.hold(f"{what}: its result", got, result)
+    held.hold(f"{what}: its input", x, given)
+    return problems
+
+
+def sweep_collective(
+    backend: Any,
+    world: Any,
+    control: Any,
+    op: str,
+    dtype: str,
+    counts: Sequence[int],
+    salt: int,
+    held: ownership.Holdings,
+) -> list[str | None]:
+    """``op`` at each count on the world, the counts of ``sizes.REPEATED_COUNTS`` twice (fresh
+    inputs the second time); the findings (collective-safe: exceptions fail every rank at the
+    call, comparisons never raise). Every result and input stays in ``held`` and is re-checked
+    after every later call."""
+    size = world.size()
     problems: list[str | None] = []
     for count in counts:
-        inputs = sizes.blocks(size, count, dtype, salt)
-        if op == "sum_scatter":
-            rows = sizes.scatter_rows(size, count)
-            if rows == 0:
-                continue  # fewer elements than ranks: the other counts cover the small end
-            inputs = tuple(b[:rows] for b in inputs)
-        what = sizes.label(op, dtype, inputs[0].shape[0])
-        got, digests = call_everywhere(control, what, _runner(backend, op, inputs[rank], world))
-        if op != "sum_scatter":
-            problems.append(differing(digests, what))
-        problems.append(local(partial(sizes.check_result, op, got, inputs, rank, what)))
+        if op == "sum_scatter" and sizes.scatter_rows(size, count) == 0:
+            continue  # fewer elements than ranks: the other counts cover the small end
+        again = (salt + 1000,) if count in sizes.REPEATED_COUNTS else ()
+        for s in (salt, *again):
+            problems += _one_call(backend, world, control, op, dtype, count, s, held)
     return problems
 
 
 def _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, counts, salt):
-    """The sweep on every dtype of ``dtypes`` declared supported; the op or a dtype declared
-    unsupported is checked to raise as declared instead."""
+    """The sweep on every dtype of ``dtypes`` declared supported (``counts``: a list, or a
+    function of the dtype); the op or a dtype declared unsupported is checked to raise as
+    declared instead. Every result and input is held to the end of the test."""
     problems: list[str | None] = []
+    held = ownership.Holdings()
     for dtype in collective_dtypes(backend, capabilities, op, world, dtypes):
-        problems += sweep_collective(backend, world, control, op, dtype, counts, salt)
+        mine = counts(dtype) if callable(counts) else counts
+        problems += sweep_collective(backend, world, control, op, dtype, mine, salt, held)
+    problems += held.recheck(f"the last call of the {op} sweep")
     settle(problems, f"{op} size sweep")
 
 
@@ -88,12 +151,16 @@ def _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, cou
 @pytest.mark.parametrize("op", _per_op(COLLECTIVES))
 def test_collective_sweep(backend, world, control, capabilities, op):
     """float32 at 1, N-1, N, N+1, primes, 2^k-1/2^k/2^k+1 to 16 Ki, 2^k+-1 to 256 Ki, 1 Mi + 1
-    and 4 Mi + 3.
+    and 4 Mi + 3, every bit of the inputs used (full-mantissa floats for sums, random bit
+    patterns otherwise); past 64 KiB and 1 MiB a count is called twice in a row. Every result
+    and every input is kept and re-checked bit for bit after every later call.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: from one element past 2^31 bytes, counts not divisible by the group size, and the
     counts where an implementation may switch algorithm, chunk or protocol (powers of two and
-    their neighbours). Every element of every result is checked."
+    their neighbours). Every element of every result is checked." Inputs: layouts and
+    ownership: "An op never changes its inputs" and "A returned array is the caller's: no later
+    call changes it, whatever the backend pools, caches or reuses."
     """
     counts = sizes.default_counts(world.size())
     _sweep_or_unsupported(backend, world, control, capabilities, op, ["float32"], counts, 0)
@@ -102,12 +169,16 @@ def test_collective_sweep(backend, world, control, capabilities, op):
 @pytest.mark.sweep
 @pytest.mark.parametrize("op", _per_op(COLLECTIVES))
 def test_collective_dtypes_large(backend, world, control, capabilities, op):
-    """All 14 dtypes at 64 Ki + 1 elements: past the small-message paths for every width.
+    """All 14 dtypes just past 64 KiB and just past 1 MiB per rank (and a few just past 4 MiB),
+    at counts whose byte size is not a multiple of twice the itemsize (``sizes.dtype_counts``),
+    every bit of the inputs used;
+    every result and input kept and re-checked after every later call.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
-    count".
+    count". Inputs: layouts and ownership: "An op never changes its inputs" and "A returned array
+    is the caller's: no later call changes it, whatever the backend pools, caches or reuses."
     """
-    counts = sizes.DTYPE_COUNTS_DEFAULT
+    counts = partial(sizes.dtype_counts, op=op)
     _sweep_or_unsupported(backend, world, control, capabilities, op, data.DTYPE_NAMES, counts, 1)
 
 
@@ -140,25 +211,87 @@ def test_collective_dtypes_full(backend, world, control, capabilities, op, count
     _sweep_or_unsupported(backend, world, control, capabilities, op, dtypes, [count], 3)
 
 
+# -- results held across later calls --------------------------------------------------------------
+# Widths whose pools differ: a pool keyed by byte size mixes them up, one keyed by shape does not.
+OWNERSHIP_DTYPES = ("uint8", "float64")
+
+
+@pytest.mark.sweep
+@pytest.mark.spec("layouts", rule="results-owned")
+def test_held_results_stay_the_callers(backend, world, control, capabilities):
+    """Every collective twice in a row at 7 elements and just past 64 KiB and 1 MiB, in uint8 and
+    float64, then a send / recv ring: every result, input and message is held by the test, and
+    re-checked bit for bit after every later call (of the same shape, dtype and group, and of
+    others) and at the end.
+
+    SEMANTICS.md, Inputs: layouts and ownership: "A returned array is the caller's: no later call
+    changes it, whatever the backend pools, caches or reuses. A result held while any number of
+    later calls run (of the same shape, dtype and group or not, collectives and send/recv alike)
+    keeps every bit it had when it was returned".
+    """
+    size = world.size()
+    ops = {
+        op: collective_dtypes(backend, capabilities, op, world, OWNERSHIP_DTYPES)
+        for op in COLLECTIVES
+    }
+    p2p = p2p_dtypes(backend, capabilities, world, OWNERSHIP_DTYPES) if size > 1 else []
+    held = ownership.Holdings()
+    problems: list[str | None] = []
+    for dtype in OWNERSHIP_DTYPES:
+        for count in (7, *sizes.dtype_counts(dtype)):
+            for repeat in range(2):
+                salt = 20 + repeat
+                for op in (op for op in COLLECTIVES if dtype in ops[op]):
+                    if op == "sum_scatter" and sizes.scatter_rows(size, count) == 0:
+                        continue
+                    problems += _one_call(backend, world, control, op, dtype, count, salt, held)
+                if dtype in p2p:
+                    like = repeat == 1
+                    problems += ring_shift(backend, world, dtype, count, salt, like, held)
+    problems += held.recheck("the last call")
+    settle(problems, "results held across later calls")
+
+
 # -- send / recv ----------------------------------------------------------------------------------
-def ring_shift(backend: Any, group: Any, dtype: str, count: int, salt: int, like: bool) -> list:
-    """Every rank sends its input of ``count`` elements to rank + 1 and receives rank - 1's
-    (even ranks send first); the findings on this rank."""
+def ring_shift(
+    backend: Any,
+    group: Any,
+    dtype: str,
+    count: int,
+    salt: int,
+    like: bool,
+    held: ownership.Holdings,
+) -> list:
+    """Every rank sends a writable copy of its input of ``count`` elements to rank + 1 and
+    receives rank - 1's with ``recv`` or ``recv_like`` (even ranks send first); the findings on
+    this rank: what arrived and what send returned, bit for bit, the input and the template
+    after the calls, and everything ``held`` from earlier calls (then held too)."""
     rank, size = group.rank(), group.size()
     dst, src = (rank + 1) % size, (rank - 1) % size
-    inputs = sizes.blocks(size, count, dtype, salt)
+
+    def source(r: int) -> np.ndarray:
+        return sizes.blocks(size, count, dtype, salt, sizes.FAMILIES["send"])[r]
+
+    # Writable backend arrays, looked at again after the calls (``asarray`` may copy).
+    mine, like_arg = backend.asarray(source(rank).copy()), backend.asarray(source(src).copy())
+    x, template = backend.to_numpy(mine), backend.to_numpy(like_arg)
     what = sizes.label("recv_like" if like else "recv", dtype, count, f" from rank {src}")
     problems: list[str | None] = []
     outcome: dict[str, Any] = {}
 
+    def forced(out: Any) -> np.ndarray:
+        backend.evaluate(out)
+        return backend.to_numpy(out)
+
     def do_send() -> None:
-        outcome["sent"], error = attempt(exchanges.send, backend, inputs[rank], dst, group)
+        outcome["sent"], error = attempt(lambda: forced(backend.send(mine, dst, group=group)))
         if error is not None:
             problems.append(f"send of {what} to {dst} raised {describe_error(error)}")
 
     def do_recv() -> None:
         if like:
-            outcome["got"], error = attempt(exchanges.recv_like, backend, inputs[src], src, group)
+            receive = partial(backend.recv_like, like_arg, src, group=group)
+            outcome["got"], error = attempt(lambda: forced(receive()))
         else:
             args = (backend, (count,), dtype, src, group)
             outcome["got"], error = attempt(exchanges.recv, *args)
@@ -168,28 +301,50 @@ def ring_shift(backend: Any, group: Any, dtype: str, count: int, salt: int, like
     steps = (do_send, do_recv) if rank % 2 == 0 else (do_recv, do_send)
     for step in steps:
         step()
-    if "sent" in outcome and outcome["sent"] is not None:
-        problems.append(
-            local(lambda: sizes.received(outcome["sent"], inputs[rank], "send's value"))
+    x, template = backend.to_numpy(mine), backend.to_numpy(like_arg)
+    sent_label, like_label = f"send of {what}: its input", f"{what}: its template"
+    checks: list[tuple[str, Any, ownership.Check]] = [
+        (sent_label, x, lambda: sizes.same_bits(backend.to_numpy(mine), source(rank), sent_label))
+    ]
+    if like:
+        now = partial(backend.to_numpy, like_arg)
+        checks.append(
+            (like_label, template, lambda: sizes.same_bits(now(), source(src), like_label))
         )
-    if "got" in outcome and outcome["got"] is not None:
-        problems.append(local(lambda: sizes.received(outcome["got"], inputs[src], what)))
+    if outcome.get("sent") is not None:
+        sent = outcome["sent"]
+        checks.append(("send's result", sent, lambda: sizes.received(sent, source(rank), "send")))
+    if outcome.get("got") is not None:
+        got = outcome["got"]
+        checks.append((what, got, lambda: sizes.received(got, source(src), what)))
+    problems += [local(check) for _, _, check in checks]
+    problems += held.recheck(what, _nbytes(*(array for _, array, _ in checks)))
+    for label, array, check in checks:
+        held.hold(label, array, check)
     return problems
 
 
 def _p2p_sweep(backend, world, capabilities, dtypes, counts, salt) -> None:
+    """``ring_shift`` over ``counts`` (a list, or a function of the dtype) for every dtype,
+    alternating ``recv`` and ``recv_like`` (each dtype meets both), everything held to the end."""
     require_size(world, 2)
     problems: list[str | None] = []
-    for dtype in p2p_dtypes(backend, capabilities, world, dtypes):
-        for i, count in enumerate(counts):
-            problems += ring_shift(backend, world, dtype, count, salt, like=i % 2 == 1)
+    held = ownership.Holdings()
+    for d, dtype in enumerate(p2p_dtypes(backend, capabilities, world, dtypes)):
+        for i, count in enumerate(counts(dtype) if callable(counts) else counts):
+            like = (i + d) % 2 == 1
+            problems += ring_shift(backend, world, dtype, count, salt, like, held)
+    problems += held.recheck("the last call of the send/recv sweep")
     settle(problems, "send/recv size sweep")
 
 
 @pytest.mark.sweep
 @pytest.mark.spec("send", rule=RULE)
 def test_send_recv_sweep(backend, world, capabilities):
-    """send to rank + 1, recv / recv_like from rank - 1, across the sweep and all 14 dtypes.
+    """send to rank + 1, recv / recv_like from rank - 1, across the sweep and all 14 dtypes
+    (just past 64 KiB and 1 MiB each, one in two past 4 MiB), random bit patterns moved bit for
+    bit; every message,
+    input and template kept and re-checked after every later call.
 
     SEMANTICS.md, Sizes, groups and call sequences: "Every rule above holds at every element
     count: ... the counts where an implementation may switch algorithm, chunk or protocol".
@@ -198,7 +353,8 @@ def test_send_recv_sweep(backend, world, capabilities):
     """
     size = world.size()
     _p2p_sweep(backend, world, capabilities, ["float32"], sizes.default_counts(size), 4)
-    _p2p_sweep(backend, world, capabilities, data.DTYPE_NAMES, sizes.DTYPE_COUNTS_DEFAULT, 5)
+    counts = partial(sizes.dtype_counts, op="send")
+    _p2p_sweep(backend, world, capabilities, data.DTYPE_NAMES, counts, 5)
 
 
 @pytest.mark.soak

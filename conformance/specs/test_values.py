@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -32,9 +33,12 @@ def _run(backend: Any, op: str, x: np.ndarray, group: Any) -> np.ndarray:
     return reductions.run(backend, op, x, group)
 
 
-def _p2p_findings(backend: Any, world: Any, blocks: list[np.ndarray], label: str) -> list:
-    """Rank r sends ``blocks[r]`` to r + 1 (even ranks first); the message must arrive bit for
-    bit, and send's result must be ``x`` bit for bit."""
+def _p2p_findings(
+    backend: Any, world: Any, blocks: list[np.ndarray], label: str, like: bool = False
+) -> list:
+    """Rank r sends ``blocks[r]`` to r + 1 (even ranks first), received with ``recv`` or, with
+    ``like``, ``recv_like`` (its template holds other values than the message); the message
+    must arrive bit for bit, and send's result must be ``x`` bit for bit."""
     rank, size = world.rank(), world.size()
     dst, src = (rank + 1) % size, (rank - 1) % size
     mine, theirs = blocks[rank], blocks[src]
@@ -47,14 +51,19 @@ def _p2p_findings(backend: Any, world: Any, blocks: list[np.ndarray], label: str
         found["sent"] = backend.to_numpy(out)
 
     def recv() -> None:
-        out = backend.recv(mine.shape, backend.dtype(name), src, group=world)
+        if like:  # a template of other bits: only its shape and dtype may count
+            template = backend.asarray(np.ascontiguousarray(mine[::-1]))
+            out = backend.recv_like(template, src, group=world)
+        else:
+            out = backend.recv(mine.shape, backend.dtype(name), src, group=world)
         backend.evaluate(out)
         found["got"] = backend.to_numpy(out)
 
     steps = (send, recv) if rank % 2 == 0 else (recv, send)
     problems = [local(lambda s=s: s()) for s in steps]
     problems.append(bits_mismatch(found.get("sent"), mine, f"send({label}) returned"))
-    problems.append(bits_mismatch(found.get("got"), theirs, f"{label} received from {src}"))
+    how = "recv_like" if like else "recv"
+    problems.append(bits_mismatch(found.get("got"), theirs, f"{label} ({how}) from {src}"))
     return problems
 
 
@@ -89,8 +98,9 @@ def test_full_mantissa_sums(backend, world, capabilities, op):
 @pytest.mark.spec("values", rule="bits")
 @pytest.mark.parametrize("op", ["all_max", "all_min", "all_gather", "send"])
 def test_every_bit_counts(backend, world, capabilities, op):
-    """all_gather and send/recv move random bit patterns (NaN payloads, -0.0, subnormals, inf)
-    bit for bit; all_max/all_min of random non-NaN bit patterns return an input's bits.
+    """all_gather and send/recv (received with recv and with recv_like) move random bit
+    patterns (NaN payloads, -0.0, subnormals, inf) bit for bit; all_max/all_min of random
+    non-NaN bit patterns return an input's bits.
 
     SEMANTICS.md, Values: "`all_gather`, `send`, `recv` and `recv_like` move values bit for bit:
     NaN payloads, -0.0, subnormals and infinities arrive unchanged. `all_max` and `all_min`
@@ -109,7 +119,8 @@ def test_every_bit_counts(backend, world, capabilities, op):
             blocks = [data.random_bits(r, (count,), name, salt=count) for r in range(size)]
             label = f"{op} of random bits {data.describe(blocks[rank])}"
             if op == "send":
-                problems += _p2p_findings(backend, world, blocks, label)
+                for like in (False, True):
+                    problems += _p2p_findings(backend, world, blocks, label, like)
                 continue
             if op in ("all_max", "all_min") and name in FLOATS:
                 blocks = [_without_nan(b) for b in blocks]  # NaN: test_nan_placement
@@ -239,6 +250,105 @@ def test_nan_placement(backend, world, capabilities, op):
                     f"held by {by['ignore']}"
                 )
             return f"{op} {name}: " + "; ".join(found[:3]) if found else None
+
+        problems.append(local(check))
+    settle(problems, op)
+
+
+# -- special values meeting on several ranks ------------------------------------------------------
+def _meetings(name: str, op: str) -> list[tuple[float, float]]:
+    """Pairs of values that meet at one position, one on some ranks and one on the others: +inf
+    with -inf (NaN in a sum), NaN with +-inf, an infinity with the finite extremes and with
+    itself, the extremes with each other (overflow to inf, or an exact zero). For all_max /
+    all_min the pairs without NaN (NaN has its own bounds: ``_nan_policy``) and those with it."""
+    info = ml_dtypes.finfo(data.np_dtype("float32" if name == "complex64" else name))
+    top, inf, nan = float(info.max), np.inf, np.nan
+    pairs = [(inf, -inf), (nan, inf), (nan, -inf), (inf, inf), (-inf, -inf), (nan, nan)]
+    pairs += [(inf, top), (inf, -top), (-inf, top), (-inf, -top), (top, -top)]
+    if op in ("all_max", "all_min"):
+        pairs += [(top, top), (-top, -top), (nan, top), (nan, -top), (nan, 0.0)]
+    return pairs
+
+
+def _splits(size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Which ranks hold the first value of a pair and which the second: every ordered pair of
+    distinct ranks (the others hold 0), then the ranks split in two halves both ways."""
+    found = [((a,), (b,)) for a in range(size) for b in range(size) if a != b]
+    half = tuple(range(size // 2))
+    rest = tuple(range(size // 2, size))
+    if size > 2:
+        found += [(half, rest), (rest, half)]
+    return found
+
+
+def _combined(size: int, name: str, op: str) -> list[np.ndarray]:
+    """Every rank's 1-d input: one position per (pair, split); zeros where a rank holds nothing.
+    complex64: the pairs in the real parts, then again in the imaginary parts (sums only)."""
+    sums = op in ("all_sum", "sum_scatter")
+    # A finite extreme on several ranks of a sum may overflow in one order and not in another
+    # (max + max + -inf is NaN or -inf): such pairs meet on two ranks only, the others hold 0.
+    cases = [
+        (pair, split)
+        for pair in _meetings(name, op)
+        for split in _splits(size)
+        if not (sums and len(split[0]) > 1 and not all(np.isinf(v) or np.isnan(v) for v in pair))
+    ]
+    parts = 2 if name == "complex64" and sums else 1
+    count = size * -(-len(cases) * parts // size)  # sum_scatter: a multiple of the group size
+    blocks = [np.zeros(count, np.complex128 if name == "complex64" else np.float64)]
+    blocks = [blocks[0].copy() for _ in range(size)]
+    for part in range(parts):
+        for i, ((first, second), (holders, others)) in enumerate(cases):
+            where = part * len(cases) + i
+            for ranks, value in ((holders, first), (others, second)):
+                for r in ranks:
+                    # complex(0, v), not v * 1j: inf * 1j is nan + inf j
+                    blocks[r][where] = complex(0, value) if part else value
+    return [b.astype(data.np_dtype(name)) for b in blocks]
+
+
+@pytest.mark.core
+@pytest.mark.spec("values", rule="specials")
+@pytest.mark.parametrize("op", ["all_sum", "sum_scatter", "all_max", "all_min"])
+def test_special_values_meet(backend, world, capabilities, op):
+    """Special values meeting at one position on several ranks: +inf with -inf, NaN with +-inf,
+    an infinity with the finite extremes, the extremes with each other, on every ordered pair of
+    ranks and on the two halves of the group.
+
+    SEMANTICS.md, Values: "Special values follow IEEE 754 arithmetic wherever they are". Sums:
+    +inf with -inf gives NaN, NaN with an infinity NaN, an infinity with finite values the
+    infinity, +max with +max inf (in every order: the other ranks hold 0). all_max / all_min:
+    exact without NaN; where NaN meets other values the result is within the NaN bounds of
+    Reductions (NaN, or the extreme of the others), the same choice at every position.
+    """
+    require_size(world, 2)
+    size, rank = world.size(), world.rank()
+    problems: list[str | None] = []
+    dtypes = FLOATS if op in ("all_sum", "sum_scatter") else data.FLOAT_NAMES
+    for name in collective_dtypes(backend, capabilities, op, world, dtypes):
+        blocks = _combined(size, name, op)
+        label = f"{op} of {name} special values meeting"
+        got = _run(backend, op, blocks[rank], world)
+        want = reductions.expected(op, blocks, rank)
+        if op in ("all_sum", "sum_scatter"):
+            problems.append(mismatch(got, want, reductions.tolerance(op, blocks, rank), label))
+            continue
+
+        def check(got: np.ndarray = got, blocks: list = blocks, label: str = label) -> str | None:
+            if got.shape != blocks[0].shape or got.dtype != blocks[0].dtype:
+                return f"{label}: result is {data.describe(got)}"
+            nan = np.isnan(np.stack([b.astype(np.float64) for b in blocks])).any(axis=0)
+            plain = [np.where(nan, 0, b.astype(np.float64)) for b in blocks]
+            found = mismatch(
+                np.where(nan, 0, got.astype(np.float64)),
+                reductions.expected(op, plain, rank),
+                None,
+                f"{label} (positions without NaN)",
+            )
+            choices, bad = _nan_policy(got, blocks, op == "all_max")
+            if len({c for c, _ in choices}) > 1:
+                bad.append("NaN propagated at some positions and ignored at others")
+            return found or (f"{label}: " + "; ".join(bad[:3]) if bad else None)
 
         problems.append(local(check))
     settle(problems, op)

@@ -1,0 +1,89 @@
+"""Holding results and inputs across later calls: what the caller owns must stay as it was.
+
+SEMANTICS.md, "Inputs: layouts and ownership": an op never changes its inputs, and a returned
+array is never changed by a later call, whatever the backend pools or caches. A backend that
+recycles result buffers (the reference does, by reference count) or reduces in place breaks this
+only when the caller still holds the array while later calls run, so the specs keep every result
+and every input of a sequence alive in a ``Holdings`` and re-check them: after each later call
+those of the byte sizes it used (what a pool keyed by size would hand out), and all of them at the
+end of the sequence.
+
+A held array is fingerprinted (its bytes hashed) when it is taken, once it has been checked; a
+re-check compares the fingerprint again, and only when it changed runs the array's own check
+(which names the first wrong element against values computed from the inputs). Re-checks never
+raise: they return findings, so every rank reaches the settle after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from conformance.specs.calls import local
+from conformance.specs.sizes import same_bits
+
+# Why a held array is wrong now (naming the first wrong element), or None.
+Check = Callable[[], str | None]
+
+
+def fingerprint(a: np.ndarray) -> str:
+    """A hash of ``a``'s dtype, shape and bytes (every bit counts: NaN payloads, -0.0)."""
+    h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).view(np.uint8).data)
+    return h.hexdigest()
+
+
+@dataclass
+class _Held:
+    label: str
+    array: np.ndarray
+    digest: str
+    check: Check
+    reported: bool = False
+
+
+class Holdings:
+    """Results and inputs the caller keeps while later calls run, each with its own check."""
+
+    def __init__(self) -> None:
+        self._held: list[_Held] = []
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, label: str, array: object, check: Check) -> None:
+        """Keep ``array`` (already checked correct, or its finding already reported) and
+        fingerprint it now; ``check`` says what is wrong with it later. Non-arrays are ignored
+        (their finding was reported when they were returned)."""
+        if isinstance(array, np.ndarray):
+            self._held.append(_Held(label, array, fingerprint(array), check))
+
+    def recheck(self, after: str, nbytes: Iterable[int] | None = None) -> list[str | None]:
+        """Findings for every held array that changed since it was taken (each reported once),
+        ``after`` naming the call that just ran. With ``nbytes``, only the arrays of those byte
+        sizes (the ones a pool or cache would hand out again for the call that just ran: a cheap
+        check after each call, where re-hashing everything held would grow with the square of
+        the calls); without, all of them."""
+        sizes = None if nbytes is None else set(nbytes)
+        problems: list[str | None] = []
+        for held in self._held:
+            if held.reported or (sizes is not None and held.array.nbytes not in sizes):
+                continue
+            if fingerprint(held.array) == held.digest:
+                continue
+            held.reported = True
+            found = local(held.check)
+            problems.append(
+                f"{held.label}, held by the caller, changed after {after}: "
+                + (found or "its bytes differ from when it was returned")
+            )
+        return problems
+
+
+def input_check(array: np.ndarray, pristine: np.ndarray, label: str) -> Check:
+    """A check that the input ``array`` still holds ``pristine``'s bits (what it held before the
+    call), naming the first changed element."""
+    return lambda: same_bits(array.reshape(-1), pristine.reshape(-1), f"{label}: the input")
