@@ -11,6 +11,12 @@ Contract:
   any other early end (a crash, a kill, the job-level watchdog) the runner records the test that
   was running (the first collected test without a record) as ``crashed``, or ``hung`` if the
   job-level watchdog ended it, with the tail of what the job and each rank printed.
+- Tests that kill a rank (``conformance.harness.survivors``) run each in a job of its own whose
+  launcher keeps the survivors alive (:meth:`Launcher.keeps_survivors`), with
+  ``CONFORMANCE_SURVIVORS=1``; the other jobs leave them out. Where the launcher cannot keep
+  survivors, they run in the ordinary jobs and skip, saying why.
+- Collection also writes each test's level, tier and area (``--conformance-collection``); every
+  record, the runner's ``crashed`` and ``hung`` ones included, carries them.
 - The job-level watchdog ends a job (its whole process tree) when it shows no sign of progress
   (a results line, a change to its output or to a file in its log dir) for the per-test deadline
   plus a margin (plus a start-up allowance before the first test). It is the last resort for
@@ -26,6 +32,7 @@ import argparse
 import dataclasses
 import enum
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -41,6 +48,7 @@ from pytest import ExitCode
 import conformance
 from conformance import records as records_mod
 from conformance.harness import isolation
+from conformance.harness import survivors as survivors_mod
 from conformance.harness.isolation import EXIT_ISOLATED
 from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
@@ -52,6 +60,8 @@ from conformance.run import launcher as launcher_mod
 _NOT_RUN = (ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR)
 #: Outcomes that make the run fail unless a deviation expects them.
 BAD_OUTCOMES = deviations_mod.FAILING_OUTCOMES
+#: Record fields every record takes from collection when its writer could not tell them.
+ATTRIBUTED = ("level", "tier", "area")
 TAIL_LINES = 40
 
 
@@ -219,6 +229,8 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         # Isolation may change the run order (robust tests last); collect in the jobs' order.
         "--conformance-isolate",
         opts.isolate,
+        "--conformance-collection",
+        str(collection_path(opts)),
         *pytest_args(opts),
     ]
     env = dict(os.environ, **job_environment(opts))
@@ -245,6 +257,28 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
     if out.returncode not in (ExitCode.OK, ExitCode.NO_TESTS_COLLECTED):
         return ids, text
     return ids, "" if ids or out.returncode == ExitCode.NO_TESTS_COLLECTED else text
+
+
+def collection_path(opts: RunOptions) -> Path:
+    """Where collection writes each test's level, tier, area and whether it kills a rank."""
+    return opts.report_dir / "collection.jsonl"
+
+
+def read_collection(path: Path) -> dict[str, dict[str, Any]]:
+    """The collection file's entries by node id (empty when it is missing or unreadable)."""
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "nodeid" in entry:
+            found[str(entry["nodeid"])] = entry
+    return found
 
 
 # -- one job ---------------------------------------------------------------------------------
@@ -294,12 +328,20 @@ def run_job(
     output_path: Path,
     on_progress: Callable[[], None] = lambda: None,
     poll: float = 0.5,
+    survivors: bool = False,
 ) -> JobOutcome:
     """Run one MPI job to its end or until the job-level watchdog ends it (an interrupt ends
-    it and propagates)."""
-    cmd = launcher.command(np, job_argv(opts, extra_args, results_path, log_dir), label_output=True)
+    it and propagates). ``survivors``: a job for kill tests, whose ranks outlive a dead peer
+    (:meth:`Launcher.survivor_command`, ``CONFORMANCE_SURVIVORS=1``)."""
+    argv = job_argv(opts, extra_args, results_path, log_dir)
+    if survivors:
+        cmd = launcher.survivor_command(np, argv, label_output=True)
+    else:
+        cmd = launcher.command(np, argv, label_output=True)
     env = launcher.environment(np)
     env.update(job_environment(opts))
+    if survivors:
+        env[survivors_mod.ENV] = "1"
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(output_path, "w", encoding="utf-8") as out:
@@ -477,13 +519,23 @@ class JobEnd:
     remaining: int = 0  # collected tests still without a record
     hung: bool = False  # the plugin recorded a hang in this job
     hung_outside: bool = False  # ... outside any collected test (collection)
+    survivors: bool = False  # a job of its own for one kill test
+    left_out: int = 0  # remaining tests this job did not include (kill tests, run apart)
 
 
 _Rule = Callable[[JobEnd], bool]
 #: The cases, first match wins; the reason is the problem text of GIVE_UP.
 AFTER_JOB: tuple[tuple[str, _Rule, Action], ...] = (
+    # The survivors of a kill test record it and leave; whatever the status (the victim's
+    # signal), the next test gets a fresh job.
+    ("the kill test was recorded", lambda e: e.survivors and e.new > 0, Action.RESUME),
     ("the runner ended it", lambda e: e.killed, Action.BLAME),
     ("ran to its end", lambda e: e.status in COMPLETED_STATUSES and not e.remaining, Action.DONE),
+    (
+        "ran its tests; kill tests left for jobs of their own",
+        lambda e: e.status in COMPLETED_STATUSES and 0 < e.remaining == e.left_out,
+        Action.RESUME,
+    ),
     (
         "the job collected no tests",
         lambda e: e.status == ExitCode.NO_TESTS_COLLECTED and not e.new,
@@ -522,16 +574,19 @@ def run_rank_count(
     np: int,
     collected: list[str],
     progress: Progress,
+    info: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every test on ``np`` ranks, resuming after hangs, crashes and isolation stops.
 
-    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``)
-    and problems that kept tests from running at all. An interrupt ends the rank count early
-    with what finished (the caller checks ``launcher.stop_signal()``).
+    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``,
+    and with the level, tier and area of ``info``, the collection's entries by node id, where a
+    record lacks them) and problems that kept tests from running at all. An interrupt ends the
+    rank count early with what finished (the caller checks ``launcher.stop_signal()``).
     """
+    info = info or {}
     base = opts.report_dir / f"np{np}"
     base.mkdir(parents=True, exist_ok=True)
-    attempts = _Attempts(launcher, opts, np, collected, progress, base)
+    attempts = _Attempts(launcher, opts, np, collected, progress, base, info)
     try:
         attempts.run()
     except launcher_mod.Interrupted as exc:
@@ -542,6 +597,9 @@ def run_rank_count(
     for record in records:
         record["np"] = np
         record.setdefault("order", order.get(record["nodeid"], len(order)))
+        for key in ATTRIBUTED:
+            if record.get(key) is None and info.get(record["nodeid"], {}).get(key) is not None:
+                record[key] = info[record["nodeid"]][key]
     return records, attempts.problems
 
 
@@ -556,9 +614,15 @@ class _Attempts:
         collected: list[str],
         progress: Progress,
         base: Path,
+        info: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.launcher, self.opts, self.np, self.base = launcher, opts, np, base
         self.collected, self.progress = collected, progress
+        self.info = info or {}
+        # Kill tests get jobs of their own where the launcher keeps survivors alive (np 1 skips
+        # them in any job).
+        keeps = getattr(launcher, "keeps_survivors", False) and np > 1
+        self.kills = {n for n in collected if keeps and self.info.get(n, {}).get("kills")}
         self.results_path = base / "results.jsonl"
         if self.results_path.exists():
             self.results_path.unlink()  # a fresh run never inherits an old run's results
@@ -572,11 +636,19 @@ class _Attempts:
         barren = 0  # consecutive jobs that ended early without finishing a test
         for attempt in itertools.count(1):
             before = {r["nodeid"] for r in self.current()}
-            job = self.launch(attempt, before)
+            todo = [nodeid for nodeid in self.collected if nodeid not in before]
+            alone = bool(todo) and todo[0] in self.kills
+            if alone:
+                job = self.launch_kill_test(attempt, todo[0])
+                included = {todo[0]}
+            else:
+                job = self.launch(attempt, before, apart=self.kills)
+                included = set(todo) - self.kills
             records = self.current()
             new = [r for r in records if r["nodeid"] not in before]
             finished = {r["nodeid"] for r in records}
             remaining = [nodeid for nodeid in self.collected if nodeid not in finished]
+            unfinished = [nodeid for nodeid in remaining if nodeid in included]
             hung = [r["nodeid"] for r in new if r.get("outcome") == "hung"]
             end = JobEnd(
                 status=job.returncode,
@@ -585,6 +657,8 @@ class _Attempts:
                 remaining=len(remaining),
                 hung=bool(hung),
                 hung_outside=bool(hung) and not set(hung) & set(self.collected),
+                survivors=alone,
+                left_out=len(remaining) - len(unfinished),
             )
             action, reason = after_job(end)
             if action is Action.GIVE_UP:
@@ -597,7 +671,8 @@ class _Attempts:
                 return
             barren = 0
             if action is Action.BLAME:
-                record = blame_record(self.opts, self.np, _running(job, remaining), job)
+                running = unfinished[0] if unfinished else remaining[0]
+                record = blame_record(self.opts, self.np, running, job, self.info)
                 self.runner_records.append(record)
                 self.progress.update(self.np, self.current(), self.collected)
                 expected = record["outcome"] == "passed"
@@ -615,15 +690,34 @@ class _Attempts:
                 self.problems.append(f"np={self.np}: giving up after {attempt} attempts")
                 return
 
-    def launch(self, attempt: int, done: set[str]) -> JobOutcome:
-        """One job over the tests not in ``done``."""
+    def launch_kill_test(self, attempt: int, nodeid: str) -> JobOutcome:
+        """A job of its own for the kill test ``nodeid``, keeping its survivors alive."""
+        return run_job(
+            self.launcher,
+            dataclasses.replace(self.opts, paths=[nodeid]),
+            self.np,
+            [],
+            self.results_path,
+            self.base / "logs" / f"attempt{attempt}",
+            self.base / f"attempt{attempt}.out",
+            on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
+            survivors=True,
+        )
+
+    def launch(
+        self, attempt: int, done: set[str], apart: set[str] | frozenset[str] = frozenset()
+    ) -> JobOutcome:
+        """One job over the tests not in ``done`` nor ``apart`` (those that get jobs of their
+        own)."""
         extra: list[str] = []
-        if done:
+        if done | apart:
             deselect = self.base / f"deselect-{attempt}.txt"
             deselect.write_text(
-                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(done)), encoding="utf-8"
+                "".join(f"--deselect={nodeid}\n" for nodeid in sorted(done | apart)),
+                encoding="utf-8",
             )
             extra.append(f"@{deselect}")
+        if done:
             self.progress.message(
                 f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
             )
@@ -639,35 +733,23 @@ class _Attempts:
         )
 
 
-def _running(job: JobOutcome, remaining: list[str]) -> str:
-    """The test that was running when ``job`` ended: one that announced ending the job, else the
-    first collected test without a record (the job runs tests in collection order)."""
-    announced = isolation.announced_tests(tail(job.output_path, 10 * TAIL_LINES))
-    for nodeid in reversed(announced):
-        if nodeid in remaining:
-            return nodeid
-    return remaining[0]
-
-
-def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dict[str, Any]:
-    """The runner's record of the test running when ``job`` ended early: ``hung`` when the
-    runner ended it, ``passed`` when the test announced ending the job on purpose and the job
-    ended within the deadline after that (SEMANTICS.md, "Dead and stalled peers"), else
-    ``crashed``."""
+def blame_record(
+    opts: RunOptions,
+    np: int,
+    nodeid: str,
+    job: JobOutcome,
+    info: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The runner's record of the test running when ``job`` ended early (the first test of the
+    job without a record: a job runs its tests in collection order): ``hung`` when the runner
+    ended it, else ``crashed``; level, tier and area from ``info`` (the collection's entries)."""
     output = tail(job.output_path, 10 * TAIL_LINES)
-    announced, fields = isolation.expected_job_end(output, nodeid) or (None, {})
+    fields = (info or {}).get(nodeid, {})
     if job.killed:
         outcome = "hung"
         message = (
             f"no sign of progress for {opts.timeout + opts.job_margin:g} s; "
             "the runner ended the job"
-        )
-    elif announced is not None and job.ended_at - announced <= opts.timeout:
-        outcome = "passed"
-        message = (
-            f"the job ended {max(0.0, job.ended_at - announced):.1f} s after the test stopped "
-            f"a rank on purpose (status {job.returncode}): the job-level outcome the contract "
-            "names for a dead peer under an MPI launcher"
         )
     else:
         outcome = "crashed"
@@ -680,7 +762,7 @@ def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dic
             duration=None,
             level=fields.get("level"),
             tier=fields.get("tier"),
-            area=_area_of(nodeid),
+            area=fields.get("area") or _area_of(nodeid),
             seed=None,
             world_size=np,
             backend=opts.backend,
@@ -761,9 +843,10 @@ def _run(opts: RunOptions, progress: Progress) -> int:
     if collect_error:
         progress.message(f"warning: collection reported errors:\n{collect_error}")
     progress.message(f"{len(collected)} tests per rank count")
+    info = read_collection(collection_path(opts))
     state = _RunState(opts, launcher, known, deviation_path, collected)
     for np in opts.nps:
-        records, issues = run_rank_count(launcher, opts, np, collected, progress)
+        records, issues = run_rank_count(launcher, opts, np, collected, progress, info)
         state.add(np, records, issues)
         if launcher_mod.stop_signal() is not None:
             break
