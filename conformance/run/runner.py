@@ -165,7 +165,11 @@ def job_environment(opts: RunOptions) -> dict[str, str]:
 
 
 def reproduce_command(
-    opts: RunOptions, launcher: launcher_mod.Launcher | None, np: int, nodeid: str
+    opts: RunOptions,
+    launcher: launcher_mod.Launcher | None,
+    np: int,
+    nodeid: str,
+    survivors: bool = False,
 ) -> str:
     """Shell command that reruns one test alone on ``np`` ranks."""
     root = opts.root
@@ -187,7 +191,12 @@ def reproduce_command(
     launch: list[str]
     if launcher is not None:
         prefix = launcher.env_prefix(np)
-        launch = launcher.command(np, [])
+        if survivors:
+            # A kill test skips unless its job keeps the survivors alive: reproduce that job.
+            env[survivors_mod.ENV] = "1"
+            launch = launcher.survivor_command(np, [])
+        else:
+            launch = launcher.command(np, [])
         launch[0] = _shortest("mpiexec", launcher.path)
     else:
         launch = [mpiexec, "-n", str(np)]
@@ -845,6 +854,7 @@ def _run(opts: RunOptions, progress: Progress) -> int:
     progress.message(f"{len(collected)} tests per rank count")
     info = read_collection(collection_path(opts))
     state = _RunState(opts, launcher, known, deviation_path, collected)
+    state.info = info
     for np in opts.nps:
         records, issues = run_rank_count(launcher, opts, np, collected, progress, info)
         state.add(np, records, issues)
@@ -881,11 +891,20 @@ class _RunState:
         self.records: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.done: list[int] = []
+        #: The collection's entries by node id (``read_collection``).
+        self.info: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
 
     def add(self, np: int, records: list[dict[str, Any]], problems: list[str]) -> None:
         for record in records:
-            record["reproduce"] = reproduce_command(self.opts, self.launcher, np, record["nodeid"])
+            kills = bool(self.info.get(record["nodeid"], {}).get("kills"))
+            record["reproduce"] = reproduce_command(
+                self.opts,
+                self.launcher,
+                np,
+                record["nodeid"],
+                survivors=kills and np > 1 and self.launcher.keeps_survivors,
+            )
         self.records += records
         self.problems += problems
         self.done.append(np)

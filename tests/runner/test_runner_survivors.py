@@ -194,6 +194,9 @@ def test_kill_tests_observe_survivors_and_every_record_has_its_level(tmp_path: P
     assert outcomes["test_crash"]["outcome"] == "crashed"
     assert outcomes["test_kill[False]"]["outcome"] == "passed"
     assert "peer rank 1 is gone" in outcomes["test_kill[False]"]["message"]
+    reproduce = outcomes["test_kill[False]"]["reproduce"]
+    assert "CONFORMANCE_SURVIVORS=1" in reproduce and "-disable-auto-cleanup" in reproduce
+    assert "-disable-auto-cleanup" not in outcomes["test_plain"]["reproduce"]
     assert outcomes["test_kill[True]"]["outcome"] == "hung"
     assert "sleep" in outcomes["test_kill[True]"]["stacks"]["0"]
     # The runner's crashed record carries its level like the plugin's: no level line can read
