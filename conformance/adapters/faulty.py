@@ -106,11 +106,13 @@ def make_backend(name: str) -> Backend:
     api: dict[str, Any] = {attr: getattr(reference, attr) for attr in API_NAMES}
     api.update(fault.build())
     api["__doc__"] = fault.build.__doc__
+    # A fault may replace the deadline setter too (key "set_timeout" of its overrides).
+    set_timeout = api.pop("set_timeout", reference.set_timeout)
     return Backend(
         f"faulty:{name}",
         _Api(api),
         version=f"{reference.__version__}+faulty.{name}",
-        set_timeout=reference.set_timeout,
+        set_timeout=set_timeout,
     )
 
 
@@ -1297,3 +1299,53 @@ def _float64_extremes_through_float32_large() -> dict[str, Any]:
             return out.astype(np.float32).astype(np.float64)
 
     return _results(narrowed)
+
+
+# -- deadlines and dead peers (robust) ---------------------------------------------------------
+
+#: How many times the deadline it was given ``deadline_tripled`` keeps.
+_DEADLINE_FACTOR = 3
+
+
+@_fault(
+    "deadline_tripled",
+    f"set_timeout(s) sets a deadline of {_DEADLINE_FACTOR}*s (a unit mix-up): every TimeoutError "
+    "comes, naming the right peers, long after the deadline that was asked for",
+    "Hangs (robust): TimeoutError within the deadline plus the allowance",
+    ("test_deadlines.py",),
+)
+def _deadline_tripled() -> dict[str, Any]:
+    def set_timeout(seconds: float) -> float:
+        # Returns what it was given, so a caller restoring the previous value gets it back.
+        return reference.set_timeout(seconds * _DEADLINE_FACTOR) / _DEADLINE_FACTOR
+
+    return {"set_timeout": set_timeout}
+
+
+#: Seconds a survivor of ``survivors_block`` stays blocked: far past any deadline of the suite.
+_BLOCKED_FOR = 3600.0
+
+
+def _blocks_when_peer_is_gone(op: str) -> Callable[..., Any]:
+    correct = getattr(reference, op)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return correct(*args, **kwargs)
+        except TimeoutError:
+            # Keeps waiting for the peer instead of raising, as if the deadline were not armed.
+            time.sleep(_BLOCKED_FOR)
+            raise
+
+    return run
+
+
+@_fault(
+    "survivors_block",
+    "once a peer is gone, a blocking call keeps waiting for it far past the deadline instead of "
+    "raising TimeoutError (survivors of a dead rank spin forever, ml-explore/mlx#3862)",
+    "Dead and stalled peers (robust): no survivor blocks forever; it raises within the deadline",
+    ("test_faults.py",),
+)
+def _survivors_block() -> dict[str, Any]:
+    return {op: _blocks_when_peer_is_gone(op) for op in ("all_sum", "recv", "recv_like", "send")}

@@ -73,6 +73,16 @@ class ControlPlane:
             self._comm.Free()
         self._comm = None
 
+    def split_without(self, excluded: int) -> Any:
+        """Collective: a communicator of every rank but ``excluded`` (None on that rank and
+        without MPI), ranked as here. A kill test makes it before the kill, so the survivors'
+        verdict never waits on the dead rank (``conformance.harness.survivors``)."""
+        if self._comm is None or MPI is None:
+            return None
+        color = MPI.UNDEFINED if self.rank == excluded else 0
+        comm = self._comm.Split(color, self.rank)
+        return None if comm == MPI.COMM_NULL else comm
+
     # -- per-test helper labels --------------------------------------------------------------
     def begin_test(self, test_id: str) -> None:
         """Start numbering the helper exchanges of a new test."""

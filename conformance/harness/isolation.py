@@ -11,10 +11,8 @@ Contract (``python -m conformance run --isolate=auto|always|never``; plain pytes
   mismatched collective that "passes" there can still leave stray bytes in the backend's streams).
 - ``never``: one job runs every test it can.
 - A job ended this way exits with :data:`EXIT_ISOLATED` after recording the test; the runner
-  resumes with a fresh job. A hung or crashed test ends its job anyway.
-- A test that ends the job on purpose (a fault-injection test killing a rank under a launcher that
-  then ends every rank) first prints :data:`JOB_END_MARK` followed by its node id and the time, so
-  the runner can tell an expected job end from a crash.
+  resumes with a fresh job. A hung or crashed test ends its job anyway, and so does a kill test
+  (its survivors leave with this status, ``conformance.harness.survivors``).
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ MARKER_HELP = (
     f"{LEAVES_STATE}: the test may leave backend state behind; "
     "under --isolate=auto the next test gets a fresh job"
 )
-#: Printed (with the node id and ``time.time()``) by a test about to end its job on purpose.
-JOB_END_MARK = "conformance: this test ends the job on purpose:"
 #: Outcomes after which a robust test's job is still trusted.
 TRUSTED_OUTCOMES = frozenset({"passed", "skipped", "xfailed", "xpassed", "unsupported"})
 
@@ -70,39 +66,3 @@ def ends_job(
     if level != "robust" or outcome == "skipped":  # a skipped test moved no data
         return False
     return not agreement_checks or str(outcome) not in TRUSTED_OUTCOMES
-
-
-def job_end_line(nodeid: str, when: float, **fields: str | None) -> str:
-    """The line a test prints before ending its job on purpose (``fields``: level, tier)."""
-    extra = "".join(f" {key}={value}" for key, value in sorted(fields.items()) if value)
-    return f"{JOB_END_MARK} {nodeid} at {when:.3f}{extra}"
-
-
-def expected_job_end(output: str, nodeid: str) -> tuple[float, dict[str, str]] | None:
-    """When a test announced ending its job on purpose in ``output``, and its fields, or None."""
-    found = None
-    for line in output.splitlines():
-        at = line.find(JOB_END_MARK)
-        if at < 0:
-            continue
-        rest = line[at + len(JOB_END_MARK) :].split()
-        if len(rest) < 3 or rest[0] != nodeid or rest[1] != "at":
-            continue
-        try:
-            when = float(rest[2])
-        except ValueError:
-            continue
-        found = when, dict(part.split("=", 1) for part in rest[3:] if "=" in part)
-    return found
-
-
-def announced_tests(output: str) -> list[str]:
-    """Node ids of the tests that announced ending their job in ``output``, in order."""
-    found = []
-    for line in output.splitlines():
-        at = line.find(JOB_END_MARK)
-        if at >= 0:
-            rest = line[at + len(JOB_END_MARK) :].split()
-            if rest:
-                found.append(rest[0])
-    return found

@@ -20,6 +20,7 @@ Plain ``pytest`` is a world of one rank: pytest-mpi's ``mpi`` marker is honoured
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,7 +33,15 @@ from typing import Any
 import pytest
 
 from conformance.backend import Backend, load_backend
-from conformance.harness import collective, isolation, levels, outcomes, runinfo, tiers
+from conformance.harness import (
+    collective,
+    isolation,
+    levels,
+    outcomes,
+    runinfo,
+    survivors,
+    tiers,
+)
 from conformance.harness import control as control_plane
 from conformance.harness.ranklog import RankLog, gather_logs, keep_peer_log, redirect_terminal
 from conformance.harness.watchdog import (
@@ -108,6 +117,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="deadline in seconds of the tests named by --conformance-expect-hang",
     )
     group.addoption(
+        "--conformance-collection",
+        default=None,
+        metavar="FILE",
+        help="write one JSON line per collected test to FILE (rank 0): node id, level, tier, "
+        "area, rule and whether it kills a rank (the runner reads it)",
+    )
+    group.addoption(
         "--conformance-isolate",
         default="never",
         choices=isolation.MODES,
@@ -120,6 +136,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     levels.register_markers(config)
     config.addinivalue_line("markers", isolation.MARKER_HELP)
+    config.addinivalue_line("markers", survivors.MARKER_HELP)
     # One process is an MPI world of size 1: run pytest-mpi as if --with-mpi were given, so the
     # mpi marker's min_size decides, under mpiexec or not.
     if hasattr(config.option, "with_mpi"):
@@ -352,6 +369,7 @@ class Harness:
         everyone = self.control.allgather(("session", "collection"), mine)
         if all(other == mine for other in everyone):
             self._write_session_header()
+            self._write_collection(session.items)
             return
         lines = [
             f"rank {rank}: {count} tests, {errors} collection errors, digest {dig[:12]}"
@@ -421,6 +439,25 @@ class Harness:
                 returncode=pytest.ExitCode.INTERNAL_ERROR,
             )
 
+    def _write_collection(self, items: list[pytest.Item]) -> None:
+        """The ``--conformance-collection`` file: each test's attribution, in run order."""
+        path = self.config.getoption("conformance_collection")
+        if not path or self.rank != 0:
+            return
+        lines = []
+        for item in items:
+            entry = {
+                "nodeid": item.nodeid,
+                "level": levels.level_of(item),
+                "tier": levels.tier_of(item),
+                "area": levels.area_of(item),
+                "rule": _rule_of(item),
+                "kills": item.get_closest_marker(survivors.KILLS_RANK) is not None,
+            }
+            lines.append(json.dumps(entry) + "\n")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("".join(lines), encoding="utf-8")
+
     def _write_session_header(self) -> None:
         if self.results is None:
             return
@@ -449,11 +486,12 @@ class Harness:
                 fields.pop("outcome"),
                 **fields,
                 unsupported=checked,
-                **self._item_fields(item),
+                **self.item_fields(item),
             )
         )
 
-    def _item_fields(self, item: pytest.Item | None) -> dict[str, Any]:
+    def item_fields(self, item: pytest.Item | None) -> dict[str, Any]:
+        """The record fields of ``item`` (level, tier, rule, area) and of this session."""
         return {
             "level": levels.level_of(item) if item is not None else None,
             "tier": levels.tier_of(item) if item is not None else None,
@@ -515,7 +553,7 @@ class Harness:
                     longrepr="\n\n".join(stacks[rank] for rank in sorted(stacks)),
                     duration=deadline,
                     stacks={str(rank): text for rank, text in sorted(stacks.items())},
-                    **self._item_fields(item),
+                    **self.item_fields(item),
                 )
             )
         self.log.write(message)

@@ -136,6 +136,11 @@ def reset_interrupts() -> None:
     _stop_signal = None
 
 
+#: Runs a rank's command under a shell that takes Hydra's SIGUSR1 (sent to each rank's process
+#: when a peer dies under ``-disable-auto-cleanup``), so the rank itself keeps running.
+SURVIVOR_SHELL = ("sh", "-c", 'trap : USR1; "$@"', "conformance-rank")
+
+
 @dataclass(frozen=True)
 class Launcher:
     """A resolved ``mpiexec`` and the MPI flavor it belongs to."""
@@ -176,6 +181,28 @@ class Launcher:
         if self.hostfile:
             cmd += hostfile.launcher_args(self.hostfile, self.flavor)
         cmd += ["-n", str(np), *argv]
+        return cmd
+
+    @property
+    def keeps_survivors(self) -> bool:
+        """Whether :meth:`survivor_command` keeps the other ranks running when one dies.
+
+        MPICH's Hydra does, with ``-disable-auto-cleanup``; it then tells each rank's process of
+        the death with SIGUSR1, whose default action would end it, so every rank runs under a
+        shell that takes the signal instead (:data:`SURVIVOR_SHELL`; measured with the mpich 5
+        wheel: without it the survivors died whenever they had talked to the dead rank). Open
+        MPI's launcher is not used this way (not measured); kill tests then skip.
+        """
+        return self.flavor == MPICH
+
+    def survivor_command(
+        self, np: int, argv: Sequence[str], label_output: bool = False
+    ) -> list[str]:
+        """Like :meth:`command`, for a job whose ranks outlive a dead peer (MPICH only)."""
+        if not self.keeps_survivors:
+            raise LauncherError(f"a {self.flavor} launcher cannot keep the survivors of a rank")
+        cmd = self.command(np, [*SURVIVOR_SHELL, *argv], label_output)
+        cmd.insert(1, "-disable-auto-cleanup")
         return cmd
 
     def environment(self, np: int, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -9,7 +9,8 @@ record plus ``np``, ``reproduce`` and, where a known deviation applies, ``deviat
   backend and its version, the suite's version and commit, and the rank counts. A level is PASS
   only when at least one of its tests passed, none failed, hung or crashed unexcused, and nothing
   in it was excused by a deviation (then DEVIATES); core is FAIL when a core feature is declared
-  unsupported without a deviation entry naming it.
+  unsupported without a deviation entry naming it; robust is UNTESTED (never PASS) for a backend
+  without ``set_timeout``, and the report says why (:func:`robust_untested`).
 - Every declared capability is listed, each declared-unsupported feature marked optional or not.
 - Identical outcomes of one test at several rank counts are one line (or one section).
 - A table says what each tier cost (tests, results, time), and one where each MPI job's time
@@ -165,7 +166,8 @@ class RunSummary:
         return Counter(classify(r) for r in (self.records if records is None else records))
 
     def level_verdict(self, level: str) -> tuple[str, Counter[str]]:
-        """(PASS | DEVIATES | FAIL | NO PASSES | NOT RUN, class counts) of one level."""
+        """(PASS | DEVIATES | UNTESTED | FAIL | NO PASSES | NOT RUN, class counts) of one level;
+        UNTESTED: the robust level of a backend without deadlines (:func:`robust_untested`)."""
         counts = self.counts(r for r in self.records if level_of(r) == _display(level))
         core = level == "core"
         if not sum(counts.values()):
@@ -174,6 +176,8 @@ class RunSummary:
             return "FAIL", counts
         if not counts["passed"]:
             return "NO PASSES", counts
+        if level == "robust" and robust_untested(self):
+            return UNTESTED, counts
         excused = any(r.get("deviation") for r in self.records if level_of(r) == _display(level))
         if excused or (core and self._excused_core()):
             return "DEVIATES", counts
@@ -191,7 +195,34 @@ class RunSummary:
         if not self.counts()["passed"]:
             return "NO PASSES"
         words = {self.level_verdict(level)[0] for level in LEVELS} - {"NOT RUN"}
-        return "PASS" if words <= {"PASS"} else "DEVIATES" if "DEVIATES" in words else "NO PASSES"
+        if words <= {"PASS"}:
+            return "PASS"
+        for word in ("DEVIATES", UNTESTED):
+            if word in words:
+                return word
+        return "NO PASSES"
+
+
+#: The robust level's verdict for a backend that cannot be held to a deadline.
+UNTESTED = "UNTESTED"
+
+
+def robust_untested(summary: RunSummary) -> str | None:
+    """Why the robust level cannot read PASS, or None: deadlines are core to it (SEMANTICS.md,
+    "Hangs (robust)"), and a backend without ``set_timeout`` (capability ``timeouts`` False at
+    some rank count) has its deadline, stall and kill tests skipped or opted into without one."""
+    nps = [
+        np
+        for np, session in sorted(summary.sessions.items())
+        if not (session.get("capabilities") or {}).get("timeouts", True)
+    ]
+    if not nps:
+        return None
+    return (
+        f"robust: {UNTESTED}: the backend declares no set_timeout (capability timeouts, "
+        f"np={_nps(nps)}), so no test could hold it to a deadline; the robust level needs "
+        "deadlines (SEMANTICS.md, Hangs) and cannot pass without them"
+    )
 
 
 def _nps(nps: Iterable[int]) -> str:
@@ -358,6 +389,9 @@ def headline(summary: RunSummary) -> list[str]:
     for level in LEVELS:
         word, counts = summary.level_verdict(level)
         lines.append(f"- **{_display(level)}: {word}** ({_count_text(counts)})")
+    untested = robust_untested(summary)
+    if untested:
+        lines.append(f"- {untested}")
     suite = summary.suite
     lines += [
         "",
@@ -728,6 +762,9 @@ def terminal_summary(summary: RunSummary) -> str:
     for level in LEVELS:
         word, level_counts = summary.level_verdict(level)
         lines.append(f"  {_display(level)}: {word} ({_count_text(level_counts)})")
+    untested = robust_untested(summary)
+    if untested:
+        lines.append(f"  {untested}")
     reasons = summary.failure_reasons()
     if reasons:
         lines.append("why the run failed:")

@@ -12,6 +12,12 @@ Contract:
   watchdog) the runner records the test that was running (the first collected test without a
   record) as ``crashed``, or ``hung`` if the job-level watchdog ended it, with the tail of what
   the job and each rank printed.
+- Tests that kill a rank (``conformance.harness.survivors``) run each in a job of its own whose
+  launcher keeps the survivors alive (:meth:`Launcher.keeps_survivors`), with
+  ``CONFORMANCE_SURVIVORS=1``; the other jobs leave them out. Where the launcher cannot keep
+  survivors, they run in the ordinary jobs and skip, saying why.
+- Collection also writes each test's level, tier and area (``--conformance-collection``); every
+  record, the runner's ``crashed`` and ``hung`` ones included, carries them.
 - The job-level watchdog ends a job (its whole process tree) when it shows no sign of progress
   (a results line, a change to its output or to a file in its log dir) for the per-test deadline
   plus a margin (plus a start-up allowance before the first test). It is the last resort for
@@ -27,6 +33,7 @@ import argparse
 import dataclasses
 import enum
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -42,6 +49,7 @@ from pytest import ExitCode
 import conformance
 from conformance import records as records_mod
 from conformance.harness import isolation
+from conformance.harness import survivors as survivors_mod
 from conformance.harness.isolation import EXIT_ISOLATED
 from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
@@ -53,6 +61,8 @@ from conformance.run import launcher as launcher_mod
 _NOT_RUN = (ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR)
 #: Outcomes that make the run fail unless a deviation expects them.
 BAD_OUTCOMES = deviations_mod.FAILING_OUTCOMES
+#: Record fields every record takes from collection when its writer could not tell them.
+ATTRIBUTED = ("level", "tier", "area")
 TAIL_LINES = 40
 
 
@@ -186,7 +196,11 @@ def forward_caller_environment(
 
 
 def reproduce_command(
-    opts: RunOptions, launcher: launcher_mod.Launcher | None, np: int, nodeid: str
+    opts: RunOptions,
+    launcher: launcher_mod.Launcher | None,
+    np: int,
+    nodeid: str,
+    survivors: bool = False,
 ) -> str:
     """Shell command that reruns one test alone on ``np`` ranks, from any directory (with the
     suite installed in the environment it names): ``reproduce_target`` names the test without the
@@ -207,7 +221,12 @@ def reproduce_command(
     launch: list[str]
     if launcher is not None:
         prefix = launcher.env_prefix(np)
-        launch = launcher.command(np, [])
+        if survivors:
+            # A kill test skips unless its job keeps the survivors alive: reproduce that job.
+            env[survivors_mod.ENV] = "1"
+            launch = launcher.survivor_command(np, [])
+        else:
+            launch = launcher.command(np, [])
         launch[0] = _shortest("mpiexec", launcher.path)
     else:
         launch = ["mpiexec", "-n", str(np)]
@@ -262,6 +281,8 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         # Isolation may change the run order (robust tests last); collect in the jobs' order.
         "--conformance-isolate",
         opts.isolate,
+        "--conformance-collection",
+        str(collection_path(opts)),
         *pytest_args(opts),
     ]
     env = dict(os.environ, **job_environment(opts), **caller_environment(opts))
@@ -292,6 +313,28 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
     if out.returncode not in (ExitCode.OK, ExitCode.NO_TESTS_COLLECTED):
         return ids, text
     return ids, "" if ids or out.returncode == ExitCode.NO_TESTS_COLLECTED else text
+
+
+def collection_path(opts: RunOptions) -> Path:
+    """Where collection writes each test's level, tier, area and whether it kills a rank."""
+    return opts.report_dir / "collection.jsonl"
+
+
+def read_collection(path: Path) -> dict[str, dict[str, Any]]:
+    """The collection file's entries by node id (empty when it is missing or unreadable)."""
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "nodeid" in entry:
+            found[str(entry["nodeid"])] = entry
+    return found
 
 
 # -- one job ---------------------------------------------------------------------------------
@@ -346,14 +389,23 @@ def run_job(
     on_progress: Callable[[], None] = lambda: None,
     poll: float = 0.5,
     paths: Sequence[str] | None = None,
+    survivors: bool = False,
 ) -> JobOutcome:
     """Run one MPI job (over ``paths``, else the run's paths) to its end or until the job-level
-    watchdog ends it (an interrupt ends it and propagates)."""
+    watchdog ends it (an interrupt ends it and propagates). ``survivors``: a job for kill tests,
+    whose ranks outlive a dead peer (:meth:`Launcher.survivor_command`,
+    ``CONFORMANCE_SURVIVORS=1``)."""
     argv = job_argv(opts, extra_args, results_path, log_dir, paths)
-    cmd = forward_caller_environment(launcher, opts, launcher.command(np, argv, label_output=True))
+    if survivors:
+        launch = launcher.survivor_command(np, argv, label_output=True)
+    else:
+        launch = launcher.command(np, argv, label_output=True)
+    cmd = forward_caller_environment(launcher, opts, launch)
     env = launcher.environment(np)
     env.update(job_environment(opts))
     env.update(caller_environment(opts))
+    if survivors:
+        env[survivors_mod.ENV] = "1"
     log_dir.mkdir(parents=True, exist_ok=True)
     offset, launched_at = jobtime.results_size(results_path), time.time()
     start = time.monotonic()
@@ -539,13 +591,23 @@ class JobEnd:
     remaining: int = 0  # collected tests still without a record
     hung: bool = False  # the plugin recorded a hang in this job
     hung_outside: bool = False  # ... outside any collected test (collection)
+    survivors: bool = False  # a job of its own for one kill test
+    left_out: int = 0  # remaining tests this job did not include (kill tests, run apart)
 
 
 _Rule = Callable[[JobEnd], bool]
 #: The cases, first match wins; the reason is the problem text of GIVE_UP.
 AFTER_JOB: tuple[tuple[str, _Rule, Action], ...] = (
+    # The survivors of a kill test record it and leave; whatever the status (the victim's
+    # signal), the next test gets a fresh job.
+    ("the kill test was recorded", lambda e: e.survivors and e.new > 0, Action.RESUME),
     ("the runner ended it", lambda e: e.killed, Action.BLAME),
     ("ran to its end", lambda e: e.status in COMPLETED_STATUSES and not e.remaining, Action.DONE),
+    (
+        "ran its tests; kill tests left for jobs of their own",
+        lambda e: e.status in COMPLETED_STATUSES and 0 < e.remaining == e.left_out,
+        Action.RESUME,
+    ),
     (
         "the job collected no tests",
         lambda e: e.status == ExitCode.NO_TESTS_COLLECTED and not e.new,
@@ -585,17 +647,21 @@ def run_rank_count(
     collected: list[str],
     progress: Progress,
     expect_hang: Sequence[str] = (),
+    info: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[jobtime.JobTiming]]:
     """Run every test on ``np`` ranks, resuming after hangs, crashes and isolation stops.
 
-    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``),
-    problems that kept tests from running at all, and where each job's time went. The tests in
-    ``expect_hang`` run under the short deadline ``opts.hang_deadline``. An interrupt
-    ends the rank count early with what finished (the caller checks ``launcher.stop_signal()``).
+    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``,
+    and with the level, tier and area of ``info``, the collection's entries by node id, where a
+    record lacks them), problems that kept tests from running at all, and where each job's time
+    went. The tests in ``expect_hang`` run under the short deadline ``opts.hang_deadline``. An
+    interrupt ends the rank count early with what finished (the caller checks
+    ``launcher.stop_signal()``).
     """
+    info = info or {}
     base = opts.report_dir / f"np{np}"
     base.mkdir(parents=True, exist_ok=True)
-    attempts = _Attempts(launcher, opts, np, collected, progress, base)
+    attempts = _Attempts(launcher, opts, np, collected, progress, base, info)
     attempts.extra_args = expected_hang_args(opts, expect_hang, collected)
     try:
         attempts.run()
@@ -607,6 +673,9 @@ def run_rank_count(
     for record in records:
         record["np"] = np
         record.setdefault("order", order.get(record["nodeid"], len(order)))
+        for key in ATTRIBUTED:
+            if record.get(key) is None and info.get(record["nodeid"], {}).get(key) is not None:
+                record[key] = info[record["nodeid"]][key]
     return records, attempts.problems, attempts.timings
 
 
@@ -621,9 +690,15 @@ class _Attempts:
         collected: list[str],
         progress: Progress,
         base: Path,
+        info: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.launcher, self.opts, self.np, self.base = launcher, opts, np, base
         self.collected, self.progress = collected, progress
+        self.info = info or {}
+        # Kill tests get jobs of their own where the launcher keeps survivors alive (np 1 skips
+        # them in any job).
+        keeps = getattr(launcher, "keeps_survivors", False) and np > 1
+        self.kills = {n for n in collected if keeps and self.info.get(n, {}).get("kills")}
         self.results_path = base / "results.jsonl"
         if self.results_path.exists():
             self.results_path.unlink()  # a fresh run never inherits an old run's results
@@ -639,11 +714,19 @@ class _Attempts:
         barren = 0  # consecutive jobs that ended early without finishing a test
         for attempt in itertools.count(1):
             before = {r["nodeid"] for r in self.current()}
-            job = self.launch(attempt, before)
+            todo = [nodeid for nodeid in self.collected if nodeid not in before]
+            alone = bool(todo) and todo[0] in self.kills
+            if alone:
+                job = self.launch_kill_test(attempt, todo[0])
+                included = {todo[0]}
+            else:
+                job = self.launch(attempt, before, apart=self.kills)
+                included = set(todo) - self.kills
             records = self.current()
             new = [r for r in records if r["nodeid"] not in before]
             finished = {r["nodeid"] for r in records}
             remaining = [nodeid for nodeid in self.collected if nodeid not in finished]
+            unfinished = [nodeid for nodeid in remaining if nodeid in included]
             hung = [r["nodeid"] for r in new if r.get("outcome") == "hung"]
             end = JobEnd(
                 status=job.returncode,
@@ -652,6 +735,8 @@ class _Attempts:
                 remaining=len(remaining),
                 hung=bool(hung),
                 hung_outside=bool(hung) and not set(hung) & set(self.collected),
+                survivors=alone,
+                left_out=len(remaining) - len(unfinished),
             )
             action, reason = after_job(end)
             if action is Action.GIVE_UP:
@@ -664,7 +749,8 @@ class _Attempts:
                 return
             barren = 0
             if action is Action.BLAME:
-                record = blame_record(self.opts, self.np, _running(job, remaining), job)
+                running = unfinished[0] if unfinished else remaining[0]
+                record = blame_record(self.opts, self.np, running, job, self.info)
                 self.runner_records.append(record)
                 self.progress.update(self.np, self.current(), self.collected)
                 expected = record["outcome"] == "passed"
@@ -682,12 +768,32 @@ class _Attempts:
                 self.problems.append(f"np={self.np}: giving up after {attempt} attempts")
                 return
 
-    def launch(self, attempt: int, done: set[str]) -> JobOutcome:
-        """One job over the tests not in ``done`` (a resumed job gets exactly those, by node id),
-        its time split into phases (``self.timings``)."""
+    def launch_kill_test(self, attempt: int, nodeid: str) -> JobOutcome:
+        """A job of its own for the kill test ``nodeid``, keeping its survivors alive."""
+        job = run_job(
+            self.launcher,
+            self.opts,
+            self.np,
+            self.extra_args,
+            self.results_path,
+            self.base / "logs" / f"attempt{attempt}",
+            self.base / f"attempt{attempt}.out",
+            on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
+            paths=[nodeid],
+            survivors=True,
+        )
+        return self._timed(attempt, job)
+
+    def launch(
+        self, attempt: int, done: set[str], apart: set[str] | frozenset[str] = frozenset()
+    ) -> JobOutcome:
+        """One job over the tests not in ``done`` nor ``apart`` (those that get jobs of their
+        own); a resumed job gets exactly those, by node id."""
         paths: list[str] | None = None
+        if done or apart:
+            chosen = [nodeid for nodeid in self.collected if nodeid not in apart]
+            paths = resumed_paths(self.base / f"remaining-{attempt}.txt", chosen, done)
         if done:
-            paths = resumed_paths(self.base / f"remaining-{attempt}.txt", self.collected, done)
             self.progress.message(
                 f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
             )
@@ -702,6 +808,10 @@ class _Attempts:
             on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
             paths=paths,
         )
+        return self._timed(attempt, job)
+
+    def _timed(self, attempt: int, job: JobOutcome) -> JobOutcome:
+        """``job``, its time split into phases (``self.timings``)."""
         self.timings.append(
             jobtime.measure(
                 self.np,
@@ -738,35 +848,23 @@ def resumed_paths(argfile: Path, collected: Sequence[str], done: set[str]) -> li
     return [f"@{argfile}"]
 
 
-def _running(job: JobOutcome, remaining: list[str]) -> str:
-    """The test that was running when ``job`` ended: one that announced ending the job, else the
-    first collected test without a record (the job runs tests in collection order)."""
-    announced = isolation.announced_tests(tail(job.output_path, 10 * TAIL_LINES))
-    for nodeid in reversed(announced):
-        if nodeid in remaining:
-            return nodeid
-    return remaining[0]
-
-
-def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dict[str, Any]:
-    """The runner's record of the test running when ``job`` ended early: ``hung`` when the
-    runner ended it, ``passed`` when the test announced ending the job on purpose and the job
-    ended within the deadline after that (SEMANTICS.md, "Dead and stalled peers"), else
-    ``crashed``."""
+def blame_record(
+    opts: RunOptions,
+    np: int,
+    nodeid: str,
+    job: JobOutcome,
+    info: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The runner's record of the test running when ``job`` ended early (the first test of the
+    job without a record: a job runs its tests in collection order): ``hung`` when the runner
+    ended it, else ``crashed``; level, tier and area from ``info`` (the collection's entries)."""
     output = tail(job.output_path, 10 * TAIL_LINES)
-    announced, fields = isolation.expected_job_end(output, nodeid) or (None, {})
+    fields = (info or {}).get(nodeid, {})
     if job.killed:
         outcome = "hung"
         message = (
             f"no sign of progress for {opts.timeout + opts.job_margin:g} s; "
             "the runner ended the job"
-        )
-    elif announced is not None and job.ended_at - announced <= opts.timeout:
-        outcome = "passed"
-        message = (
-            f"the job ended {max(0.0, job.ended_at - announced):.1f} s after the test stopped "
-            f"a rank on purpose (status {job.returncode}): the job-level outcome the contract "
-            "names for a dead peer under an MPI launcher"
         )
     else:
         outcome = "crashed"
@@ -779,7 +877,7 @@ def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dic
             duration=None,
             level=fields.get("level"),
             tier=fields.get("tier"),
-            area=_area_of(nodeid),
+            area=fields.get("area") or _area_of(nodeid),
             seed=None,
             world_size=np,
             backend=opts.backend,
@@ -860,14 +958,18 @@ def _run(opts: RunOptions, progress: Progress) -> int:
     if collect_error:
         progress.message(f"warning: collection reported errors:\n{collect_error}")
     progress.message(f"{len(collected)} tests per rank count")
+    info = read_collection(collection_path(opts))
     state = _RunState(opts, launcher, known, deviation_path, collected)
     notes = hang_notes(opts, known, collected)
     for note in notes:
         progress.message(note)
     state.notes = notes
+    state.info = info
     for np in opts.nps:
         hangs = deviations_mod.expected_hangs(known, np)
-        records, issues, timings = run_rank_count(launcher, opts, np, collected, progress, hangs)
+        records, issues, timings = run_rank_count(
+            launcher, opts, np, collected, progress, hangs, info
+        )
         state.add(np, records, issues)
         state.timings += timings
         if launcher_mod.stop_signal() is not None:
@@ -924,11 +1026,20 @@ class _RunState:
         self.done: list[int] = []
         self.timings: list[jobtime.JobTiming] = []
         self.notes: list[str] = []
+        #: The collection's entries by node id (``read_collection``).
+        self.info: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
 
     def add(self, np: int, records: list[dict[str, Any]], problems: list[str]) -> None:
         for record in records:
-            record["reproduce"] = reproduce_command(self.opts, self.launcher, np, record["nodeid"])
+            kills = bool(self.info.get(record["nodeid"], {}).get("kills"))
+            record["reproduce"] = reproduce_command(
+                self.opts,
+                self.launcher,
+                np,
+                record["nodeid"],
+                survivors=kills and np > 1 and self.launcher.keeps_survivors,
+            )
         self.records += records
         self.problems += problems
         self.done.append(np)

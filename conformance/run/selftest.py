@@ -66,14 +66,17 @@ BACKEND_DEADLINE_SHARE = 0.5
 #: Outcomes that are a failure of the call phase whatever the record says of the phase.
 CALL_FAILURES = frozenset({"failed", "wrong"})
 #: Outcomes that may come from the call or from setup/teardown: caught only when the record
-#: names the call as the failing phase.
-MAYBE_CALL_FAILURES = frozenset({"error"})
+#: names the call as the failing phase (a ``hung`` record does only when the spec itself watched
+#: the call block: the survivors of a kill test; the watchdog's hung records name no phase).
+MAYBE_CALL_FAILURES = frozenset({"error", "hung"})
 #: Outcomes that mean the run broke without a spec noticing.
 BROKEN_RUN = frozenset({"hung", "crashed"})
 #: Record fields that may name the failing phase (whichever the records format uses).
 PHASE_FIELDS = ("phase", "when", "failed_phase")
 #: Text that shows a backend TimeoutError in a failure.
 TIMEOUT_EVIDENCE = ("TimeoutError", "timed out")
+#: Spec modules whose tests kill a rank (``conformance.harness.survivors``).
+KILL_SPECS = frozenset({"test_faults.py"})
 #: Jobs per fault and rank count at most (the first and resumptions past tests that do not count).
 MAX_JOBS = 3
 # Exit statuses of a job that could not run tests at all (usage error, ranks out of step).
@@ -286,6 +289,8 @@ def run_fault_job(
     )
     stop = ["-x"] if opts.maxfail == 1 else ([f"--maxfail={opts.maxfail}"] if opts.maxfail else [])
     with_deadline = _WithEnvironment(launcher, fault_environment(opts))
+    # Kill tests need a job that keeps the survivors alive (they skip anywhere else).
+    survivors = bool(set(fault.specs) & KILL_SPECS) and getattr(launcher, "keeps_survivors", False)
     duration = 0.0
     for jobs in range(1, MAX_JOBS + 1):
         extra = list(stop)
@@ -303,6 +308,7 @@ def run_fault_job(
             results,
             base / "logs" / f"job{jobs}",
             out,
+            survivors=survivors,
         )
         duration += job.duration
         found = read_records(results)

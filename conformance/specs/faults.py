@@ -1,9 +1,7 @@
 """Injecting faults into one rank of a running spec test (runs inside every rank).
 
 ``kill_self`` ends this rank with SIGKILL; ``stall_self`` stops it with SIGSTOP and has a helper
-process resume it later. Before a test kills a rank it calls ``announce_job_end`` on every rank:
-under an MPI launcher the launcher then ends the whole job, and the runner reads the mark to tell
-that expected end from a crash (``conformance.harness.isolation``).
+process resume it later. The survivors of a kill are observed by ``conformance.harness.survivors``.
 """
 
 from __future__ import annotations
@@ -11,13 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
-
-from conformance.harness import isolation, levels
-from conformance.harness.control import active as active_control
 
 
 def victim(size: int) -> int:
@@ -30,22 +23,6 @@ def require_faults(config: pytest.Config, capabilities: object) -> None:
     asked = "faults" in str(config.getoption("markexpr", "") or "")
     if not getattr(capabilities, "timeouts", False) and not asked:
         pytest.skip("backend declares no timeouts; fault tests are opt-in (-m faults)")
-
-
-def announce_job_end(item: pytest.Item) -> None:
-    """Print the runner's job-end mark (rank 0) and wait until every rank is past this point,
-    so the mark is out before any rank dies."""
-    plane = active_control()
-    if plane is None or plane.rank == 0:
-        line = isolation.job_end_line(
-            item.nodeid, time.time(), level=levels.level_of(item), tier=levels.tier_of(item)
-        )
-        sys.__stdout__.write(line + "\n")
-        sys.__stdout__.flush()
-    if plane is not None:
-        plane.barrier(("faults", "job end announced", item.nodeid))
-    # Let the launcher forward the mark before the job is torn down.
-    time.sleep(0.5)
 
 
 def kill_self(after: float = 0.0) -> None:

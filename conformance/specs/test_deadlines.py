@@ -13,16 +13,14 @@ import time
 
 import pytest
 
-from conformance.specs import data, exchanges
+from conformance.specs import data, exchanges, timing
 from conformance.specs.calls import attempt, call, describe_error, settle
 from conformance.specs.groups import require_size
 from conformance.specs.tolerance import mismatch
 
 pytestmark = pytest.mark.robust
 
-DEADLINE = 1.0
-# Generous: two oversubscribed cores can stall a rank for a while.
-SLACK = 10.0
+DEADLINE = timing.DEADLINE
 
 
 @pytest.fixture
@@ -41,8 +39,11 @@ def _timeout_findings(error, elapsed, op, missing):
         return [f"{op} with absent peers: expected TimeoutError, got {got}"]
     text = str(error)
     problems = []
-    if elapsed > DEADLINE + SLACK:
-        problems.append(f"{op} raised only after {elapsed:.1f} s (deadline {DEADLINE} s)")
+    if elapsed > timing.limit():
+        problems.append(
+            f"{op} raised only after {elapsed:.2f} s (deadline {DEADLINE:g} s "
+            f"+ allowance {timing.ALLOWANCE:g} s)"
+        )
     if op not in text:
         problems.append(f"TimeoutError does not name the operation {op!r}: {text}")
     absent = [r for r in missing if not re.search(rf"\b{r}\b", text)]

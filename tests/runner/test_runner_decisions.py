@@ -73,21 +73,6 @@ def test_robust_tests_run_last_in_order() -> None:
     assert isolation.run_order(items, levels.get) == ["c1", "c2", "i1", "r1", "r2"]
 
 
-def test_expected_job_end_is_found_for_its_test_only() -> None:
-    line = isolation.job_end_line("a.py::t", 12.5, level="robust", tier=None)
-    output = f"[1] noise\n[0] {line}\n[0] more\n"
-    assert isolation.expected_job_end(output, "a.py::t") == (12.5, {"level": "robust"})
-    assert isolation.expected_job_end(output, "a.py::other") is None
-    assert isolation.expected_job_end("[0] nothing here", "a.py::t") is None
-
-
 def test_unknown_mode_is_named() -> None:
     with pytest.raises(ValueError, match="auto"):
         isolation.check_mode("sometimes")
-
-
-def test_announced_tests_in_order() -> None:
-    first = isolation.job_end_line("a.py::one", 1.0)
-    second = isolation.job_end_line("a.py::two", 2.0, level="robust")
-    output = f"[0] {first}\n[1] noise\n[0] {second}\n"
-    assert isolation.announced_tests(output) == ["a.py::one", "a.py::two"]

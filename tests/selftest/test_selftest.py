@@ -82,6 +82,12 @@ ISSUE24_FAULTS = {
     ),
 }
 
+# Every fault kind issue 23 lists (robust verdicts: deadlines and dead peers).
+ISSUE23_FAULTS = {
+    "a deadline three times the one set": "deadline_tripled",
+    "survivors of a dead peer blocking far past the deadline": "survivors_block",
+}
+
 SPECS = Path(runner.default_paths()[0])
 
 
@@ -89,7 +95,7 @@ SPECS = Path(runner.default_paths()[0])
 
 
 def test_registry_covers_every_fault_of_the_issues():
-    listed = {**ISSUE_FAULTS, **ISSUE11_FAULTS, **ISSUE24_FAULTS}
+    listed = {**ISSUE_FAULTS, **ISSUE11_FAULTS, **ISSUE23_FAULTS, **ISSUE24_FAULTS}
     missing = {text: name for text, name in listed.items() if name not in faulty.FAULTS}
     assert not missing
     assert set(faulty.FAULTS) == set(listed.values()), "a fault no issue lists?"
@@ -111,9 +117,22 @@ def test_every_fault_is_described_and_loads(name):
     assert backend.name == f"faulty:{name}"
     assert fault.fault in backend.api.__doc__ and fault.rule in backend.api.__doc__
     assert backend.capabilities.timeouts  # the robust deadline specs apply, as to the reference
-    # Each fault replaces at least one API name; the rest is the reference's.
+    # Each fault replaces at least one API name or the deadline setter; the rest is the
+    # reference's.
     replaced = [a for a in faulty.API_NAMES if getattr(backend, a) is not getattr(reference, a)]
+    if backend._set_timeout is not reference.set_timeout:
+        replaced.append("set_timeout")
     assert replaced, f"{name} changes nothing"
+
+
+def test_deadline_tripled_sets_three_times_the_deadline_and_restores_what_it_was_given():
+    backend = load_backend("faulty:deadline_tripled")
+    before = reference.set_timeout(10.0)
+    try:
+        assert backend.set_timeout(1.0) == pytest.approx(10.0 / 3)
+        assert reference.set_timeout(10.0) == pytest.approx(3.0)
+    finally:
+        reference.set_timeout(before)
 
 
 def test_unknown_fault_is_a_load_error_naming_the_known_ones():
