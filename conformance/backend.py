@@ -91,9 +91,11 @@ class BackendControlFlowError(RuntimeError):
 @functools.cache
 def _control_flow_types() -> tuple[type[BaseException], ...]:
     # Imported on first use: the runner and the bench load backends without a pytest session.
+    from unittest import SkipTest  # pytest reads it as a skip too
+
     from _pytest.outcomes import Exit, OutcomeException
 
-    types_: list[type[BaseException]] = [OutcomeException, Exit]
+    types_: list[type[BaseException]] = [OutcomeException, Exit, SkipTest]
     try:
         from hypothesis.errors import UnsatisfiedAssumption
     except ImportError:  # pragma: no cover - hypothesis is a dependency of the suite
@@ -105,9 +107,9 @@ def _control_flow_types() -> tuple[type[BaseException], ...]:
 
 def guarded(what: str, function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` (an API op or adapter hook named ``what``) such that a test-runner control
-    flow exception raised inside it (``pytest.skip``, ``xfail``, ``fail``, ``exit``, Hypothesis'
-    ``assume``) becomes :class:`BackendControlFlowError` naming the call: an error of the test,
-    never a skip, expected failure or ended session."""
+    flow exception raised inside it (``pytest.skip``, ``xfail``, ``fail``, ``exit``,
+    ``unittest.SkipTest``, Hypothesis' ``assume``) becomes :class:`BackendControlFlowError`
+    naming the call: an error of the test, never a skip, expected failure or ended session."""
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:

@@ -73,7 +73,7 @@ def ends_job(
 
 
 def job_end_line(nodeid: str, when: float, **fields: str | None) -> str:
-    """The line a test prints before ending its job on purpose (``fields``: level, tier)."""
+    """The line a test prints before ending its job on purpose (``fields``: level, tier, rule)."""
     extra = "".join(f" {key}={value}" for key, value in sorted(fields.items()) if value)
     return f"{JOB_END_MARK} {nodeid} at {when:.3f}{extra}"
 

@@ -38,6 +38,7 @@ from typing import Any
 import conformance
 from conformance.harness.levels import BASIC_TIER, LEVELS
 from conformance.records import BAD_OUTCOMES, SessionRecord, outcome_of, read_session
+from conformance.run import coverage as coverage_mod
 from conformance.run import deviations as deviations_mod
 
 UNLABELLED = "unlabelled"
@@ -106,6 +107,9 @@ class RunSummary:
     #: The command that made the run, and the suite's identity (``suite_identity``).
     command: str = ""
     suite: dict[str, str] = field(default_factory=dict)
+    #: Whether the whole spec was selected (no -k, -m or paths): then a manifest rule with no
+    #: record at a rank count is not covered there (``coverage.rule_coverage``).
+    complete: bool = False
 
     @property
     def unexpected(self) -> list[dict[str, Any]]:
@@ -155,10 +159,21 @@ class RunSummary:
             return "FAIL", counts
         if not counts["passed"]:
             return "NO PASSES", counts
+        if self.coverage_gaps(level):
+            return "NOT COVERED", counts
         excused = any(r.get("deviation") for r in self.records if level_of(r) == _display(level))
         if excused or (core and self._excused_core()):
             return "DEVIATES", counts
         return "PASS", counts
+
+    def coverage(self) -> dict[str, dict[int, str]]:
+        """Manifest rule -> rank count -> held / excused / n/a / not covered (``coverage``)."""
+        return coverage_mod.rule_coverage(self.records, self.nps, complete=self.complete)
+
+    def coverage_gaps(self, level: str) -> list[tuple[str, list[int]]]:
+        """(rule, rank counts) of each rule of ``level`` no test held at some rank count where it
+        applies: a level with any reads NOT COVERED, never PASS."""
+        return coverage_mod.gaps(self.coverage(), _display(level))
 
     def _excused_core(self) -> bool:
         return any(
@@ -172,7 +187,9 @@ class RunSummary:
         if not self.counts()["passed"]:
             return "NO PASSES"
         words = {self.level_verdict(level)[0] for level in LEVELS} - {"NOT RUN"}
-        return "PASS" if words <= {"PASS"} else "DEVIATES" if "DEVIATES" in words else "NO PASSES"
+        if words <= {"PASS"}:
+            return "PASS"
+        return next(w for w in ("NOT COVERED", "DEVIATES", "NO PASSES") if w in words)
 
 
 def _nps(nps: Iterable[int]) -> str:
@@ -236,6 +253,7 @@ def summarize_run(
         excused_features={f: d.describe() for f, d in excused.items()},
         command=command_line(),
         suite=suite_identity(),
+        complete=scope == "all",
     )
     declared = summary.declared()
     summary.warnings += [
@@ -448,6 +466,15 @@ def _matrix(summary: RunSummary) -> list[str]:
     return lines
 
 
+def _coverage_section(summary: RunSummary) -> list[str]:
+    lines = coverage_mod.section(summary.coverage(), summary.nps)
+    gaps = [(lv, rule, nps) for lv in LEVELS for rule, nps in summary.coverage_gaps(lv)]
+    if gaps:
+        lines += ["", "Not covered (the level cannot read PASS):", ""]
+        lines += [f"- {_display(lv)}: `{rule}` at np={_nps(nps)}" for lv, rule, nps in gaps]
+    return lines
+
+
 def grouped(records: Iterable[dict[str, Any]], *keys: str) -> list[list[dict[str, Any]]]:
     """Records grouped by node id and ``keys`` (one group = one test's identical outcome at
     several rank counts), in run order."""
@@ -467,6 +494,7 @@ def markdown(summary: RunSummary) -> str:
     lines += capabilities_section(summary)
     lines += _matrix(summary)
     lines += _tier_section(summary)
+    lines += _coverage_section(summary)
     problems = [*summary.load_errors(), *summary.problems]
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
@@ -615,6 +643,10 @@ def json_report(summary: RunSummary) -> dict[str, Any]:
             for t, n, r, s in tier_costs(summary)
         ],
         "totals": {name: summary.counts()[name] for name, _ in CLASSES},
+        "coverage": {
+            rule: {str(np): status for np, status in by_np.items()}
+            for rule, by_np in summary.coverage().items()
+        },
         "problems": [*summary.load_errors(), *summary.problems],
         "warnings": summary.warnings,
         "records": records,

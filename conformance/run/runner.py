@@ -680,6 +680,7 @@ def blame_record(opts: RunOptions, np: int, nodeid: str, job: JobOutcome) -> dic
             duration=None,
             level=fields.get("level"),
             tier=fields.get("tier"),
+            rule=fields.get("rule"),
             area=_area_of(nodeid),
             seed=None,
             world_size=np,

@@ -37,8 +37,13 @@ def announce_job_end(item: pytest.Item) -> None:
     so the mark is out before any rank dies."""
     plane = active_control()
     if plane is None or plane.rank == 0:
+        cited = levels.spec_of(item)
         line = isolation.job_end_line(
-            item.nodeid, time.time(), level=levels.level_of(item), tier=levels.tier_of(item)
+            item.nodeid,
+            time.time(),
+            level=levels.level_of(item),
+            tier=levels.tier_of(item),
+            rule="/".join(cited) if cited else None,  # the runner's record cites the rule too
         )
         sys.__stdout__.write(line + "\n")
         sys.__stdout__.flush()

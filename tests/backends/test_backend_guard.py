@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import types
+import unittest
 
 import numpy as np
 import pytest
@@ -28,8 +29,9 @@ def _backend(**overrides) -> Backend:
         lambda: pytest.fail("nope"),
         lambda: pytest.exit("bye"),
         lambda: assume(False),
+        lambda: (_ for _ in ()).throw(unittest.SkipTest("unittest style")),
     ],
-    ids=["skip", "xfail", "fail", "exit", "assume"],
+    ids=["skip", "xfail", "fail", "exit", "assume", "unittest"],
 )
 def test_a_skip_inside_an_op_is_an_error_naming_the_call(escape) -> None:
     def all_sum(x, *, group=None, stream=None):
