@@ -64,6 +64,8 @@ class Fault:
     #: The fault is a hang (a peer that never comes): it counts as caught only when a test's
     #: call failed with the backend's TimeoutError, i.e. the deadline ended it and a spec noticed.
     hangs: bool = False
+    #: Opt-in tiers the spec modules need to catch the fault (``CONFORMANCE_TIERS`` of its jobs).
+    tiers: tuple[str, ...] = ()
 
     def active_at(self, np_: int) -> bool:
         """Whether the fault shows with ``np_`` ranks (below ``min_np`` it is the reference)."""
@@ -82,6 +84,7 @@ def _fault(
     min_np: int = 2,
     control: bool = False,
     hangs: bool = False,
+    tiers: tuple[str, ...] = (),
 ):
     """Register the decorated builder as the faulty backend ``name`` (its docstring is set from
     the fault and the rule it breaks, so ``help()`` on the backend says what is wrong)."""
@@ -89,7 +92,7 @@ def _fault(
     def register(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         build.__doc__ = f"faulty:{name}: {fault}. Breaks SEMANTICS.md, {rule}."
         table = CONTROLS if control else FAULTS
-        table[name] = Fault(name, fault, rule, specs, build, min_np, hangs)
+        table[name] = Fault(name, fault, rule, specs, build, min_np, hangs, tiers)
         return build
 
     return register
@@ -1053,3 +1056,44 @@ def _bool_extremes_and_strided_float64() -> dict[str, Any]:
         "all_max": _bool_reduced_as_own_input("all_max"),
         "all_min": _bool_reduced_as_own_input("all_min"),
     }
+
+
+@_fault(
+    "keeps_results_alive",
+    "all_sum keeps a reference to every result it returned (a completion cache with no bound): "
+    "memory grows by the result's size with every call, until the process runs out",
+    "Sizes, groups and call sequences: results do not depend on earlier calls (thousands of "
+    "calls in a row)",
+    ("test_resources.py",),
+    tiers=("soak",),
+)
+def _keeps_results_alive() -> dict[str, Any]:
+    kept: list[np.ndarray] = []
+
+    def all_sum(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        out = reference.all_sum(x, group=group, stream=stream)
+        kept.append(out.copy())  # a copy: the caller's result is untouched, only memory grows
+        return out
+
+    return {"all_sum": all_sum}
+
+
+@_fault(
+    "leaks_a_descriptor_per_gather",
+    "all_gather opens a descriptor per call (a shared-memory segment or socket for the call's "
+    "buffer) and never closes it: the process runs out of descriptors after some thousands",
+    "Sizes, groups and call sequences: results do not depend on earlier calls (thousands of "
+    "calls in a row)",
+    ("test_resources.py",),
+    tiers=("soak",),
+)
+def _leaks_a_descriptor_per_gather() -> dict[str, Any]:
+    import os
+
+    opened: list[int] = []
+
+    def all_gather(x: Any, *, group: Any = None, stream: Any = None) -> np.ndarray:
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+        return reference.all_gather(x, group=group, stream=stream)
+
+    return {"all_gather": all_gather}
