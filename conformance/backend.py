@@ -14,6 +14,7 @@ Selection strings, most specific first (see ``load_backend``): a built-in name (
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import mmap
@@ -79,6 +80,50 @@ _OWN_PAGES_FROM = 64 * 1024
 # numpy advises transparent huge pages for its allocations from 4 MiB (numpy's alloc.c).
 _HUGE_PAGES_FROM = 4 << 20
 _ADVISE_HUGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+
+class BackendControlFlowError(RuntimeError):
+    """A backend call raised one of the test runner's control-flow exceptions (a pytest skip,
+    xfail, fail or exit; a Hypothesis ``assume``). Only the spec decides what is tested: a
+    backend that skips its own inputs would turn untested cases into skips or passes."""
+
+
+@functools.cache
+def _control_flow_types() -> tuple[type[BaseException], ...]:
+    # Imported on first use: the runner and the bench load backends without a pytest session.
+    from unittest import SkipTest  # pytest reads it as a skip too
+
+    from _pytest.outcomes import Exit, OutcomeException
+
+    types_: list[type[BaseException]] = [OutcomeException, Exit, SkipTest]
+    try:
+        from hypothesis.errors import UnsatisfiedAssumption
+    except ImportError:  # pragma: no cover - hypothesis is a dependency of the suite
+        pass
+    else:
+        types_.append(UnsatisfiedAssumption)
+    return tuple(types_)
+
+
+def guarded(what: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (an API op or adapter hook named ``what``) such that a test-runner control
+    flow exception raised inside it (``pytest.skip``, ``xfail``, ``fail``, ``exit``,
+    ``unittest.SkipTest``, Hypothesis' ``assume``) becomes :class:`BackendControlFlowError`
+    naming the call: an error of the test, never a skip, expected failure or ended session."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, _control_flow_types()):
+                raise
+            raise BackendControlFlowError(
+                f"the backend call {what} raised {type(exc).__name__} ({exc}): a backend must "
+                "not skip, xfail, fail or exit the test; it returns a result or raises an error"
+            ) from exc
+
+    return call
 
 
 class BackendLoadError(RuntimeError):
@@ -234,9 +279,9 @@ class Backend:
         self.name = name
         self.version = version
         self.api = api
-        self._asarray = asarray or _numpy_asarray
-        self._to_numpy = to_numpy or _numpy_to_numpy
-        self._evaluate = evaluate or _numpy_evaluate
+        self._asarray = guarded("asarray", asarray or _numpy_asarray)
+        self._to_numpy = guarded("to_numpy", to_numpy or _numpy_to_numpy)
+        self._evaluate = guarded("evaluate", evaluate or _numpy_evaluate)
         self._dtype = dtype or numpy_dtype
         self._set_timeout = set_timeout
         self.layout_copy = layout_copy
@@ -249,12 +294,15 @@ class Backend:
     def __getattr__(self, attr: str) -> Any:
         # Only reached for attributes not set in __init__: the API names. The function is then
         # kept on the instance, so later calls (a bench loop, a test's thousand calls) cost one
-        # attribute lookup, as a module attribute does for a user of the API.
+        # attribute lookup, as a module attribute does for a user of the API. The functions are
+        # guarded (a skip inside one is an error naming it); Group stays the backend's own class.
         if attr in API_NAMES:
             try:
                 function = getattr(self.__dict__.get("api"), attr)
             except AttributeError:
                 raise AttributeError(f"backend {self.name!r} does not provide {attr!r}") from None
+            if attr != "Group" and callable(function):
+                function = guarded(attr, function)
             self.__dict__[attr] = function
             return function
         raise AttributeError(f"{type(self).__name__!s} has no attribute {attr!r}")

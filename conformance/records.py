@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypedDict
@@ -53,6 +55,43 @@ BAD_OUTCOMES = frozenset({Outcome.WRONG, Outcome.ERROR, Outcome.HUNG, Outcome.CR
 GOOD_OUTCOMES = frozenset({Outcome.PASSED, Outcome.UNSUPPORTED, Outcome.XPASSED})
 #: Schema-1 names read as their schema-2 outcome.
 _LEGACY = {"failed": Outcome.WRONG}
+
+#: How a failure message marks each finding of a spec test (``conformance.specs.calls.settle``
+#: writes one line per finding): readers outside the job (deviations) split a failure into its
+#: findings by this tag, so an entry can excuse some findings of a test and not others.
+FINDING_TAG = "[finding]"
+#: How many findings one failure lists; past it one more finding line says how many were left out
+#: (a finding no deviation names, so a failure that long is never excused whole).
+MAX_FINDINGS = 200
+_FINDING_LINE = re.compile(re.escape(FINDING_TAG) + r" (.*)")
+# pytest's lines of an exception's text in a traceback ("E   text").
+_ERROR_LINE = re.compile(r"^E {2,}(.*)$", re.MULTILINE)
+
+
+def format_findings(found: list[str]) -> str:
+    """The tagged lines of ``found`` (at most :data:`MAX_FINDINGS`, then one line naming how
+    many more there were), each finding's own line breaks folded so one line is one finding."""
+    shown = [" ".join(str(f).split()) for f in found[:MAX_FINDINGS]]
+    if len(found) > MAX_FINDINGS:
+        shown.append(f"{len(found) - MAX_FINDINGS} more findings not shown")
+    return "".join(f"\n{FINDING_TAG} {line}" for line in shown)
+
+
+def findings_of(record: Mapping[str, Any]) -> list[str]:
+    """The findings a failed test record reports, each once, in order: its tagged finding lines
+    (from ``longrepr``, which holds every rank's full failure text, else ``message``). A failure
+    with no tagged line is one finding: the text of the exceptions in its traceback (pytest's
+    ``E`` lines, never the test's source), else its message."""
+    seen: dict[str, None] = {}
+    for field_name in ("longrepr", "message"):
+        for match in _FINDING_LINE.finditer(str(record.get(field_name) or "")):
+            seen.setdefault(match[1].strip(), None)
+        if seen:
+            return list(seen)
+    raised = _ERROR_LINE.findall(str(record.get("longrepr") or ""))
+    text = "\n".join(line.rstrip() for line in raised).strip()
+    text = text or str(record.get("message") or "").strip()
+    return [text] if text else []
 
 
 class TestRecord(TypedDict, total=False):

@@ -5,11 +5,12 @@ File format (``conformance/deviations/<backend>.toml``)::
 
     [[deviation]]
     tests = [                                   # exact node ids (or `test = "..."` for one)
-      "conformance/specs/test_all_max_all_min.py::test_values[all_max-bool]",
-      "conformance/specs/test_all_max_all_min.py::test_values[all_min-bool]",
+      "conformance/specs/test_all_max_all_min.py::test_bool_is_logical_or_and[all_max]",
+      "conformance/specs/test_size_sweep.py::test_collective_dtypes_large[all_max]",
     ]
     np = [2, 3, 4]              # optional: rank counts it applies to (default: every count)
     expect = "wrong"            # the outcome it excuses: wrong, error, hang or crash (or a list)
+    match = "^all_max (of )?bool "   # the findings it excuses (a regex, searched in each one)
     reason = "bool reductions return each rank's own input"
     upstream = "https://github.com/ml-explore/mlx/issues/NNNN"   # or no_upstream = "why none"
     flaky = "why it sometimes passes"          # optional: a pass is reported, not a failure
@@ -27,12 +28,20 @@ Contract:
 
 - :func:`load` parses and validates a file (``DeviationError`` names the file and entry). Test ids
   are exact: no wildcard, so an entry excuses only the cases its reason is about.
+- An entry excuses only what it names. A failed test reports its findings (one per case that
+  went wrong: ``records.findings_of``; a spec test that loops over dtypes, layouts or counts
+  names the dtype, op and count in each). ``match`` is a regular expression searched in each
+  finding: the record is excused only when every finding matches it, so a second defect in the
+  same test (another dtype, another op) fails the run and is listed. ``match`` is required when
+  ``expect`` names ``wrong`` or ``error`` (``hang`` and ``crash`` leave no findings to name).
 - :func:`apply` marks records (``nodeid``, ``np``, ``outcome``): a record whose outcome is one the
-  entry expects gets ``"deviation"`` (the entry's description) and no longer fails the run; any
-  other bad outcome stays a failure (a deviation that expects a wrong result never excuses a hang).
-  A passing record gets ``"deviation_passed"``: unless the entry is ``flaky``, that fails the run
-  (strict: fix the entry when the backend is fixed). Entries whose tests were selected but have no
-  record, or whose tests were not collected in a full run, are reported as stale.
+  entry expects and whose findings all match gets ``"deviation"`` (the entry's description) and
+  no longer fails the run; any other bad outcome, or a finding the entry does not name, stays a
+  failure (a deviation that expects a wrong result never excuses a hang) and is listed in the
+  problems. A passing record gets ``"deviation_passed"``: unless the entry is ``flaky``, that
+  fails the run (strict: fix the entry when the backend is fixed). Entries whose tests were
+  selected but have no record, or whose tests were not collected in a full run, are reported as
+  stale.
 - :func:`excused_features` maps feature ids to the entries that excuse them.
 - :func:`expected_hangs` names the tests an entry expects to hang at a rank count.
 - :func:`for_release` keeps the entries that apply to one backend version (``releases``); an
@@ -42,13 +51,14 @@ Contract:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.records import BAD_OUTCOMES, GOOD_OUTCOMES, Outcome, outcome_of
+from conformance.records import BAD_OUTCOMES, GOOD_OUTCOMES, Outcome, findings_of, outcome_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,12 +85,15 @@ _KEYS = {
     "feature",
     "np",
     "expect",
+    "match",
     "reason",
     "upstream",
     "no_upstream",
     "flaky",
     "releases",
 }
+#: Outcomes whose failures carry findings an entry must name (``match``).
+NAMED_OUTCOMES = frozenset({Outcome.WRONG.value, Outcome.ERROR.value})
 
 DEVIATIONS_DIR = Path(__file__).parent.parent / "deviations"
 
@@ -91,13 +104,15 @@ class DeviationError(ValueError):
 
 @dataclass(frozen=True)
 class Deviation:
-    """One known deviation: exact test ids and the outcomes expected of them, or one declared
-    feature; the reason, and the upstream link or why there is none."""
+    """One known deviation: exact test ids, the outcomes expected of them and the findings they
+    excuse (``match``), or one declared feature; the reason, and the upstream link or why there
+    is none."""
 
     reason: str
     tests: tuple[str, ...] = ()
     feature: str = ""
     expect: frozenset[str] = frozenset()
+    match: str = ""
     np: frozenset[int] | None = None
     upstream: str = ""
     no_upstream: str = ""
@@ -125,6 +140,15 @@ class Deviation:
 
     def expects(self, outcome: str) -> bool:
         return outcome in self.expect
+
+    def unnamed(self, record: Mapping[str, Any]) -> list[str]:
+        """The findings of a failed ``record`` this entry does not name (all of them match
+        ``match``, or there is no ``match``: an empty list)."""
+        if not self.match:
+            return []
+        pattern = re.compile(self.match)
+        found = findings_of(record) or ["(the failure reported no message)"]
+        return [f for f in found if not pattern.search(f)]
 
     def describe(self) -> str:
         """One line for reports: reason, and the upstream link or why there is none."""
@@ -201,13 +225,15 @@ def _entry(entry: Mapping[str, Any], where: str) -> Deviation:
         "releases": _releases(entry, where),
     }
     if feature:
-        stray = set(entry) & {"test", "tests", "np", "expect", "flaky"}
+        stray = set(entry) & {"test", "tests", "np", "expect", "match", "flaky"}
         if stray:
             raise DeviationError(f"{where}: a 'feature' entry takes no {sorted(stray)}")
         return Deviation(feature=feature, **common)
+    expect = _expect(entry, where)
     return Deviation(
         tests=_tests(entry, where),
-        expect=_expect(entry, where),
+        expect=expect,
+        match=_match(entry, expect, where),
         np=_nps(entry, where),
         flaky=_text(entry, "flaky", where),
         **common,
@@ -292,6 +318,25 @@ def _expect(entry: Mapping[str, Any], where: str) -> frozenset[str]:
     return frozenset(EXPECTATIONS[n].value for n in names)
 
 
+def _match(entry: Mapping[str, Any], expect: frozenset[str], where: str) -> str:
+    pattern = entry.get("match", "")
+    if not isinstance(pattern, str):
+        raise DeviationError(f"{where}: 'match' must be a string (a regular expression)")
+    if not pattern.strip():
+        if expect & NAMED_OUTCOMES:
+            raise DeviationError(
+                f"{where}: 'match' is required when 'expect' names wrong or error: a regular "
+                "expression every finding it excuses matches (name the dtype, op or message), "
+                "so another failure of the same test is not excused with it"
+            )
+        return ""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise DeviationError(f"{where}: 'match' is not a regular expression: {exc}") from exc
+    return pattern
+
+
 def _nps(entry: Mapping[str, Any], where: str) -> frozenset[int] | None:
     value = entry.get("np")
     if value is None:
@@ -313,16 +358,28 @@ class Applied:
     strict_passes: list[tuple[Deviation, str, int]] = field(default_factory=list)
     #: (entry, nodeid, np, outcome) of bad outcomes the entry does not expect (still failures).
     other_outcomes: list[tuple[Deviation, str, int, str]] = field(default_factory=list)
+    #: (entry, nodeid, np, findings) of expected outcomes with findings the entry does not name
+    #: (still failures).
+    unnamed: list[tuple[Deviation, str, int, list[str]]] = field(default_factory=list)
     #: Entries about tests that were selected (or, in a full run, should exist) but never ran.
     stale: list[Deviation] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """Lines that make the run fail."""
-        return [
+        lines = [
             f"deviation entry {entry.label} expects {'/'.join(sorted(entry.expect))} but "
             f'{nodeid} passed at np={np}: remove the entry, or mark it flaky = "why"'
             for entry, nodeid, np in self.strict_passes
         ]
+        for entry, nodeid, np, found in self.unnamed:
+            shown = "; ".join(found[:5]) + (
+                f"; ... ({len(found) - 5} more)" if len(found) > 5 else ""
+            )
+            lines.append(
+                f"{nodeid} at np={np}: deviation entry {entry.label} excuses findings matching "
+                f"/{entry.match}/, not {len(found)} other finding(s) of the same test: {shown}"
+            )
+        return lines
 
     def warnings(self) -> list[str]:
         """Lines reported without failing the run."""
@@ -386,7 +443,11 @@ def _mark(record: MutableMapping[str, Any], entry: Deviation, applied: Applied) 
     outcome = outcome_of(record)
     value = outcome.value if outcome is not None else str(record.get("outcome"))
     if entry.expects(value):
-        record["deviation"] = entry.describe()
+        unnamed = entry.unnamed(record)
+        if unnamed:
+            applied.unnamed.append((entry, record["nodeid"], int(record["np"]), unnamed))
+        else:
+            record["deviation"] = entry.describe()
     elif value in PASSING_OUTCOMES:
         record["deviation_passed"] = entry.describe()
         if not entry.flaky:

@@ -40,6 +40,7 @@ from typing import Any
 import conformance
 from conformance.harness.levels import BASIC_TIER, LEVELS
 from conformance.records import BAD_OUTCOMES, SessionRecord, outcome_of, read_session
+from conformance.run import coverage as coverage_mod
 from conformance.run import deviations as deviations_mod
 from conformance.run import jobtime
 
@@ -113,6 +114,9 @@ class RunSummary:
     jobs: list[jobtime.JobTiming] = field(default_factory=list)
     #: How the run was made that bears on reading it (short deadlines of expected hangs).
     notes: list[str] = field(default_factory=list)
+    #: Whether the whole spec was selected (no -k, -m or paths): then a manifest rule with no
+    #: record at a rank count is not covered there (``coverage.rule_coverage``).
+    complete: bool = False
 
     @property
     def unexpected(self) -> list[dict[str, Any]]:
@@ -176,12 +180,23 @@ class RunSummary:
             return "FAIL", counts
         if not counts["passed"]:
             return "NO PASSES", counts
+        if self.coverage_gaps(level):
+            return "NOT COVERED", counts
         if level == "robust" and robust_untested(self):
             return UNTESTED, counts
         excused = any(r.get("deviation") for r in self.records if level_of(r) == _display(level))
         if excused or (core and self._excused_core()):
             return "DEVIATES", counts
         return "PASS", counts
+
+    def coverage(self) -> dict[str, dict[int, str]]:
+        """Manifest rule -> rank count -> held / excused / n/a / not covered (``coverage``)."""
+        return coverage_mod.rule_coverage(self.records, self.nps, complete=self.complete)
+
+    def coverage_gaps(self, level: str) -> list[tuple[str, list[int]]]:
+        """(rule, rank counts) of each rule of ``level`` no test held at some rank count where it
+        applies: a level with any reads NOT COVERED, never PASS."""
+        return coverage_mod.gaps(self.coverage(), _display(level))
 
     def _excused_core(self) -> bool:
         return any(
@@ -197,7 +212,7 @@ class RunSummary:
         words = {self.level_verdict(level)[0] for level in LEVELS} - {"NOT RUN"}
         if words <= {"PASS"}:
             return "PASS"
-        for word in ("DEVIATES", UNTESTED):
+        for word in ("NOT COVERED", "DEVIATES", UNTESTED):
             if word in words:
                 return word
         return "NO PASSES"
@@ -293,6 +308,7 @@ def summarize_run(
         suite=suite_identity(),
         jobs=list(jobs),
         notes=list(notes),
+        complete=scope == "all",
     )
     declared = summary.declared()
     summary.warnings += [
@@ -508,6 +524,15 @@ def _matrix(summary: RunSummary) -> list[str]:
     return lines
 
 
+def _coverage_section(summary: RunSummary) -> list[str]:
+    lines = coverage_mod.section(summary.coverage(), summary.nps)
+    gaps = [(lv, rule, nps) for lv in LEVELS for rule, nps in summary.coverage_gaps(lv)]
+    if gaps:
+        lines += ["", "Not covered (the level cannot read PASS):", ""]
+        lines += [f"- {_display(lv)}: `{rule}` at np={_nps(nps)}" for lv, rule, nps in gaps]
+    return lines
+
+
 def grouped(records: Iterable[dict[str, Any]], *keys: str) -> list[list[dict[str, Any]]]:
     """Records grouped by node id and ``keys`` (one group = one test's identical outcome at
     several rank counts), in run order."""
@@ -533,6 +558,7 @@ def markdown(summary: RunSummary) -> str:
     lines += jobtime.markdown(summary.jobs)
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in summary.notes]
+    lines += _coverage_section(summary)
     problems = [*summary.load_errors(), *summary.problems]
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
@@ -683,6 +709,10 @@ def json_report(summary: RunSummary) -> dict[str, Any]:
         "jobs": [t.as_dict() for t in summary.jobs],
         "notes": summary.notes,
         "totals": {name: summary.counts()[name] for name, _ in CLASSES},
+        "coverage": {
+            rule: {str(np): status for np, status in by_np.items()}
+            for rule, by_np in summary.coverage().items()
+        },
         "problems": [*summary.load_errors(), *summary.problems],
         "warnings": summary.warnings,
         "records": records,

@@ -877,6 +877,7 @@ def blame_record(
             duration=None,
             level=fields.get("level"),
             tier=fields.get("tier"),
+            rule=fields.get("rule"),
             area=fields.get("area") or _area_of(nodeid),
             seed=None,
             world_size=np,

@@ -53,6 +53,7 @@ from typing import Any, TextIO
 
 from conformance import records as records_mod
 from conformance.adapters import faulty
+from conformance.harness import tiers
 from conformance.run import hostfile, runner, usage
 from conformance.run import launcher as launcher_mod
 
@@ -255,9 +256,13 @@ class _WithEnvironment:
         return env
 
 
-def fault_environment(opts: SelftestOptions) -> dict[str, str]:
-    """What fault jobs add to the environment: the reference's deadline below the harness's."""
-    return {"REFERENCE_TIMEOUT": f"{opts.timeout * BACKEND_DEADLINE_SHARE:g}"}
+def fault_environment(opts: SelftestOptions, fault: faulty.Fault | None = None) -> dict[str, str]:
+    """What fault jobs add to the environment: the reference's deadline below the harness's, and
+    the opt-in tiers the fault's specs need (``Fault.tiers``: a leak shows only in the soak)."""
+    env = {"REFERENCE_TIMEOUT": f"{opts.timeout * BACKEND_DEADLINE_SHARE:g}"}
+    if fault is not None and fault.tiers:
+        env[tiers.ENV_VAR] = ",".join(fault.tiers)
+    return env
 
 
 def run_fault_job(
@@ -288,7 +293,7 @@ def run_fault_job(
         quiet=True,
     )
     stop = ["-x"] if opts.maxfail == 1 else ([f"--maxfail={opts.maxfail}"] if opts.maxfail else [])
-    with_deadline = _WithEnvironment(launcher, fault_environment(opts))
+    with_deadline = _WithEnvironment(launcher, fault_environment(opts, fault))
     # Kill tests need a job that keeps the survivors alive (they skip anywhere else).
     survivors = bool(set(fault.specs) & KILL_SPECS) and getattr(launcher, "keeps_survivors", False)
     duration = 0.0

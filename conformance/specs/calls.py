@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from conformance.harness.collective import collective_assert
+from conformance.records import format_findings
 
 
 def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Exception | None]:
@@ -43,12 +44,18 @@ def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def settle(problems: Iterable[str | None], what: str = "") -> None:
-    """One collective check of everything a test found: passes only if no rank found anything."""
+    """One collective check of everything a test found: passes only if no rank found anything.
+
+    The failure's first line names the first finding; then every finding follows on its own
+    tagged line (``records.format_findings``), so a known deviation can excuse the findings it
+    names (a dtype, an op) and not the others of the same test. A finding names its case.
+    """
     __tracebackhide__ = True  # pytest reports the failure at the test's line, not here
     found = [p for p in problems if p]
     prefix = f"{what}: " if what else ""
-    shown = "; ".join(found[:5]) + (f"; ... ({len(found) - 5} more)" if len(found) > 5 else "")
-    collective_assert(not found, prefix + shown)
+    more = f" (and {len(found) - 1} more findings)" if len(found) > 1 else ""
+    text = f"{prefix}{found[0]}{more}{format_findings(found)}" if found else ""
+    collective_assert(not found, text)
 
 
 def local(check: Callable[[], str | None]) -> str | None:

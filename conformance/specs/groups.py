@@ -94,14 +94,29 @@ def form_groups(world: Any, shape: str) -> list[tuple[Any, list[int]]]:
     order. Collective over ``world`` (every rank calls it with the same ``shape``); the caller
     has checked that ``world`` can split (more than one rank, split supported)."""
     rank, size = world.rank(), world.size()
-    splits = GROUP_SHAPES[shape]
+    splits = _splits(shape, size)
     if not splits:
         return [(world, list(range(size)))]
-    if shape == "alternating" and size < 3:
-        splits = splits[:2]  # at 2 ranks every pair is the world
     formed = []
     for split in splits:
         colour, key = split.colour(rank, size), split.key(rank, size)
         group = call(f"world.split({colour}, {key}) for {shape}", world.split, colour, key)
         formed.append((group, split.members(rank, size)))
     return formed
+
+
+def _splits(shape: str, size: int) -> tuple[Split, ...]:
+    splits = GROUP_SHAPES[shape]
+    if shape == "alternating" and size < 3:
+        return splits[:2]  # at 2 ranks every pair is the world
+    return splits
+
+
+def largest_group(shape: str, size: int) -> int:
+    """The size of the largest group of ``shape`` in a world of ``size`` (the same on every rank,
+    so a test can decide on it without a collective): 1 means every group is a single rank, and a
+    point-to-point test on that shape would move no message."""
+    splits = _splits(shape, size)
+    if not splits:
+        return size
+    return max(len(split.members(rank, size)) for split in splits for rank in range(size))

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.specs import reductions
+from conformance.specs import data, reductions
 from conformance.specs.calls import call_everywhere, differing, settle
 from conformance.specs.tolerance import mismatch
 from conformance.strategies import dtype_names, lockstep, seeds, shapes, world_arrays
@@ -36,9 +36,10 @@ def _checked(control, backend, op, x, world, blocks, what):
     rank = world.rank()
     want = reductions.expected(op, blocks, rank)
     bound = reductions.tolerance(op, blocks, rank)
+    what = f"{what} of {data.describe(x)}"  # findings name the drawn dtype and shape
     found = [mismatch(got, want, bound, what)]
     if op != "sum_scatter":
-        found.append(differing(digests, op))
+        found.append(differing(digests, what))
     return found
 
 

@@ -79,6 +79,7 @@ def test_entries_are_parsed_with_ids_outcomes_rank_counts_and_links(tmp_path: Pa
 tests = ["specs/test_all_sum.py::test_values[bool]", "specs/test_all_max.py::test_values[bool]"]
 np = [2, 3]
 expect = "wrong"
+match = "^bool "
 reason = "bool is wrong"
 {LINK}
 
@@ -102,6 +103,7 @@ no_upstream = "not yet filed: complex max"
         "specs/test_all_max.py::test_values[bool]",
     )
     assert first.np == frozenset({2, 3}) and first.expect == frozenset({"wrong"})
+    assert first.match == "^bool " and second.match == ""
     assert first.describe() == "bool is wrong (https://example.org/issue/1)"
     assert second.np == frozenset({4}) and second.expect == frozenset({"hung", "crashed"})
     assert (
@@ -113,7 +115,8 @@ no_upstream = "not yet filed: complex max"
     assert deviations.excused_features([first, second, third]) == {"all_max[complex64]": third}
 
 
-BASE = 'reason = "r"\nno_upstream = "n"\n'
+NO_MATCH = 'reason = "r"\nno_upstream = "n"\n'
+BASE = NO_MATCH + 'match = "x"\n'
 
 
 @pytest.mark.parametrize(
@@ -139,6 +142,12 @@ BASE = 'reason = "r"\nno_upstream = "n"\n'
         ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nnp = [0]\n' + BASE, "'np'"),
         ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nflavour = 1\n' + BASE, "unknown keys"),
         ('[[deviation]]\nfeature = "split"\nexpect = "wrong"\n' + BASE, "takes no"),
+        (
+            '[[deviation]]\ntest = "m.py::t"\nexpect = "error"\n' + NO_MATCH,
+            "'match' is required",
+        ),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nmatch = 3\n' + NO_MATCH, "regular"),
+        ('[[deviation]]\ntest = "m.py::t"\nexpect = "wrong"\nmatch = "(b"\n' + NO_MATCH, "regular"),
         ("deviations = []\n", "unknown top-level"),
         ("[[deviation]\n", "backend.toml"),
     ],
@@ -211,6 +220,7 @@ def test_an_entry_can_name_the_releases_it_applies_to() -> None:
                 {
                     "test": "conformance/specs/test_values.py::test_a",
                     "expect": "wrong",
+                    "match": ".",
                     "reason": "old releases only",
                     "no_upstream": "fixed upstream",
                     "releases": ["..0.29.3", "0.30.0"],
@@ -218,6 +228,7 @@ def test_an_entry_can_name_the_releases_it_applies_to() -> None:
                 {
                     "test": "conformance/specs/test_values.py::test_b",
                     "expect": "wrong",
+                    "match": ".",
                     "reason": "every release",
                     "no_upstream": "n/a",
                 },
@@ -242,6 +253,7 @@ def test_bad_releases_are_rejected(releases) -> None:
     entry = {
         "test": "conformance/specs/test_values.py::test_a",
         "expect": "wrong",
+        "match": ".",
         "reason": "r",
         "no_upstream": "n",
         "releases": releases,
@@ -251,3 +263,90 @@ def test_bad_releases_are_rejected(releases) -> None:
         return
     with pytest.raises(deviations.DeviationError, match="releases"):
         deviations.parse({"deviation": [entry]})
+
+
+def _failed(nodeid: str, np: int, *found: str, outcome: str = "wrong") -> dict:
+    """A record as the plugin writes a failed loop test: settle's first line, then one tagged
+    line per finding in the full failure text."""
+    from conformance.records import format_findings
+
+    first = f"collective assertion failed on ranks [0, 1] of {np}: {found[0]}"
+    return {
+        "nodeid": nodeid,
+        "np": np,
+        "outcome": outcome,
+        "message": first,
+        "longrepr": f"def test():\n    settle(problems)  # bool\nE   {first}"
+        + format_findings(list(found)).replace("\n", "\nE   "),
+    }
+
+
+LOOP = "conformance/specs/test_layouts.py::test_layouts_give_the_contiguous_result[all_sum]"
+
+
+def test_an_entry_for_one_dtype_does_not_excuse_another_in_the_same_test() -> None:
+    """MLX mpi's bool defect is listed; a second defect (float64) in the same loop test fails
+    the run and is named in the problems."""
+    bool_only = entry(LOOP, match=r"^all_sum of \S+ bool ")
+    bool_finding = "all_sum of strided bool (5,) differs at (1,): got the byte 2, expected 1 (bool)"
+    f64_finding = "all_sum of fortran float64 (3, 4) differs at (0, 1): got 1.0, expected 2.0"
+    records = [
+        _failed(LOOP, 2, bool_finding),
+        _failed(LOOP, 3, bool_finding, f64_finding),
+        _failed(LOOP, 4, f64_finding),
+    ]
+    applied = deviations.apply(records, [bool_only], {2: [LOOP]})
+    assert [bool(r.get("deviation")) for r in records] == [True, False, False]
+    problems = applied.problems()
+    assert len(problems) == 2
+    assert "np=3" in problems[0] and f64_finding in problems[0] and bool_finding not in problems[0]
+    assert "np=4" in problems[1] and f64_finding in problems[1]
+
+
+def test_findings_come_from_the_tagged_lines_not_the_test_source() -> None:
+    """The test's source in the traceback mentions bool; only the findings count."""
+    record = _failed(LOOP, 2, "all_sum of strided float64 (5,) differs at (0,)")
+    assert entry(LOOP, match="bool").unnamed(record) != []
+    assert entry(LOOP, match="float64").unnamed(record) == []
+
+
+def test_a_failure_without_tagged_findings_is_matched_on_its_exception_text() -> None:
+    """One finding: what the exceptions said (pytest's E lines: every rank's detail), not the
+    test's source; else the message."""
+    record = {
+        "nodeid": "m.py::a",
+        "np": 2,
+        "outcome": "wrong",
+        "message": "failed on ranks [0, 1] of 2: expected TypeError on every rank",
+        "longrepr": "    with raises(complex128):\n"
+        "E   CollectiveFailure: expected TypeError on every rank\n"
+        "E     rank 0: returned normally\n"
+        "E     rank 1: raised ValueError: Invalid type",
+    }
+    assert entry("m.py::a", match="rank 0: returned normally").unnamed(record) == []
+    assert entry("m.py::a", match="complex128").unnamed(record) != []
+    no_traceback = {**record, "longrepr": ""}
+    assert entry("m.py::a", match="expected TypeError").unnamed(no_traceback) == []
+    # A failure with no message at all names nothing an entry could be about.
+    bare = {"nodeid": "m.py::a", "np": 2, "outcome": "error"}
+    assert entry("m.py::a", expect="error", match="complex128").unnamed(bare) != []
+
+
+def test_a_failure_with_more_findings_than_it_lists_is_not_excused_whole() -> None:
+    from conformance.records import MAX_FINDINGS
+
+    found = [f"all_sum bool count={n} wrong" for n in range(MAX_FINDINGS + 3)]
+    record = _failed(LOOP, 2, *found)
+    (left,) = entry(LOOP, match="bool").unnamed(record)
+    assert left == "3 more findings not shown"
+
+
+def test_settle_lists_every_finding_on_a_tagged_line() -> None:
+    from conformance.records import FINDING_TAG, findings_of, format_findings
+
+    text = format_findings(["a float64\nsecond line", "b bool"])
+    assert text == f"\n{FINDING_TAG} a float64 second line\n{FINDING_TAG} b bool"
+    assert findings_of({"longrepr": "E  x" + text.replace("\n", "\nE   ")}) == [
+        "a float64 second line",
+        "b bool",
+    ]

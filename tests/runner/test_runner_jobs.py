@@ -222,6 +222,7 @@ def test_known_deviations_excuse_failures_and_unmatched_entries_are_warned(
             [[deviation]]
             test = "test_tiny.py::test_bad"
             expect = "wrong"
+            match = "AssertionError: known"
             reason = "known bug"
             upstream = "https://example.org/1"
 
