@@ -12,7 +12,7 @@ from __future__ import annotations
 #: Seconds the robust tests set with ``set_timeout``.
 DEADLINE = 1.0
 #: Seconds past :data:`DEADLINE` within which the TimeoutError (or a survivor's error) must come.
-ALLOWANCE = 0.25
+ALLOWANCE = 0.5
 
 
 def limit() -> float:
