@@ -770,19 +770,7 @@ class _Attempts:
 
     def launch_kill_test(self, attempt: int, nodeid: str) -> JobOutcome:
         """A job of its own for the kill test ``nodeid``, keeping its survivors alive."""
-        job = run_job(
-            self.launcher,
-            self.opts,
-            self.np,
-            self.extra_args,
-            self.results_path,
-            self.base / "logs" / f"attempt{attempt}",
-            self.base / f"attempt{attempt}.out",
-            on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
-            paths=[nodeid],
-            survivors=True,
-        )
-        return self._timed(attempt, job)
+        return self._job(attempt, [nodeid], survivors=True)
 
     def launch(
         self, attempt: int, done: set[str], apart: set[str] | frozenset[str] = frozenset()
@@ -797,6 +785,11 @@ class _Attempts:
             self.progress.message(
                 f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
             )
+        return self._job(attempt, paths)
+
+    def _job(self, attempt: int, paths: list[str] | None, survivors: bool = False) -> JobOutcome:
+        """Run attempt ``attempt`` over ``paths`` (None: the run's paths), its time split into
+        phases (``self.timings``)."""
         job = run_job(
             self.launcher,
             self.opts,
@@ -807,11 +800,8 @@ class _Attempts:
             self.base / f"attempt{attempt}.out",
             on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
             paths=paths,
+            survivors=survivors,
         )
-        return self._timed(attempt, job)
-
-    def _timed(self, attempt: int, job: JobOutcome) -> JobOutcome:
-        """``job``, its time split into phases (``self.timings``)."""
         self.timings.append(
             jobtime.measure(
                 self.np,
