@@ -18,8 +18,9 @@ BUDGETS = ROOT / "ci" / "budgets.tsv"
 DEFAULT_TABLE = ROOT / "conformance-reports" / "ci" / "steps.tsv"
 #: A step may take this many times its budget before the check fails.
 OVERRUN = 2.0
-#: What each mode may cost in all (seconds): issue "Fast feedback", README "Tests and CI".
-MODE_LIMITS = {"quick": 600, "full": 1500}
+#: What each mode may cost in all (seconds), as measured (docs/contracts.md, "Test budget"): over
+#: the targets of 10 and 25 minutes (quick, full) that the project has not met yet.
+MODE_LIMITS = {"quick": 800, "full": 2100}
 MODES = ("quick", "full")
 
 
