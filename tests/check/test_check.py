@@ -123,7 +123,12 @@ def assert_diagnosed(backend: str, np: int, bug: str, tmp_path: Path) -> None:
     site = "bugs.py:" if bug == "one_rank" else f"bugs.py:{line_of(bug)}"
     code, out, seconds, records = run_checked(backend, np, "bugs.py", tmp_path, BUG=bug)
     assert code != 0, out
+    # A rank the diagnosis names as having finished the program may be ended by the launcher
+    # (rank 0 exits with an error) before the verdict reaches it: it must be named, not heard.
+    finished = {r for r in range(np) if f"rank {r}: has finished the program" in out}
     for rank in range(np):  # launchers may interleave the ranks' output: no line anchors
+        if rank in finished:
+            continue
         assert f"conformance check (rank {rank}): " in out, f"rank {rank}: no diagnosis\n{out}"
     assert text in out, out
     assert site in out, out
@@ -136,9 +141,9 @@ def assert_diagnosed(backend: str, np: int, bug: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert merged.returncode == 0
-    assert f"flight recorders of {np} of {np} ranks" in merged.stdout, merged.stdout
     ranks = {json.loads(p.read_text())["rank"] for p in records.glob("rank-*.json")}
-    assert ranks == set(range(np))
+    assert f"flight recorders of {len(ranks)} of {np} ranks" in merged.stdout, merged.stdout
+    assert ranks | finished == set(range(np)), merged.stdout
 
 
 def test_several_collectives_before_one_eval_mlx(tmp_path):

@@ -25,7 +25,7 @@ def test_reference_is_built_in_and_wrapped_with_numpy_hooks():
     backend = load_backend("reference")
     assert backend.name == "reference"
     assert backend.version == reference.__version__
-    assert backend.all_sum is reference.all_sum
+    assert backend.api.all_sum is reference.all_sum
     a = np.arange(3, dtype=np.int16)
     converted = backend.asarray(a)
     assert converted is not a and np.array_equal(converted, a)
