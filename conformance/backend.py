@@ -18,6 +18,7 @@ import functools
 import importlib
 import importlib.metadata
 import mmap
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -88,20 +89,22 @@ class BackendControlFlowError(RuntimeError):
     backend that skips its own inputs would turn untested cases into skips or passes."""
 
 
-@functools.cache
+# The runners' control-flow exceptions: (module, class names).
+_CONTROL_FLOW = (
+    ("_pytest.outcomes", ("OutcomeException", "Exit")),
+    ("unittest", ("SkipTest",)),  # pytest reads it as a skip too
+    ("hypothesis.errors", ("UnsatisfiedAssumption",)),
+)
+
+
 def _control_flow_types() -> tuple[type[BaseException], ...]:
-    # Imported on first use: the runner and the bench load backends without a pytest session.
-    from unittest import SkipTest  # pytest reads it as a skip too
-
-    from _pytest.outcomes import Exit, OutcomeException
-
-    types_: list[type[BaseException]] = [OutcomeException, Exit, SkipTest]
-    try:
-        from hypothesis.errors import UnsatisfiedAssumption
-    except ImportError:  # pragma: no cover - hypothesis is a dependency of the suite
-        pass
-    else:
-        types_.append(UnsatisfiedAssumption)
+    """The control-flow exception types of the runners loaded in this process. A backend can
+    only raise one from a module already loaded, so nothing is imported here: an import in the
+    error path (Hypothesis takes about 0.5 s) would count against the backend's deadline."""
+    types_: list[type[BaseException]] = []
+    for module_name, names in _CONTROL_FLOW:
+        module = sys.modules.get(module_name)
+        types_ += [getattr(module, name) for name in names if hasattr(module, name)]
     return tuple(types_)
 
 
