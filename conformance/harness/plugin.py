@@ -20,13 +20,16 @@ Plain ``pytest`` is a world of one rank: pytest-mpi's ``mpi`` marker is honoured
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +160,72 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _load_hypothesis_profile(config: pytest.Config) -> None:
-    try:
-        from conformance.harness import lockstep
-    except ImportError:  # hypothesis not installed: lockstep tests cannot run anyway
-        return
+    """Put the lockstep profile in force before anything uses Hypothesis: now if Hypothesis is
+    imported already (or a profile was named on the command line), else right after its first
+    import. Importing it costs about 0.5 s a rank, which a job whose tests never use it (a kill
+    test's job, most resumed jobs) does not pay."""
+    if "hypothesis" in sys.modules or getattr(config.option, "hypothesis_profile", None):
+        _lockstep_profile(config)
+    elif importlib.util.find_spec("hypothesis") is not None:
+        hook = _AfterImport("hypothesis", lambda: _lockstep_profile(config))
+        sys.meta_path.insert(0, hook)
+        config.add_cleanup(hook.remove)
+
+
+def _lockstep_profile(config: pytest.Config) -> None:
+    from conformance.harness import lockstep
+
     lockstep.register_profile()
     if not getattr(config.option, "hypothesis_profile", None):
         lockstep.load_profile()
+
+
+def _drop_unused_hypothesis_plugin(config: pytest.Config) -> None:
+    """Unregister Hypothesis' pytest plugin when no collected test imported Hypothesis: its
+    terminal summary would import it (about 0.5 s a rank) only to find nothing to report."""
+    plugin = config.pluginmanager.get_plugin("hypothesispytest")
+    if "hypothesis" not in sys.modules and plugin is not None:
+        config.pluginmanager.unregister(plugin)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``then`` once the module ``name`` has been executed, at its first import (whoever
+    imports it), before the importer gets it: settings made at a test module's import time
+    already inherit the profile ``then`` loads."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name, self.then = name, then
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """``loader`` (often shared between modules, like pytest's assertion rewriter) that calls
+    ``then`` after executing this one module; anything else is the wrapped loader's."""
+
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        self.then()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -370,6 +432,7 @@ class Harness:
         if all(other == mine for other in everyone):
             self._write_session_header()
             self._write_collection(session.items)
+            _drop_unused_hypothesis_plugin(session.config)
             return
         lines = [
             f"rank {rank}: {count} tests, {errors} collection errors, digest {dig[:12]}"
