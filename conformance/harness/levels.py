@@ -37,6 +37,15 @@ TIERS: dict[str, str] = {
 OPT_IN_TIERS: tuple[str, ...] = ("soak", "huge")
 BASIC_TIER = "basic"
 
+#: Marker of a test that measures how late the backend is (a deadline, a dead or stalled peer):
+#: the runner runs these only beside jobs that are mostly waiting, never beside the CPU-bound
+#: rest of the suite, so other jobs' load cannot make a backend look late.
+TIMED = "timed"
+TIMED_HELP = (
+    f"{TIMED}: the test measures how late the backend raises; python -m conformance run keeps "
+    "CPU-bound jobs from running beside it"
+)
+
 core = pytest.mark.core
 robust = pytest.mark.robust
 impl_defined = pytest.mark.impl_defined
@@ -53,6 +62,12 @@ def register_markers(config: pytest.Config) -> None:
         config.addinivalue_line("markers", help_text)
     for tier, text in TIERS.items():
         config.addinivalue_line("markers", f"{tier}: tier: {text}")
+    config.addinivalue_line("markers", TIMED_HELP)
+
+
+def is_timed(item: pytest.Item) -> bool:
+    """Whether ``item`` measures how late the backend is (the :data:`TIMED` marker)."""
+    return item.get_closest_marker(TIMED) is not None
 
 
 def levels_of(item: pytest.Item) -> list[str]:

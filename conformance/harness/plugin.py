@@ -516,6 +516,7 @@ class Harness:
                 "area": levels.area_of(item),
                 "rule": _rule_of(item),
                 "kills": item.get_closest_marker(survivors.KILLS_RANK) is not None,
+                "timed": levels.is_timed(item),
             }
             lines.append(json.dumps(entry) + "\n")
         Path(path).parent.mkdir(parents=True, exist_ok=True)

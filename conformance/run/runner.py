@@ -6,6 +6,9 @@ Contract:
   the plugin writing one record per finished test to ``<report-dir>/np<N>/results.jsonl``
   (docs/contracts.md, "Plugin <-> runner"). The terminal shows rank count, tests done of total
   and failures so far.
+- The rank counts run side by side within ``--max-ranks`` ranks in flight; the timed tests
+  (deadlines, killed and stalled peers) run after all the others, beside each other only
+  (``conformance.run.schedule``), so the load of other jobs cannot make a backend look late.
 - A job that ends before every test has a record is relaunched over the tests still without one,
   named by node id (it imports and collects only their modules). The plugin's watchdog records
   a hung test itself (exit status 3); for any other early end (a crash, a kill, the job-level
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import functools
 import itertools
 import json
 import os
@@ -39,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,7 +58,7 @@ from conformance.harness import survivors as survivors_mod
 from conformance.harness.isolation import EXIT_ISOLATED
 from conformance.harness.watchdog import COMPLETED_STATUSES, DEFAULT_TIMEOUT, EXIT_HUNG
 from conformance.run import deviations as deviations_mod
-from conformance.run import hostfile, jobtime, reports, usage
+from conformance.run import hostfile, jobtime, reports, schedule, usage
 from conformance.run import launcher as launcher_mod
 
 #: pytest exit statuses of a session that could not run tests (interrupted; usage error, which
@@ -92,6 +97,10 @@ class RunOptions:
     pythonpath: str | None = None
     #: Deadline of the tests a deviations entry expects to hang (``expected_hang_args``).
     hang_deadline: float = 10.0
+    #: Ranks in flight at once across rank counts (``schedule.RankBudget``; 1: one job at a time).
+    max_ranks: int = dataclasses.field(
+        default_factory=lambda: schedule.default_budget(launcher_mod.cpu_count())
+    )
 
     @property
     def root(self) -> Path:
@@ -640,43 +649,57 @@ def after_job(end: JobEnd) -> tuple[Action, str]:
     raise AssertionError("the last rule matches every job")
 
 
-def run_rank_count(
+def run_rank_counts(
     launcher: launcher_mod.Launcher,
     opts: RunOptions,
-    np: int,
     collected: list[str],
     progress: Progress,
-    expect_hang: Sequence[str] = (),
+    known: Sequence[Any] = (),
     info: dict[str, dict[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], list[str], list[jobtime.JobTiming]]:
-    """Run every test on ``np`` ranks, resuming after hangs, crashes and isolation stops.
+) -> dict[int, tuple[list[dict[str, Any]], list[str], list[jobtime.JobTiming]]]:
+    """Run every test at every rank count of ``opts.nps``, resuming after hangs, crashes and
+    isolation stops: the untimed tests, then the timed ones (``schedule.phases``), the rank counts
+    of a phase at the same time within ``opts.max_ranks`` ranks in flight.
 
-    Returns the records (plugin's plus the runner's ``crashed``/``hung`` ones, each with ``np``,
-    and with the level, tier and area of ``info``, the collection's entries by node id, where a
-    record lacks them), problems that kept tests from running at all, and where each job's time
-    went. The tests in ``expect_hang`` run under the short deadline ``opts.hang_deadline``. An
-    interrupt ends the rank count early with what finished (the caller checks
-    ``launcher.stop_signal()``).
+    Returns, per rank count, the records (plugin's plus the runner's ``crashed``/``hung`` ones,
+    each with ``np``, and with the level, tier and area of ``info``, the collection's entries by
+    node id, where a record lacks them), problems that kept tests from running at all, and where
+    each job's time went. The tests a deviation in ``known`` expects to hang run under the short
+    deadline ``opts.hang_deadline``. An interrupt ends the run early with what finished (the
+    caller checks ``launcher.stop_signal()``).
     """
     info = info or {}
-    base = opts.report_dir / f"np{np}"
-    base.mkdir(parents=True, exist_ok=True)
-    attempts = _Attempts(launcher, opts, np, collected, progress, base, info)
-    attempts.extra_args = expected_hang_args(opts, expect_hang, collected)
-    try:
-        attempts.run()
-    except launcher_mod.Interrupted as exc:
-        attempts.problems.append(f"np={np}: interrupted ({exc}); later tests not run")
-    records = attempts.current()
-    progress.update(np, records, collected, final=True)
+    budget = schedule.RankBudget(opts.max_ranks)
+    lock = threading.Lock()
+    attempts: dict[int, _Attempts] = {}
+    for np in opts.nps:
+        base = opts.report_dir / f"np{np}"
+        base.mkdir(parents=True, exist_ok=True)
+        attempts[np] = _Attempts(launcher, opts, np, collected, progress, base, info, budget, lock)
+        hangs = deviations_mod.expected_hangs(known, np)
+        attempts[np].extra_args = expected_hang_args(opts, hangs, collected)
+    for phase in schedule.phases(collected, info):
+        if launcher_mod.stop_signal() is not None:
+            break
+        try:
+            schedule.run_all(
+                {np: functools.partial(a.run_phase, phase) for np, a in attempts.items()}
+            )
+        except launcher_mod.Interrupted:
+            break
     order = {nodeid: i for i, nodeid in enumerate(collected)}
-    for record in records:
-        record["np"] = np
-        record.setdefault("order", order.get(record["nodeid"], len(order)))
-        for key in ATTRIBUTED:
-            if record.get(key) is None and info.get(record["nodeid"], {}).get(key) is not None:
-                record[key] = info[record["nodeid"]][key]
-    return records, attempts.problems, attempts.timings
+    out = {}
+    for np, job in attempts.items():
+        records = job.current()
+        progress.update(np, records, collected, final=True)
+        for record in records:
+            record["np"] = np
+            record.setdefault("order", order.get(record["nodeid"], len(order)))
+            for key in ATTRIBUTED:
+                if record.get(key) is None and info.get(record["nodeid"], {}).get(key) is not None:
+                    record[key] = info[record["nodeid"]][key]
+        out[np] = (records, job.problems, job.timings)
+    return out
 
 
 class _Attempts:
@@ -691,10 +714,15 @@ class _Attempts:
         progress: Progress,
         base: Path,
         info: dict[str, dict[str, Any]] | None = None,
+        budget: schedule.RankBudget | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.launcher, self.opts, self.np, self.base = launcher, opts, np, base
         self.collected, self.progress = collected, progress
         self.info = info or {}
+        self.budget = budget or schedule.RankBudget(1)
+        self.lock = lock or threading.Lock()  # the terminal, shared by the rank counts' threads
+        self.attempt = 0
         # Kill tests get jobs of their own where the launcher keeps survivors alive (np 1 skips
         # them in any job).
         keeps = getattr(launcher, "keeps_survivors", False) and np > 1
@@ -710,22 +738,39 @@ class _Attempts:
     def current(self) -> list[dict[str, Any]]:
         return _dedupe([*records_mod.read_records(self.results_path), *self.runner_records])
 
-    def run(self) -> None:
+    def run_phase(self, phase: Sequence[str]) -> None:
+        """Run the tests of ``phase`` (node ids of the collection) at this rank count, each job
+        resuming where the previous one ended; an interrupt ends it with a problem noted."""
+        try:
+            self._run_phase(phase)
+        except launcher_mod.Interrupted as exc:
+            self.problems.append(f"np={self.np}: interrupted ({exc}); later tests not run")
+
+    def _run_phase(self, phase: Sequence[str]) -> None:
+        outside = set(self.collected) - set(phase)
         barren = 0  # consecutive jobs that ended early without finishing a test
-        for attempt in itertools.count(1):
+        for tries in itertools.count(1):
+            self.attempt += 1
+            attempt = self.attempt
             before = {r["nodeid"] for r in self.current()}
-            todo = [nodeid for nodeid in self.collected if nodeid not in before]
-            alone = bool(todo) and todo[0] in self.kills
+            todo = [nodeid for nodeid in phase if nodeid not in before]
+            if not todo:
+                return
+            alone = todo[0] in self.kills
             if alone:
                 job = self.launch_kill_test(attempt, todo[0])
                 included = {todo[0]}
             else:
-                job = self.launch(attempt, before, apart=self.kills)
+                job = self.launch(attempt, before, apart=self.kills | outside)
                 included = set(todo) - self.kills
+            signum = launcher_mod.stop_signal()
+            if signum is not None:
+                # The interrupt ended the job (in the main thread): nothing of it is to blame.
+                raise launcher_mod.Interrupted(signum)
             records = self.current()
             new = [r for r in records if r["nodeid"] not in before]
             finished = {r["nodeid"] for r in records}
-            remaining = [nodeid for nodeid in self.collected if nodeid not in finished]
+            remaining = [nodeid for nodeid in phase if nodeid not in finished]
             unfinished = [nodeid for nodeid in remaining if nodeid in included]
             hung = [r["nodeid"] for r in new if r.get("outcome") == "hung"]
             end = JobEnd(
@@ -752,7 +797,7 @@ class _Attempts:
                 running = unfinished[0] if unfinished else remaining[0]
                 record = blame_record(self.opts, self.np, running, job, self.info)
                 self.runner_records.append(record)
-                self.progress.update(self.np, self.current(), self.collected)
+                self._show()
                 expected = record["outcome"] == "passed"
                 barren = 0 if new or expected else barren + 1
             if barren >= 2:
@@ -764,9 +809,13 @@ class _Attempts:
                     f"see {job.output_path}"
                 )
                 return
-            if attempt > len(self.collected) + 1:
+            if tries > len(phase) + 1:
                 self.problems.append(f"np={self.np}: giving up after {attempt} attempts")
                 return
+
+    def _show(self) -> None:
+        with self.lock:
+            self.progress.update(self.np, self.current(), self.collected)
 
     def launch_kill_test(self, attempt: int, nodeid: str) -> JobOutcome:
         """A job of its own for the kill test ``nodeid``, keeping its survivors alive."""
@@ -778,30 +827,33 @@ class _Attempts:
         """One job over the tests not in ``done`` nor ``apart`` (those that get jobs of their
         own); a resumed job gets exactly those, by node id."""
         paths: list[str] | None = None
+        chosen = [nodeid for nodeid in self.collected if nodeid not in apart]
         if done or apart:
-            chosen = [nodeid for nodeid in self.collected if nodeid not in apart]
             paths = resumed_paths(self.base / f"remaining-{attempt}.txt", chosen, done)
-        if done:
-            self.progress.message(
-                f"np={self.np} resuming (attempt {attempt}), skipping {len(done)} done"
-            )
+        skipped = done.intersection(chosen)
+        if skipped:
+            with self.lock:
+                self.progress.message(
+                    f"np={self.np} resuming (attempt {attempt}), skipping {len(skipped)} done"
+                )
         return self._job(attempt, paths)
 
     def _job(self, attempt: int, paths: list[str] | None, survivors: bool = False) -> JobOutcome:
         """Run attempt ``attempt`` over ``paths`` (None: the run's paths), its time split into
         phases (``self.timings``)."""
-        job = run_job(
-            self.launcher,
-            self.opts,
-            self.np,
-            self.extra_args,
-            self.results_path,
-            self.base / "logs" / f"attempt{attempt}",
-            self.base / f"attempt{attempt}.out",
-            on_progress=lambda: self.progress.update(self.np, self.current(), self.collected),
-            paths=paths,
-            survivors=survivors,
-        )
+        with self.budget.ranks(self.np):
+            job = run_job(
+                self.launcher,
+                self.opts,
+                self.np,
+                self.extra_args,
+                self.results_path,
+                self.base / "logs" / f"attempt{attempt}",
+                self.base / f"attempt{attempt}.out",
+                on_progress=self._show,
+                paths=paths,
+                survivors=survivors,
+            )
         self.timings.append(
             jobtime.measure(
                 self.np,
@@ -956,18 +1008,11 @@ def _run(opts: RunOptions, progress: Progress) -> int:
         progress.message(note)
     state.notes = notes
     state.info = info
-    for np in opts.nps:
-        hangs = deviations_mod.expected_hangs(known, np)
-        records, issues, timings = run_rank_count(
-            launcher, opts, np, collected, progress, hangs, info
-        )
+    for np, (records, issues, timings) in run_rank_counts(
+        launcher, opts, collected, progress, known, info
+    ).items():
         state.add(np, records, issues)
         state.timings += timings
-        if launcher_mod.stop_signal() is not None:
-            break
-        if len(state.done) < len(opts.nps):
-            # Reports of the rank counts so far, in case the run is cut short (CI time limits).
-            reports.write_all(state.summary(), opts.report_dir)
     summary = state.summary()
     paths = reports.write_all(summary, opts.report_dir)
     # The problems are among the reasons terminal_summary gives for a failed run.
@@ -1134,6 +1179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "test marked leaves_state; robust tests run last), always (every test), never "
         "(default auto)",
     )
+    parser.add_argument(
+        "--max-ranks",
+        default=None,
+        help="ranks in flight at once: the rank counts run side by side within it, the timed "
+        "tests (deadlines, killed peers) only beside each other (default "
+        f"{schedule.RANKS_PER_CORE} per core, here {RunOptions().max_ranks}; 1: one job at a time)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     hostfile.add_option(parser)
     parser.add_argument(
@@ -1186,6 +1238,11 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         margin=args.job_margin,
         hang_deadline=args.hang_deadline,
         quiet=args.quiet,
+        **(
+            {}
+            if args.max_ranks is None
+            else {"max_ranks": usage.positive_integer(args.max_ranks, "--max-ranks")}
+        ),
         isolate=args.isolate,
         hostfile=usage.existing_file(args.hostfile, "--hostfile"),
         pythonpath=usage.caller_pythonpath(),

@@ -83,6 +83,17 @@ def rank_count(text: str, option: str = "--np") -> int:
     return counts[0]
 
 
+def positive_integer(text: str | int, option: str) -> int:
+    """A positive whole number."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{option} {text!r} is not a count; give a positive integer")
+    return value
+
+
 def positive_seconds(text: str | float, option: str) -> float:
     """A positive, finite number of seconds."""
     try:

@@ -18,7 +18,7 @@ from conformance.specs.calls import attempt, call, describe_error, settle
 from conformance.specs.groups import require_size
 from conformance.specs.tolerance import mismatch
 
-pytestmark = pytest.mark.robust
+pytestmark = [pytest.mark.robust, pytest.mark.timed]
 
 DEADLINE = timing.DEADLINE
 

@@ -23,7 +23,7 @@ from conformance.specs.calls import attempt, call, describe_error, settle
 from conformance.specs.groups import require_size
 from conformance.specs.tolerance import mismatch
 
-pytestmark = [pytest.mark.robust, pytest.mark.faults]
+pytestmark = [pytest.mark.robust, pytest.mark.faults, pytest.mark.timed]
 
 DEADLINE = timing.DEADLINE
 #: Elements of the collective a victim is killed in the middle of: large enough (16 MiB of

@@ -415,3 +415,39 @@ def test_an_expected_hang_costs_its_short_deadline_and_a_fixed_one_passes(tmp_pa
     for job in jobs:
         assert job["start"] > 0 and job["collection"] >= 0 and job["tests"] >= 0, job
     assert jobs[0]["tests"] >= 2.0, "the hang took its 2 s deadline inside the tests phase"
+
+
+def test_rank_counts_run_side_by_side_and_timed_tests_only_after_the_rest(tmp_path: Path) -> None:
+    """The untimed tests of every rank count run at the same time (budget permitting); a test
+    marked ``timed`` starts only after every untimed job of every rank count has ended."""
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    path = write_suite(
+        tmp_path,
+        f"""
+        SPANS = {str(spans)!r}
+
+        def _span(name, seconds):
+            start = time.time()
+            time.sleep(seconds)
+            with open(os.path.join(SPANS, f"{{name}}-np{{SIZE}}-r{{RANK}}"), "w") as f:
+                f.write(f"{{start}} {{time.time()}}")
+
+        def test_untimed():
+            _span("untimed", 1.5)
+
+        @pytest.mark.timed
+        def test_timed():
+            _span("timed", 0.2)
+        """,
+    )
+    status, report, _ = run_suite(tmp_path, path, [1, 2], max_ranks=4)
+    assert status == 0, report["problems"]
+    windows = {p.name: tuple(map(float, p.read_text().split())) for p in spans.iterdir()}
+    untimed = [w for name, w in windows.items() if name.startswith("untimed")]
+    timed = [w for name, w in windows.items() if name.startswith("timed")]
+    assert len(untimed) == 3 and len(timed) == 3, sorted(windows)
+    assert max(end for _, end in untimed) <= min(start for start, _ in timed), windows
+    np1 = windows["untimed-np1-r0"]
+    np2 = windows["untimed-np2-r0"]
+    assert np1[0] < np2[1] and np2[0] < np1[1], f"np 1 and np 2 did not overlap: {windows}"

@@ -38,6 +38,7 @@ CASES = [
     (["run"], {"REFERENCE_DATA_PLANE": "bogus"}, "REFERENCE_DATA_PLANE='bogus' is not a data"),
     (["run", "--np", "-1"], {}, "--np '-1' is not a list of rank counts"),
     (["run", "--np", "abc"], {}, "--np 'abc' is not a list of rank counts"),
+    (["run", "--max-ranks", "0"], {}, "--max-ranks '0' is not a count; give a positive integer"),
     (["run", "--np", "0"], {}, "--np '0' is not a list of rank counts"),
     (["run", "--timeout", "-5"], {}, "--timeout '-5' is not a duration"),
     (["run", "--timeout", "0"], {}, "--timeout '0' is not a duration"),
