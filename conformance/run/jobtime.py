@@ -41,6 +41,8 @@ class JobTiming:
     teardown: float = 0.0
     #: Tests the job recorded.
     ran: int = 0
+    #: When it was launched (``time.time()``): jobs of different rank counts overlap.
+    launched_at: float = 0.0
 
     @property
     def total(self) -> float:
@@ -63,7 +65,7 @@ def measure(
 ) -> JobTiming:
     """The phases of the job launched at ``launched_at`` (``time.time()``) that ended at
     ``ended_at`` and appended to ``results`` from byte ``offset``."""
-    timing = JobTiming(np, attempt)
+    timing = JobTiming(np, attempt, launched_at=launched_at)
     header: dict[str, Any] = {}
     try:
         with open(results, "rb") as f:
@@ -114,21 +116,24 @@ def markdown(timings: Sequence[JobTiming]) -> list[str]:
         "",
         "## Where the time went",
         "",
-        "Per MPI job: start (launch to the plugin configured: `mpiexec`, interpreters, imports, "
-        "MPI), collection (and loading the backend), tests (to the last record), teardown (to "
-        "the job's end), seconds.",
+        "Per MPI job: when it was launched (seconds after the first job), start (launch to the "
+        "plugin configured: `mpiexec`, interpreters, imports, MPI), collection (and loading the "
+        "backend), tests (to the last record), teardown (to the job's end), seconds. Jobs of "
+        "different rank counts run side by side (`--max-ranks`), so the totals add up to more "
+        "than the run's wall time.",
         "",
-        "| np | job | tests run | start | collection | tests | teardown | total |",
-        "|---|---|---|---|---|---|---|---|",
+        "| np | job | launched | tests run | start | collection | tests | teardown | total |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for t in timings:
+    first = min(t.launched_at for t in timings)
+    for t in sorted(timings, key=lambda t: (t.launched_at, t.np, t.attempt)):
         lines.append(
-            f"| {t.np} | {t.attempt} | {t.ran} | {t.start:.1f} | {t.collection:.1f} "
-            f"| {t.tests:.1f} | {t.teardown:.1f} | {t.total:.1f} |"
+            f"| {t.np} | {t.attempt} | {t.launched_at - first:.1f} | {t.ran} | {t.start:.1f} "
+            f"| {t.collection:.1f} | {t.tests:.1f} | {t.teardown:.1f} | {t.total:.1f} |"
         )
     sums = totals(timings)
     lines.append(
-        f"| all | {len(timings)} | {sum(t.ran for t in timings)} | {sums['start']:.1f} "
+        f"| all | {len(timings)} | | {sum(t.ran for t in timings)} | {sums['start']:.1f} "
         f"| {sums['collection']:.1f} | {sums['tests']:.1f} | {sums['teardown']:.1f} "
         f"| {sum(sums.values()):.1f} |"
     )

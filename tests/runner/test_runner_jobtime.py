@@ -45,8 +45,22 @@ def test_a_job_that_died_before_collection_is_all_start(tmp_path: Path) -> None:
 def test_report_rows_and_totals() -> None:
     jobs = [jobtime.JobTiming(1, 1, 1.0, 2.0, 30.0, 0.5, 300), jobtime.JobTiming(2, 2, 1.5, 0.5)]
     lines = jobtime.markdown(jobs)
-    assert lines[-1] == "| all | 2 | 300 | 2.5 | 2.5 | 30.0 | 0.5 | 35.5 |"
+    assert lines[-1] == "| all | 2 | | 300 | 2.5 | 2.5 | 30.0 | 0.5 | 35.5 |"
     assert jobtime.terminal_line(jobs) == (
         "2 jobs: start 2 s, collection 2 s, tests 30 s, teardown 0 s"
     )
     assert jobtime.markdown([]) == []
+
+
+def test_rows_in_launch_order_with_the_offset_from_the_first_launch() -> None:
+    jobs = [
+        jobtime.JobTiming(4, 1, 1.0, 1.0, 10.0, 1.0, 300, launched_at=1000.0),
+        jobtime.JobTiming(2, 2, 1.0, 1.0, 1.0, 1.0, 4, launched_at=1012.5),
+        jobtime.JobTiming(2, 1, 1.0, 1.0, 5.0, 1.0, 300, launched_at=1000.2),
+    ]
+    rows = [line for line in jobtime.markdown(jobs) if line.startswith("| ") and "np" not in line]
+    assert [row.split(" | ")[:3] for row in rows[:3]] == [
+        ["| 4", "1", "0.0"],
+        ["| 2", "1", "0.2"],
+        ["| 2", "2", "12.5"],
+    ]
