@@ -15,8 +15,8 @@ Contract:
     call-phase failure outcome of ``conformance.records``: ``wrong``, and ``error`` when the
     record says it came from the call). For a fault that ``hangs``, the failure must also show
     the backend's TimeoutError: the fault jobs run with the backend's deadline (the reference's
-    ``REFERENCE_TIMEOUT``) at half the harness's per-test deadline, so a hang the backend can
-    end reaches the spec as a TimeoutError where a result was due.
+    ``REFERENCE_TIMEOUT``) at half the harness's per-test deadline, 10 s at most, so a hang the
+    backend can end reaches the spec as a TimeoutError where a result was due.
   * ``inconclusive``: no such failure, but the job crashed, was killed, or a test hung (a
     watchdog ``hung`` or runner ``crashed`` record): the fault broke the run, the spec did not
     notice it.
@@ -64,6 +64,10 @@ DEFAULT_TIMEOUT = runner.DEFAULT_TIMEOUT
 #: The backend's own deadline in fault jobs, as a fraction of the per-test deadline: shorter, so
 #: that a hang the backend ends reaches the test as a TimeoutError before the watchdog acts.
 BACKEND_DEADLINE_SHARE = 0.5
+#: ... and at most this many seconds: every hang fault costs it once per rank count, and no call
+#: of the spec comes near it (the longest, 16 MiB all_sum at 4 ranks on 2 busy cores, takes well
+#: under a second).
+BACKEND_DEADLINE_MAX = 10.0
 #: Outcomes that are a failure of the call phase whatever the record says of the phase.
 CALL_FAILURES = frozenset({"failed", "wrong"})
 #: Outcomes that may come from the call or from setup/teardown: caught only when the record
@@ -259,7 +263,8 @@ class _WithEnvironment:
 def fault_environment(opts: SelftestOptions, fault: faulty.Fault | None = None) -> dict[str, str]:
     """What fault jobs add to the environment: the reference's deadline below the harness's, and
     the opt-in tiers the fault's specs need (``Fault.tiers``: a leak shows only in the soak)."""
-    env = {"REFERENCE_TIMEOUT": f"{opts.timeout * BACKEND_DEADLINE_SHARE:g}"}
+    seconds = min(opts.timeout * BACKEND_DEADLINE_SHARE, BACKEND_DEADLINE_MAX)
+    env = {"REFERENCE_TIMEOUT": f"{seconds:g}"}
     if fault is not None and fault.tiers:
         env[tiers.ENV_VAR] = ",".join(fault.tiers)
     return env

@@ -359,6 +359,10 @@ def test_fault_jobs_get_a_backend_deadline_below_the_harness_one():
     opts = selftest.SelftestOptions(timeout=40)
     seconds = float(selftest.fault_environment(opts)["REFERENCE_TIMEOUT"])
     assert 0 < seconds < opts.timeout
+    # A hang fault costs the backend deadline once per rank count: seconds, not half a minute.
+    assert seconds <= selftest.BACKEND_DEADLINE_MAX
+    short = selftest.SelftestOptions(timeout=8)
+    assert float(selftest.fault_environment(short)["REFERENCE_TIMEOUT"]) == 4
 
 
 def test_select_and_usage_errors(capsys):
