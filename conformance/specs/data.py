@@ -44,29 +44,33 @@ def dtype_name(dtype: np.dtype) -> str:
     return "bfloat16" if dtype == np.dtype(ml_dtypes.bfloat16) else dtype.name
 
 
-def _positions(shape: Sequence[int]) -> np.ndarray:
-    return np.arange(math.prod(shape), dtype=np.uint64).reshape(tuple(shape))
-
-
-def _hash(shape: Sequence[int], rank: int, salt: int) -> np.ndarray:
-    p = _positions(shape)
+def _hash(shape: Sequence[int], rank: int, salt: int, start: int = 0) -> np.ndarray:
+    """The mixed 64-bit hash of every position (counted from ``start``) for ``rank``, ``salt``;
+    built in place (one array, not one per step)."""
+    shape = tuple(shape)
+    h = np.arange(start + 1, start + 1 + math.prod(shape), dtype=np.uint64)  # position + 1
     with np.errstate(over="ignore"):
-        h = (p + np.uint64(1)) * _POSITION_MIX
+        h *= _POSITION_MIX
         salt_bits = np.uint64((salt + 1) % 2**64)
-        h = h ^ (np.uint64(rank + 1) * _RANK_MIX) ^ (salt_bits * _SALT_MIX)
-        h = h ^ (h >> np.uint64(29))
-        return h * _POSITION_MIX
+        h ^= (np.uint64(rank + 1) * _RANK_MIX) ^ (salt_bits * _SALT_MIX)
+        h ^= h >> np.uint64(29)
+        h *= _POSITION_MIX
+    return h.reshape(shape)
 
 
-def contribution(rank: int, shape: Sequence[int], name: str, salt: int = 0) -> np.ndarray:
+def contribution(
+    rank: int, shape: Sequence[int], name: str, salt: int = 0, start: int = 0
+) -> np.ndarray:
     """Rank ``rank``'s input: a C-contiguous array whose values depend on rank and position.
 
     Integers cover their whole range (sums overflow and wrap). Floats are small multiples of 1/4,
     exactly representable in every float dtype, so only the summation order can make results
     differ. bool mixes True and False per rank. complex64 has distinct real and imaginary parts.
+    With ``start`` (1-D): the elements ``[start, start + shape[0])`` of a longer input (a
+    position's value does not depend on the input's length).
     """
     shape = tuple(shape)
-    h = _hash(shape, rank, salt)
+    h = _hash(shape, rank, salt, start)
     if name == "bool":
         return ((h >> np.uint64(40)) % np.uint64(3) == 0).astype(np.bool_)
     if name in INTEGER_NAMES:
