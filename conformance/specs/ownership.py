@@ -83,15 +83,20 @@ class Holdings:
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold(self, label: str, array: object, check: Check) -> None:
+    def hold(self, label: str, array: object, check: Check, like: np.ndarray | None = None) -> None:
         """Keep ``array`` (already checked correct, or its finding already reported) and
         fingerprint it now; ``check`` says what is wrong with it later. Non-arrays are ignored
-        (their finding was reported when they were returned)."""
+        (their finding was reported when they were returned). ``like``: a read-only array that
+        should hold the same bytes (what the check compares it with, e.g. the pristine input);
+        when it does, it is the reference, instead of a copy."""
         if not isinstance(array, np.ndarray):
             return
-        if self._copied + array.nbytes <= COPY_BYTES:
+        pristine: np.ndarray | str
+        if like is not None and not like.flags.writeable and same_bytes(array, like):
+            pristine = like
+        elif self._copied + array.nbytes <= COPY_BYTES:
             self._copied += array.nbytes
-            pristine: np.ndarray | str = np.array(array, order="C", copy=True)
+            pristine = np.array(array, order="C", copy=True)
         else:
             pristine = fingerprint(array)
         self._held.append(_Held(label, array, pristine, check))

@@ -155,16 +155,18 @@ def family_input(
     input without the whole of it."""
     stop = count if stop < 0 else stop
     name = data.np_dtype(dtype)
-    positional = family == "contribution" or dtype == "bool"
-    if positional or (family == "full-mantissa" and dtype not in _WORDS):
-        # bool has two values only, and integers cover their whole range in ``contribution``.
+    if family == "contribution":
         return data.contribution(rank, (stop - start,), dtype, salt, start=start)
     raw = _stream(_STREAMS[family], rank, count, salt, start * name.itemsize, stop * name.itemsize)
-    if family == "full-mantissa":
+    if dtype == "bool":  # only the bytes 0 and 1 are bool values
+        raw &= np.uint8(1)
+        return raw.view(name)
+    if family == "full-mantissa" and dtype in _WORDS:
         return _full_mantissa_words(raw, dtype)
-    out = raw.view(name)
+    out = raw.view(name)  # integers: every bit random in every family (their whole range)
     if family == "bits-no-nan" and dtype in (*data.FLOAT_NAMES, "complex64"):
-        nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
+        with np.errstate(invalid="ignore"):  # ml_dtypes warns on its own NaN patterns
+            nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
         out[nan] = 0
     return out
 

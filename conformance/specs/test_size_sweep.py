@@ -98,7 +98,7 @@ def _one_call(backend, world, control, op, dtype, count, salt, held) -> list[str
     problems += [local(partial(result, same)), local(given)]
     problems += held.recheck(what, _nbytes(got, x))
     held.hold(f"{what}: its result", got, result)
-    held.hold(f"{what}: its input", x, given)
+    held.hold(f"{what}: its input", x, given, like=pristine)
     return problems
 
 
@@ -262,8 +262,11 @@ def ring_shift(
     rank, size = group.rank(), group.size()
     dst, src = (rank + 1) % size, (rank - 1) % size
 
-    def source(r: int) -> np.ndarray:
-        return sizes.rank_input(sizes.FAMILIES["send"], r, count, dtype, salt)
+    # The read-only inputs of this rank and of the one it receives from (each built once).
+    inputs = {
+        r: sizes.rank_input(sizes.FAMILIES["send"], r, count, dtype, salt) for r in (rank, src)
+    }
+    source = inputs.__getitem__
 
     # Writable backend arrays, looked at again after the calls (``asarray`` may copy).
     mine, like_arg = backend.asarray(source(rank).copy()), backend.asarray(source(src).copy())
@@ -296,24 +299,42 @@ def ring_shift(
         step()
     x, template = backend.to_numpy(mine), backend.to_numpy(like_arg)
     sent_label, like_label = f"send of {what}: its input", f"{what}: its template"
-    checks: list[tuple[str, Any, ownership.Check]] = [
-        (sent_label, x, lambda: sizes.same_bits(backend.to_numpy(mine), source(rank), sent_label))
+    # (label, the array, its check, the read-only input it must equal)
+    checks: list[tuple[str, Any, ownership.Check, np.ndarray]] = [
+        (
+            sent_label,
+            x,
+            lambda: sizes.same_bits(backend.to_numpy(mine), source(rank), sent_label),
+            source(rank),
+        )
     ]
     if like:
         now = partial(backend.to_numpy, like_arg)
         checks.append(
-            (like_label, template, lambda: sizes.same_bits(now(), source(src), like_label))
+            (
+                like_label,
+                template,
+                lambda: sizes.same_bits(now(), source(src), like_label),
+                source(src),
+            )
         )
     if outcome.get("sent") is not None:
         sent = outcome["sent"]
-        checks.append(("send's result", sent, lambda: sizes.received(sent, source(rank), "send")))
+        checks.append(
+            (
+                "send's result",
+                sent,
+                lambda: sizes.received(sent, source(rank), "send"),
+                source(rank),
+            )
+        )
     if outcome.get("got") is not None:
         got = outcome["got"]
-        checks.append((what, got, lambda: sizes.received(got, source(src), what)))
-    problems += [local(check) for _, _, check in checks]
-    problems += held.recheck(what, _nbytes(*(array for _, array, _ in checks)))
-    for label, array, check in checks:
-        held.hold(label, array, check)
+        checks.append((what, got, lambda: sizes.received(got, source(src), what), source(src)))
+    problems += [local(check) for _, _, check, _ in checks]
+    problems += held.recheck(what, _nbytes(*(array for _, array, _, _ in checks)))
+    for label, array, check, pristine in checks:
+        held.hold(label, array, check, like=pristine)
     return problems
 
 
