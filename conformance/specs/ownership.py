@@ -27,6 +27,7 @@ import numpy as np
 
 from conformance.specs.calls import local
 from conformance.specs.sizes import same_bits
+from conformance.specs.tolerance import same_bytes
 
 # Why a held array is wrong now (naming the first wrong element), or None.
 Check = Callable[[], str | None]
@@ -40,22 +41,6 @@ def fingerprint(a: np.ndarray) -> str:
     h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
     h.update(np.ascontiguousarray(a).view(np.uint8).data)
     return h.hexdigest()
-
-
-def _words(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``a``'s bytes as 8-byte words and the bytes past the last whole word (comparing words
-    is twice as fast as comparing bytes, and equal words are equal bytes)."""
-    raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    whole = raw.shape[0] - raw.shape[0] % 8
-    return raw[:whole].view(np.uint64), raw[whole:]
-
-
-def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether ``a`` and ``b`` have the same dtype, shape and bytes (every bit counts)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    (aw, at), (bw, bt) = _words(a), _words(b)
-    return bool(np.array_equal(aw, bw) and np.array_equal(at, bt))
 
 
 @dataclass
