@@ -14,7 +14,14 @@ import numpy as np
 
 from conformance.harness.collective import expect_unsupported
 from conformance.specs import data
-from conformance.specs.calls import call, call_everywhere, differing, settle
+from conformance.specs.calls import (
+    attempt,
+    call,
+    call_everywhere,
+    describe_error,
+    differing,
+    settle,
+)
 from conformance.specs.tolerance import mismatch, same_bytes, sum_tolerance
 
 REDUCTIONS = ("all_sum", "all_max", "all_min")
@@ -78,6 +85,33 @@ def _runner(backend: Any, op: str, x: Any, group: Any, convert: bool = True) -> 
         return backend.to_numpy(out)
 
     return go
+
+
+def identity_alone(
+    backend: Any,
+    op: str,
+    group: Any,
+    rank: int,
+    dtypes: Sequence[str],
+    shapes: Sequence[tuple[int, ...]],
+) -> list[str | None]:
+    """The findings of ``op`` on ``group``, the size-1 group of this rank, returning its input
+    (``data.contribution``) unchanged for each dtype and shape.
+
+    No other rank is in the group, so no call can leave another rank blocked, and the calls go
+    without an exchange each: an exception is a finding (settled with the others at the end of
+    the test), and the first one ends the calls here (a group that wrongly spans other ranks then
+    costs one deadline at most, not one per call).
+    """
+    problems: list[str | None] = []
+    for dtype in dtypes:
+        for shape in shapes:
+            x = data.contribution(rank, shape, dtype)
+            got, error = attempt(_runner(backend, op, x, group))
+            if error is not None:
+                return [*problems, f"{op} of {_name(x)} raised {describe_error(error)}"]
+            problems.append(mismatch(got, x, None, dtype))
+    return problems
 
 
 def _name(x: Any) -> str:
