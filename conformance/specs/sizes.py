@@ -69,7 +69,8 @@ REPEATED_COUNTS: frozenset[int] = frozenset({16 * KI + 1, 256 * KI - 1, MI + 1})
 
 # Compare this many elements at a time: bounded memory for the float64 copies a comparison makes.
 CHUNK = MI
-# Bytes of inputs kept between tests: a whole default float32 sweep at 4 ranks.
+# Bytes of inputs (this rank's, and its shares of the others') kept between tests: more than one
+# family of the default float32 sweep at any rank count.
 CACHE_BYTES = 96 * MI
 
 
