@@ -44,29 +44,24 @@ def dtype_name(dtype: np.dtype) -> str:
     return "bfloat16" if dtype == np.dtype(ml_dtypes.bfloat16) else dtype.name
 
 
-def _positions(shape: Sequence[int]) -> np.ndarray:
-    return np.arange(math.prod(shape), dtype=np.uint64).reshape(tuple(shape))
-
-
-def _hash(shape: Sequence[int], rank: int, salt: int) -> np.ndarray:
-    p = _positions(shape)
-    with np.errstate(over="ignore"):
-        h = (p + np.uint64(1)) * _POSITION_MIX
-        salt_bits = np.uint64((salt + 1) % 2**64)
-        h = h ^ (np.uint64(rank + 1) * _RANK_MIX) ^ (salt_bits * _SALT_MIX)
-        h = h ^ (h >> np.uint64(29))
-        return h * _POSITION_MIX
-
-
-def contribution(rank: int, shape: Sequence[int], name: str, salt: int = 0) -> np.ndarray:
-    """Rank ``rank``'s input: a C-contiguous array whose values depend on rank and position.
-
-    Integers cover their whole range (sums overflow and wrap). Floats are small multiples of 1/4,
-    exactly representable in every float dtype, so only the summation order can make results
-    differ. bool mixes True and False per rank. complex64 has distinct real and imaginary parts.
-    """
+def _hash(shape: Sequence[int], rank: int | Sequence[int], salt: int, start: int = 0) -> np.ndarray:
+    """The mixed 64-bit hash of every position (counted from ``start``) for ``rank``, ``salt``;
+    built in place (one array, not one per step). With a sequence of ranks: one row per rank,
+    each that rank's hash (one pass over all of them)."""
     shape = tuple(shape)
-    h = _hash(shape, rank, salt)
+    ranks = np.atleast_1d(np.asarray(rank, dtype=np.uint64))[:, np.newaxis]
+    h = np.arange(start + 1, start + 1 + math.prod(shape), dtype=np.uint64)  # position + 1
+    with np.errstate(over="ignore"):
+        h = h * _POSITION_MIX ^ ((ranks + np.uint64(1)) * _RANK_MIX)
+        salt_bits = np.uint64((salt + 1) % 2**64)
+        h ^= salt_bits * _SALT_MIX
+        h ^= h >> np.uint64(29)
+        h *= _POSITION_MIX
+    return h.reshape(shape) if np.ndim(rank) == 0 else h.reshape((len(ranks), *shape))
+
+
+def _values(h: np.ndarray, name: str) -> np.ndarray:
+    """``contribution``'s values of ``name`` from the position hashes ``h``."""
     if name == "bool":
         return ((h >> np.uint64(40)) % np.uint64(3) == 0).astype(np.bool_)
     if name in INTEGER_NAMES:
@@ -80,9 +75,27 @@ def contribution(rank: int, shape: Sequence[int], name: str, salt: int = 0) -> n
     raise ValueError(f"unknown dtype name {name!r}")
 
 
-def contributions(size: int, shape: Sequence[int], name: str, salt: int = 0) -> list[np.ndarray]:
-    """Every rank's ``contribution``, in rank order."""
-    return [contribution(r, shape, name, salt) for r in range(size)]
+def contribution(
+    rank: int, shape: Sequence[int], name: str, salt: int = 0, start: int = 0
+) -> np.ndarray:
+    """Rank ``rank``'s input: a C-contiguous array whose values depend on rank and position.
+
+    Integers cover their whole range (sums overflow and wrap). Floats are small multiples of 1/4,
+    exactly representable in every float dtype, so only the summation order can make results
+    differ. bool mixes True and False per rank. complex64 has distinct real and imaginary parts.
+    With ``start`` (1-D): the elements ``[start, start + shape[0])`` of a longer input (a
+    position's value does not depend on the input's length).
+    """
+    return _values(_hash(shape, rank, salt, start), name)
+
+
+def contributions(
+    size: int | Sequence[int], shape: Sequence[int], name: str, salt: int = 0
+) -> list[np.ndarray]:
+    """Every rank's ``contribution``, in rank order; or, for a sequence of ranks, theirs in its
+    order (built in one pass: cheaper than one ``contribution`` each for small shapes)."""
+    ranks = range(size) if isinstance(size, int) else size
+    return list(_values(_hash(shape, list(ranks), salt), name))
 
 
 def _wide(a: np.ndarray) -> np.ndarray:

@@ -108,9 +108,6 @@ def empty_0d(backend: Any, world: Any, control: Any, capabilities: Any, op: str)
 
 def singleton_identity(backend: Any, world: Any, capabilities: Any, op: str) -> None:
     group = singleton_group(world, capabilities)
-    problems = []
-    for dtype in reductions.supported_dtypes(backend, capabilities, op, group):
-        for shape in ((), (5,), (2, 3)):
-            x = data.contribution(world.rank(), shape, dtype)
-            problems.append(mismatch(reductions.run(backend, op, x, group), x, None, dtype))
-    settle(problems)
+    dtypes = reductions.supported_dtypes(backend, capabilities, op, group)
+    shapes = ((), (5,), (2, 3))
+    settle(reductions.identity_alone(backend, op, group, world.rank(), dtypes, shapes))

@@ -10,22 +10,24 @@ and the counts around the group size (1, N - 1, N, N + 1).
 Results are compared chunk by chunk (``CHUNK`` elements at a time, so memory stays bounded
 at 16 Mi elements and more) and a failure names the first wrong element's index, its value and
 the expected one, and the count. Inputs use every bit of the dtype (``FAMILIES``: full-mantissa
-floats for sums, random bit patterns for the others); ``blocks`` keeps recent ones, so the
-collectives of one count that share a family build every rank's input once.
+floats for sums, random bit patterns for the others), and any slice of any rank's input can be
+built alone (``rank_input``, which keeps recent ones, so the collectives of one count that share
+a family build them once). A result every rank returned bit for bit the same (their digests
+agree) is checked in shares (``check_swept``): each rank checks its slice of it from the same
+slice of every rank's input, so a rank builds its own input and a slice of the others', not
+every rank's whole input, and every element is still checked.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 
 import numpy as np
 
 from conformance.specs import data, reductions
-from conformance.specs.tolerance import mismatch
+from conformance.specs.tolerance import mismatch, wrong
 
 KI = 1024
 MI = 1024 * KI
@@ -67,7 +69,8 @@ REPEATED_COUNTS: frozenset[int] = frozenset({16 * KI + 1, 256 * KI - 1, MI + 1})
 
 # Compare this many elements at a time: bounded memory for the float64 copies a comparison makes.
 CHUNK = MI
-# Bytes of inputs kept between tests: a whole default float32 sweep at 4 ranks.
+# Bytes of inputs (this rank's, and its shares of the others') kept between tests: more than one
+# family of the default float32 sweep at any rank count.
 CACHE_BYTES = 96 * MI
 
 
@@ -144,19 +147,45 @@ FAMILIES = {
 }
 
 
-def family_input(family: str, rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
-    """Rank ``rank``'s 1-D input of ``family`` (a value of ``FAMILIES``)."""
-    if family == "full-mantissa":
-        if dtype in _WORDS:
-            return _full_mantissa_words(rank, count, dtype, salt)
-        return data.full_mantissa(rank, (count,), dtype, salt)
+def family_input(
+    family: str, rank: int, count: int, dtype: str, salt: int, start: int = 0, stop: int = -1
+) -> np.ndarray:
+    """Elements ``[start, stop)`` (default: all ``count``) of rank ``rank``'s 1-D input of
+    ``family`` (a value of ``FAMILIES``, or ``"contribution"``). An element's value depends only
+    on its position, never on which slice is built, so a rank builds its share of another rank's
+    input without the whole of it."""
+    stop = count if stop < 0 else stop
+    name = data.np_dtype(dtype)
     if family == "contribution":
-        return data.contribution(rank, (count,), dtype, salt)
-    out = data.random_bits(rank, (count,), dtype, salt)
+        return data.contribution(rank, (stop - start,), dtype, salt, start=start)
+    raw = _stream(_STREAMS[family], rank, count, salt, start * name.itemsize, stop * name.itemsize)
+    if dtype == "bool":  # only the bytes 0 and 1 are bool values
+        raw &= np.uint8(1)
+        return raw.view(name)
+    if family == "full-mantissa" and dtype in _WORDS:
+        return _full_mantissa_words(raw, dtype)
+    out = raw.view(name)  # integers: every bit random in every family (their whole range)
     if family == "bits-no-nan" and dtype in (*data.FLOAT_NAMES, "complex64"):
-        nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
+        with np.errstate(invalid="ignore"):  # ml_dtypes warns on its own NaN patterns
+            nan = np.isnan(out.real) | np.isnan(out.imag) if dtype == "complex64" else np.isnan(out)
         out[nan] = 0
     return out
+
+
+# The random stream each family draws from (random bit patterns with or without NaN share one).
+_STREAMS = {"bits": 3, "bits-no-nan": 3, "full-mantissa": 4}
+
+
+def _stream(tag: int, rank: int, count: int, salt: int, first: int, last: int) -> np.ndarray:
+    """Bytes ``[first, last)`` of the random byte stream of (``tag``, ``rank``, ``count``,
+    ``salt``): PCG64's raw 64-bit outputs, the generator advanced past the words before
+    ``first`` (so any slice costs what its own bytes cost). The slices a family takes start at
+    a multiple of the itemsize (1, 2, 4 or 8 bytes), so their arrays are aligned."""
+    words = first // 8, -(-last // 8)
+    bits = np.random.PCG64([0x5EED, tag, salt, rank, count])
+    bits.advance(words[0])
+    raw = bits.random_raw(words[1] - words[0]).view(np.uint8)
+    return raw[first - 8 * words[0] : last - 8 * words[0]]
 
 
 # Each float dtype (complex64 as float32 pairs): (unsigned word, exponent shift, exponent bias).
@@ -169,17 +198,19 @@ _WORDS = {
 }
 
 
-def _full_mantissa_words(rank: int, count: int, dtype: str, salt: int) -> np.ndarray:
-    """``data.full_mantissa``'s kind of values, built in the float's own bits (several times
-    faster at millions of elements): random sign and significand, exponent uniform in [-8, 8)."""
+def _full_mantissa_words(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """``data.full_mantissa``'s kind of values, built in place in the float's own bits from the
+    random bytes ``raw`` (several times faster at millions of elements): random sign and
+    significand, exponent uniform in [-8, 8)."""
     word, shift, bias = _WORDS[dtype]
-    parts = 2 if dtype == "complex64" else 1
-    rng = np.random.default_rng([0x5EED, 4, salt, rank])
-    raw = rng.integers(0, np.iinfo(word).max, size=count * parts, dtype=word, endpoint=True)
-    exponent = (raw >> word(shift)) & word(15)
+    bits = raw.view(word)
+    exponent = (bits >> word(shift)) & word(15)
     keep = word((1 << (8 * np.dtype(word).itemsize - 1)) | ((1 << shift) - 1))  # sign, significand
-    raw = (raw & keep) | ((exponent + word(bias - 8)) << word(shift))
-    return raw.view(data.np_dtype(dtype))
+    bits &= keep
+    exponent += word(bias - 8)
+    exponent <<= word(shift)
+    bits |= exponent
+    return bits.view(data.np_dtype(dtype))
 
 
 def scatter_rows(group_size: int, count: int) -> int:
@@ -189,56 +220,70 @@ def scatter_rows(group_size: int, count: int) -> int:
     return count - count % group_size
 
 
-class _BlockCache:
-    """Every rank's contribution per (group size, count, dtype, salt), least recently used out
-    first once more than ``limit`` bytes are kept. The arrays are read-only: shared by tests."""
+def share(group_size: int, rank: int, count: int) -> tuple[int, int]:
+    """The elements ``[start, stop)`` of a ``count``-element result that ``rank`` checks when
+    every rank's result is known to be the same: ``count // N`` each, the last rank also the
+    rest. Rank r's share starts where its sum_scatter block does (``scatter_rows``)."""
+    step = count // group_size
+    return rank * step, count if rank == group_size - 1 else (rank + 1) * step
+
+
+class _InputCache:
+    """Swept inputs and slices of them, by (family, rank, count, dtype, salt, start, stop), least
+    recently used out first once more than ``limit`` bytes are kept; an array of more than half
+    of it is not kept. The arrays are read-only: shared by tests."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.entries: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+        self.entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.nbytes = 0
 
-    def get(
-        self, size: int, count: int, dtype: str, salt: int, family: str
-    ) -> tuple[np.ndarray, ...]:
-        key = (size, count, dtype, salt, family)
+    def get(self, key: tuple) -> np.ndarray:
+        family, rank, count, dtype, salt, start, stop = key
+        whole = (family, rank, count, dtype, salt, 0, count)
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        blocks = tuple(family_input(family, r, count, dtype, salt) for r in range(size))
-        for b in blocks:
-            b.flags.writeable = False
-        self.entries[key] = blocks
-        while sum(b.nbytes for e in self.entries.values() for b in e) > self.limit:
-            if len(self.entries) == 1:
-                break
-            self.entries.popitem(last=False)
-        return blocks
+        if whole in self.entries:  # a slice of a whole input already built
+            self.entries.move_to_end(whole)
+            return self.entries[whole][start:stop]
+        out = family_input(family, rank, count, dtype, salt, start, stop)
+        out.flags.writeable = False
+        if out.nbytes <= self.limit // 2:
+            self.entries[key] = out
+            self.nbytes += out.nbytes
+            while self.nbytes > self.limit:
+                self.nbytes -= self.entries.popitem(last=False)[1].nbytes
+        return out
 
     def clear(self) -> None:
         self.entries.clear()
+        self.nbytes = 0
 
 
-_CACHE = _BlockCache(CACHE_BYTES)
+_CACHE = _InputCache(CACHE_BYTES)
+
+
+def rank_input(
+    family: str, rank: int, count: int, dtype: str, salt: int = 0, start: int = 0, stop: int = -1
+) -> np.ndarray:
+    """Elements ``[start, stop)`` (default: all) of rank ``rank``'s 1-D input of ``count``
+    elements (``family_input``), read-only, kept between tests while small enough."""
+    return _CACHE.get((family, rank, count, dtype, salt, start, count if stop < 0 else stop))
 
 
 def blocks(
     size: int, count: int, dtype: str, salt: int = 0, family: str = "contribution"
 ) -> tuple[np.ndarray, ...]:
-    """Every rank's 1-D input of ``count`` elements (``family_input``), read-only, kept between
-    tests while small enough; large counts are built fresh and the cache emptied first."""
-    if count * data.np_dtype(dtype).itemsize * size > CACHE_BYTES // 2:
-        _CACHE.clear()
-        out = tuple(family_input(family, r, count, dtype, salt) for r in range(size))
-        for b in out:
-            b.flags.writeable = False
-        return out
-    return _CACHE.get(size, count, dtype, salt, family)
+    """Every rank's whole 1-D input of ``count`` elements (``rank_input``)."""
+    return tuple(rank_input(family, r, count, dtype, salt) for r in range(size))
 
 
 # -- comparing in chunks ------------------------------------------------------------------------
-# expect(start, stop) -> (the expected elements [start, stop), their float tolerance or None, or
-# a function computing it: only called when the elements are not bit-identical to the expected)
-Bound = np.ndarray | None | Callable[[], np.ndarray | None]
+# expect(start, stop) -> (the expected elements [start, stop), their float tolerance: None (exact)
+# or a function of the indexes (in [start, stop), from 0) of the elements whose bits differ from
+# the expected ones, giving their tolerance: only those need one, and only when there are some)
+Bound = Callable[[np.ndarray], np.ndarray | None] | None
 Expect = Callable[[int, int], tuple[np.ndarray, Bound]]
 
 
@@ -252,98 +297,101 @@ def same_bits(got: np.ndarray, want: np.ndarray, label: str, offset: int = 0) ->
         stop = min(start + CHUNK, want.shape[0])
         g = np.ascontiguousarray(got[start:stop]).view(word)
         w = np.ascontiguousarray(want[start:stop]).view(word)
+        if np.array_equal(g, w):
+            continue
         bad = np.flatnonzero(g != w)
-        if len(bad):
-            i, digits = int(bad[0]), 2 * word.itemsize
-            return (
-                f"{label}: first wrong element at index {offset + start + i} of {want.shape[0]}:"
-                f" got {_scalar(got[start + i])!r} (0x{int(g[i]):0{digits}x}), expected"
-                f" {_scalar(want[start + i])!r} (0x{int(w[i]):0{digits}x})"
-                f" ({len(bad)} of {stop - start} elements in [{offset + start},"
-                f" {offset + stop}) differ)"
-            )
-    return None
-
-
-def first_wrong(
-    got: np.ndarray, expect: Expect, length: int, label: str, offset: int = 0
-) -> str | None:
-    """Compare ``got`` (1-D, ``length`` elements) with what ``expect(start, stop)`` says the
-    elements ``[start, stop)`` must be, chunk by chunk. Bit-identical chunks pass at once; the
-    others are compared within the tolerance (``tolerance.mismatch``).
-
-    A finding names the first wrong element by its index (plus ``offset``, its place in the
-    whole result), what it holds and what it should hold, and how many of its chunk are off.
-    """
-    for start in range(0, length, CHUNK):
-        stop = min(start + CHUNK, length)
-        want, bound = expect(start, stop)
-        if _same_bits(got[start:stop], want):
-            continue
-        found = mismatch(got[start:stop], want, _resolve(bound), label)
-        if found is None:
-            continue
-        index = _bisect(got, expect, start, stop, label)
-        value, wanted = _scalar(got[index]), _scalar(expect(index, index + 1)[0][0])
-        off = _OFF.search(found)
-        where = f"{off.group(1)} in [{offset + start}, {offset + stop})" if off else ""
+        i, digits = int(bad[0]), 2 * word.itemsize
         return (
-            f"{label}: first wrong element at index {offset + index} of {length}: got {value!r},"
-            f" expected {wanted!r}" + (f" ({where})" if where else "")
+            f"{label}: first wrong element at index {offset + start + i} of {want.shape[0]}:"
+            f" got {_scalar(got[start + i])!r} (0x{int(g[i]):0{digits}x}), expected"
+            f" {_scalar(want[start + i])!r} (0x{int(w[i]):0{digits}x})"
+            f" ({len(bad)} of {stop - start} elements in [{offset + start},"
+            f" {offset + stop}) differ)"
         )
     return None
 
 
-_OFF = re.compile(r"\((\d+ of \d+ elements off)\)")
+def first_wrong(
+    got: np.ndarray,
+    expect: Expect,
+    length: int,
+    label: str,
+    offset: int = 0,
+    total: int | None = None,
+) -> str | None:
+    """Compare ``got`` (1-D, ``length`` elements) with what ``expect(start, stop)`` says the
+    elements ``[start, stop)`` must be, chunk by chunk. Bit-identical elements pass at once; the
+    others are compared within their tolerance (``tolerance.wrong``, ``mismatch``'s rule).
+
+    A finding names the first wrong element by its index (plus ``offset``, its place in a whole
+    result of ``total`` elements, by default ``length``), what it holds and what it should hold,
+    and how many of its chunk are off.
+    """
+    total = length if total is None else total
+    for start in range(0, length, CHUNK):
+        stop = min(start + CHUNK, length)
+        want, bound = expect(start, stop)
+        part = got[start:stop]
+        if part.dtype != want.dtype or part.shape != want.shape:
+            return mismatch(part, want, None, label)
+        differ = _differing(part, want)
+        if not len(differ):
+            continue
+        bad = differ[wrong(part[differ], want[differ], bound(differ) if bound else None)]
+        if not len(bad):
+            continue
+        i = int(bad[0])
+        value, wanted = _scalar(part[i]), _scalar(want[i])
+        return (
+            f"{label}: first wrong element at index {offset + start + i} of {total}: got"
+            f" {value!r}, expected {wanted!r} ({len(bad)} of {stop - start} elements off in"
+            f" [{offset + start}, {offset + stop}))"
+        )
+    return None
 
 
-def _resolve(bound: Bound) -> np.ndarray | None:
-    return bound() if callable(bound) else bound
-
-
-def _same_bits(got: np.ndarray, want: np.ndarray) -> bool:
-    """Whether ``got`` holds exactly ``want``'s bytes (then no tolerance is needed)."""
-    if got.dtype != want.dtype or got.shape != want.shape:
-        return False
-    g, w = np.ascontiguousarray(got).reshape(-1), np.ascontiguousarray(want).reshape(-1)
-    return bool(np.array_equal(g.view(np.uint8), w.view(np.uint8)))
+def _differing(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """The indexes of the 1-D ``got``'s elements whose bits differ from ``want``'s."""
+    word = np.dtype(f"u{want.dtype.itemsize}")
+    g, w = np.ascontiguousarray(got).view(word), np.ascontiguousarray(want).view(word)
+    if np.array_equal(g, w):
+        return np.empty(0, np.intp)
+    return np.flatnonzero(g != w)
 
 
 def _scalar(x: object) -> object:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _bisect(got: np.ndarray, expect: Expect, start: int, stop: int, label: str) -> int:
-    """The first index in [start, stop) whose element is wrong (the range has one)."""
-    while stop - start > 1:
-        middle = (start + stop) // 2
-        want, bound = expect(start, middle)
-        if mismatch(got[start:middle], want, _resolve(bound), label) is not None:
-            stop = middle
-        else:
-            start = middle
-    return start
+def _reduction(
+    op: str, got: np.ndarray, parts: Sequence[np.ndarray], label: str, offset: int, total: int
+) -> str | None:
+    """Why ``got`` is not ``op`` (all_sum, all_max or all_min) of the 1-D ``parts`` (every
+    rank's elements ``[offset, offset + len(got))``), naming the first wrong element."""
 
+    def expect(a: int, b: int) -> tuple[np.ndarray, Bound]:
+        chunk = [p[a:b] for p in parts]
 
-def _slices(blocks_: Sequence[np.ndarray], start: int, stop: int) -> list[np.ndarray]:
-    return [b[start:stop] for b in blocks_]
+        def bound(differ: np.ndarray) -> np.ndarray | None:
+            return reductions.tolerance(op, [c[differ] for c in chunk], 0)
+
+        return reductions.expected(op, chunk, 0), bound
+
+    return first_wrong(got, expect, got.shape[0], label, offset, total)
 
 
 def check_result(
     op: str, got: object, blocks_: Sequence[np.ndarray], rank: int, label: str
 ) -> str | None:
     """Why ``op``'s result ``got`` on ``rank`` is wrong for 1-D inputs ``blocks_``, or None.
+    Every element is checked.
 
     Never raises (a malformed result is a finding), so every rank reaches the settle after it.
     """
     size, count = len(blocks_), blocks_[0].shape[0]
-    dtype = blocks_[0].dtype
-    shape = _result_shape(op, size, count)
-    if not isinstance(got, np.ndarray) or got.dtype != dtype or got.shape != shape:
-        what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
-        return f"{label}: result is {what}, expected {data.dtype_name(dtype)} {shape}"
-    if size == 1:  # a group of one returns its input: bit for bit
-        return same_bits(got, blocks_[0], label)
+    found = _malformed(op, got, size, count, blocks_[0].dtype, label)
+    if found or size == 1:  # a group of one returns its input: bit for bit
+        return found or same_bits(got, blocks_[0], label)
     if op == "all_gather":
         for r in range(size):
             part = got[r * count : (r + 1) * count]
@@ -353,21 +401,65 @@ def check_result(
         return None
     if op == "sum_scatter":
         rows = count // size
-        base = rank * rows
+        parts = [b[rank * rows : (rank + 1) * rows] for b in blocks_]
+        return _reduction("all_sum", got, parts, label, 0, rows)
+    return _reduction(op, got, blocks_, label, 0, count)
 
-        def scatter(a: int, b: int) -> tuple[np.ndarray, Bound]:
-            parts = _slices(blocks_, base + a, base + b)
-            return reductions.expected("all_sum", parts, 0), partial(
-                reductions.tolerance, "all_sum", parts, 0
-            )
 
-        return first_wrong(got, scatter, rows, label)
+def check_swept(
+    op: str,
+    got: object,
+    family: str,
+    size: int,
+    rank: int,
+    count: int,
+    dtype: str,
+    salt: int,
+    label: str,
+    *,
+    same_everywhere: bool,
+) -> str | None:
+    """Why ``op``'s result ``got`` on ``rank`` is wrong for the swept inputs of ``count``
+    elements (``rank_input``; sum_scatter's: their first ``scatter_rows``), or None.
 
-    def reduce(a: int, b: int) -> tuple[np.ndarray, Bound]:
-        parts = _slices(blocks_, a, b)
-        return reductions.expected(op, parts, rank), partial(reductions.tolerance, op, parts, rank)
+    With ``same_everywhere`` (every rank's result is known to be bit for bit this one: their
+    digests agree), this rank checks its ``share`` of the elements (all_gather: its own block)
+    and every other rank checks its own, so every element is still checked, on a rank whose
+    result is this one, from only a slice of every other rank's input. sum_scatter's result is
+    always one rank's share. Otherwise every element is checked here (``check_result``).
+    Never raises.
+    """
+    rows = scatter_rows(size, count) if op == "sum_scatter" else count
+    mine = rank_input(family, rank, count, dtype, salt)[:rows]
+    found = _malformed(op, got, size, rows, mine.dtype, label)
+    if found or size == 1:
+        return found or same_bits(got, mine, label)
+    if not same_everywhere and op != "sum_scatter":
+        return check_result(op, got, blocks(size, count, dtype, salt, family), rank, label)
+    if op == "all_gather":
+        block = got[rank * count : (rank + 1) * count]
+        return same_bits(block, mine, f"{label} block of rank {rank}", rank * count)
+    start, stop = share(size, rank, count)
+    if op == "sum_scatter":
+        parts = [
+            rank_input(family, r, count, dtype, salt, start, stop)[: rows // size]
+            for r in range(size)
+        ]
+        return _reduction("all_sum", got, parts, label, 0, rows // size)
+    parts = [rank_input(family, r, count, dtype, salt, start, stop) for r in range(size)]
+    where = f"{label} (rank {rank}'s share of every rank's same result)"
+    return _reduction(op, got[start:stop], parts, where, start, count)
 
-    return first_wrong(got, reduce, count, label)
+
+def _malformed(
+    op: str, got: object, size: int, count: int, dtype: np.dtype, label: str
+) -> str | None:
+    """A finding if ``got`` is not an array of ``op``'s result dtype and shape."""
+    shape = _result_shape(op, size, count)
+    if not isinstance(got, np.ndarray) or got.dtype != dtype or got.shape != shape:
+        what = data.describe(got) if isinstance(got, np.ndarray) else type(got).__name__
+        return f"{label}: result is {what}, expected {data.dtype_name(dtype)} {shape}"
+    return None
 
 
 def _result_shape(op: str, size: int, count: int) -> tuple[int, ...]:

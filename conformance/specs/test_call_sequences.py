@@ -98,10 +98,9 @@ def collective_step(backend: Any, op: str, group: Any, mates: list[int], shape, 
     me = group.rank()
 
     def step() -> str | None:
-        blocks = [data.contribution(w, shape, dtype, salt) for w in mates]
+        blocks = data.contributions(mates, shape, dtype, salt)
         got = _run(backend, op, blocks[me], group)
-        want, tol = reductions.expected(op, blocks, me), reductions.tolerance(op, blocks, me)
-        return mismatch(got, want, tol, f"{op} {dtype} {shape} salt {salt}")
+        return reductions.verdict(op, got, blocks, me, f"{op} {dtype} {shape} salt {salt}")
 
     return step
 

@@ -24,7 +24,6 @@ from conformance.specs import data, exchanges, reductions
 from conformance.specs.calls import settle
 from conformance.specs.declared import collective_dtypes, p2p_dtypes
 from conformance.specs.groups import GROUP_SHAPES, form_groups, largest_group
-from conformance.specs.tolerance import mismatch
 
 pytestmark = [pytest.mark.core, pytest.mark.groups]
 
@@ -64,11 +63,10 @@ def collective_on(
         problems.append(f"group of {mates}: rank/size {group.rank()}/{group.size()}")
     for dtype, per_rank in _cases(dtypes):
         shape = (_rows(op, len(mates), per_rank),)
-        blocks = [data.contribution(w, shape, dtype, salt) for w in mates]
+        blocks = data.contributions(mates, shape, dtype, salt)
         what = f"{op} {dtype} {shape} on the group of world ranks {mates}"
         got = reductions.run(backend, op, blocks[me], group)
-        want, tol = reductions.expected(op, blocks, me), reductions.tolerance(op, blocks, me)
-        problems.append(mismatch(got, want, tol, what))
+        problems.append(reductions.verdict(op, got, blocks, me, what))
     return problems
 
 

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from conformance.specs import data, reductions
 from conformance.specs.calls import call_everywhere, differing, settle
-from conformance.specs.tolerance import mismatch
 from conformance.strategies import dtype_names, lockstep, seeds, shapes, world_arrays
 
 pytestmark = pytest.mark.core
@@ -34,10 +33,8 @@ def _checked(control, backend, op, x, world, blocks, what):
     """``op`` on every rank, compared with numpy's result on ``blocks``; the findings."""
     got, digests = call_everywhere(control, op, reductions._runner(backend, op, x, world))
     rank = world.rank()
-    want = reductions.expected(op, blocks, rank)
-    bound = reductions.tolerance(op, blocks, rank)
     what = f"{what} of {data.describe(x)}"  # findings name the drawn dtype and shape
-    found = [mismatch(got, want, bound, what)]
+    found = [reductions.verdict(op, got, blocks, rank, what)]
     if op != "sum_scatter":
         found.append(differing(digests, what))
     return found

@@ -64,15 +64,6 @@ def _given(backend: Any, op: str, arg: Any, group: Any) -> Any:
     return go
 
 
-def _inputs(op: str, size: int, count: int, dtype: str, salt: int) -> tuple[np.ndarray, ...]:
-    """Every rank's (read-only) input of ``op`` at a swept ``count``: sum_scatter takes the
-    largest multiple of the group size not above it (no rows at all below the group size)."""
-    inputs = sizes.blocks(size, count, dtype, salt, sizes.FAMILIES[op])
-    if op == "sum_scatter":
-        inputs = tuple(b[: sizes.scatter_rows(size, count)] for b in inputs)
-    return inputs
-
-
 def _nbytes(*arrays: object) -> set[int]:
     return {a.nbytes for a in arrays if isinstance(a, np.ndarray)}
 
@@ -82,30 +73,32 @@ def _one_call(backend, world, control, op, dtype, count, salt, held) -> list[str
     the input after the call, then every result and input ``held`` from earlier calls (the
     caller still holds them). The result and the input are then held too."""
     size, rank = world.size(), world.rank()
-    inputs = _inputs(op, size, count, dtype, salt)
+    family = sizes.FAMILIES[op]
+    # sum_scatter takes the largest multiple of the group size not above the count.
+    rows = sizes.scatter_rows(size, count) if op == "sum_scatter" else count
+    pristine = sizes.rank_input(family, rank, count, dtype, salt)[:rows]
     # Writable, as the backend holds it (``asarray`` may copy): a backend writing into its
     # input has the chance to, and the check reads what the backend was given.
-    arg = backend.asarray(inputs[rank].copy())
+    arg = backend.asarray(pristine.copy())
     x = backend.to_numpy(arg)
     what = sizes.label(op, dtype, x.shape[0])
     got, digests = call_everywhere(control, what, _given(backend, op, arg, world))
+    same = op != "sum_scatter" and len(set(digests)) == 1
     problems = [differing(digests, what)] if op != "sum_scatter" else []
 
-    # Checked now on the inputs at hand; the held checks rebuild them (deterministic, and only
-    # when a fingerprint changed) rather than keep every rank's input alive.
-    def result(blocks: Sequence[np.ndarray] | None = None) -> str | None:
-        blocks = blocks or _inputs(op, size, count, dtype, salt)
-        return sizes.check_result(op, got, blocks, rank, what)
+    # Checked now in shares when every rank returned the same; the held checks check the whole
+    # result (only when it changed on this rank, which no other rank's check covers).
+    def result(same_everywhere: bool = False) -> str | None:
+        args = (op, got, family, size, rank, count, dtype, salt, what)
+        return sizes.check_swept(*args, same_everywhere=same_everywhere)
 
-    def given(blocks: Sequence[np.ndarray] | None = None) -> str | None:
-        pristine = (blocks or _inputs(op, size, count, dtype, salt))[rank]
+    def given() -> str | None:
         return sizes.same_bits(backend.to_numpy(arg), pristine, f"{what}: its input")
 
-    problems += [local(partial(result, inputs)), local(partial(given, inputs))]
-    del inputs  # large counts are not cached: let them go before the next call
+    problems += [local(partial(result, same)), local(given)]
     problems += held.recheck(what, _nbytes(got, x))
     held.hold(f"{what}: its result", got, result)
-    held.hold(f"{what}: its input", x, given)
+    held.hold(f"{what}: its input", x, given, like=pristine)
     return problems
 
 
@@ -269,8 +262,11 @@ def ring_shift(
     rank, size = group.rank(), group.size()
     dst, src = (rank + 1) % size, (rank - 1) % size
 
-    def source(r: int) -> np.ndarray:
-        return sizes.blocks(size, count, dtype, salt, sizes.FAMILIES["send"])[r]
+    # The read-only inputs of this rank and of the one it receives from (each built once).
+    inputs = {
+        r: sizes.rank_input(sizes.FAMILIES["send"], r, count, dtype, salt) for r in (rank, src)
+    }
+    source = inputs.__getitem__
 
     # Writable backend arrays, looked at again after the calls (``asarray`` may copy).
     mine, like_arg = backend.asarray(source(rank).copy()), backend.asarray(source(src).copy())
@@ -303,24 +299,42 @@ def ring_shift(
         step()
     x, template = backend.to_numpy(mine), backend.to_numpy(like_arg)
     sent_label, like_label = f"send of {what}: its input", f"{what}: its template"
-    checks: list[tuple[str, Any, ownership.Check]] = [
-        (sent_label, x, lambda: sizes.same_bits(backend.to_numpy(mine), source(rank), sent_label))
+    # (label, the array, its check, the read-only input it must equal)
+    checks: list[tuple[str, Any, ownership.Check, np.ndarray]] = [
+        (
+            sent_label,
+            x,
+            lambda: sizes.same_bits(backend.to_numpy(mine), source(rank), sent_label),
+            source(rank),
+        )
     ]
     if like:
         now = partial(backend.to_numpy, like_arg)
         checks.append(
-            (like_label, template, lambda: sizes.same_bits(now(), source(src), like_label))
+            (
+                like_label,
+                template,
+                lambda: sizes.same_bits(now(), source(src), like_label),
+                source(src),
+            )
         )
     if outcome.get("sent") is not None:
         sent = outcome["sent"]
-        checks.append(("send's result", sent, lambda: sizes.received(sent, source(rank), "send")))
+        checks.append(
+            (
+                "send's result",
+                sent,
+                lambda: sizes.received(sent, source(rank), "send"),
+                source(rank),
+            )
+        )
     if outcome.get("got") is not None:
         got = outcome["got"]
-        checks.append((what, got, lambda: sizes.received(got, source(src), what)))
-    problems += [local(check) for _, _, check in checks]
-    problems += held.recheck(what, _nbytes(*(array for _, array, _ in checks)))
-    for label, array, check in checks:
-        held.hold(label, array, check)
+        checks.append((what, got, lambda: sizes.received(got, source(src), what), source(src)))
+    problems += [local(check) for _, _, check, _ in checks]
+    problems += held.recheck(what, _nbytes(*(array for _, array, _, _ in checks)))
+    for label, array, check, pristine in checks:
+        held.hold(label, array, check, like=pristine)
     return problems
 
 

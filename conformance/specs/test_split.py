@@ -184,9 +184,7 @@ def test_subgroups_operate_concurrently(backend, world, capabilities):
         if error:
             problems.append(f"{op} round {round_} raised {describe_error(error)}")
             continue
-        want = reductions.expected(op, blocks, sub.rank())
-        tol = reductions.tolerance(op, blocks, sub.rank())
-        problems.append(mismatch(got, want, tol, f"{op} round {round_}"))
+        problems.append(reductions.verdict(op, got, blocks, sub.rank(), f"{op} round {round_}"))
     settle(problems)
 
 

@@ -109,30 +109,49 @@ def mismatch(
         return f"{what} is {type(got).__name__}, not an array"
     if got.dtype != expected.dtype or got.shape != expected.shape:
         return f"{what} is {describe(got)}, expected {describe(expected)}"
+    bad_mask = wrong(got, expected, tolerance)
+    if not bad_mask.any():
+        return None
+    bad = _first_bad(bad_mask)
+    if tolerance is not None and expected.size:
+        return (
+            f"{what} differs beyond tolerance at {bad}: got {got[bad]!r}, expected"
+            f" {expected[bad]!r} ({int(bad_mask.sum())} of {bad_mask.size} elements off)"
+        )
+    if got.dtype.kind == "b":
+        g, e = got.view(np.uint8), expected.view(np.uint8)
+        return f"{what} differs at {bad}: got the byte {g[bad]}, expected {e[bad]} (bool)"
+    return f"{what} differs at {bad}: got {got[bad]!r}, expected {expected[bad]!r}"
+
+
+def wrong(got: np.ndarray, expected: np.ndarray, tolerance: np.ndarray | None = None) -> np.ndarray:
+    """Which elements of ``got`` (``expected``'s dtype and shape) are wrong, as a boolean mask:
+    ``mismatch``'s rule, element by element (so it may be applied to any subset of them)."""
     if tolerance is None or expected.size == 0:
         if got.dtype.kind == "b":
             # Byte-exact: a bool byte other than 0 or 1 (True + True summed as uint8 is 2)
             # compares equal to True as a bool, yet it is garbage.
-            g, e = got.view(np.uint8), expected.view(np.uint8)
-            bad_mask = g != e
-            if not bad_mask.any():
-                return None
-            bad = _first_bad(bad_mask)
-            return f"{what} differs at {bad}: got the byte {g[bad]}, expected {e[bad]} (bool)"
-        exact = got.dtype.kind in "iu"
-        bad_mask = (got != expected) if exact else ~_close(got, expected, 0.0)
-        if not bad_mask.any():
-            return None
-        bad = _first_bad(bad_mask)
-        return f"{what} differs at {bad}: got {got[bad]!r}, expected {expected[bad]!r}"
-    ok = _close(got, expected, tolerance)
-    if ok.all():
-        return None
-    bad = _first_bad(~ok)
-    return (
-        f"{what} differs beyond tolerance at {bad}: got {got[bad]!r}, expected {expected[bad]!r} "
-        f"({int((~ok).sum())} of {ok.size} elements off)"
-    )
+            return np.asarray(got.view(np.uint8) != expected.view(np.uint8))
+        if got.dtype.kind in "iu":
+            return np.asarray(got != expected)
+        return ~_close(got, expected, 0.0)
+    return ~_close(got, expected, tolerance)
+
+
+def _words(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a``'s bytes as 8-byte words and the bytes past the last whole word (comparing words
+    is twice as fast as comparing bytes, and equal words are equal bytes)."""
+    raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    whole = raw.shape[0] - raw.shape[0] % 8
+    return raw[:whole].view(np.uint64), raw[whole:]
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` have the same dtype, shape and bytes (every bit counts)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    (aw, at), (bw, bt) = _words(a), _words(b)
+    return bool(np.array_equal(aw, bw) and np.array_equal(at, bt))
 
 
 def bits_mismatch(got: object, expected: np.ndarray, what: str = "result") -> str | None:
