@@ -333,12 +333,15 @@ class MLXRingBackend:
         MLX's own name, docstring and so signature.
         """
         with self._lock:
-            if not self._configured:
+            first = not self._configured
+            if first:
                 configure_ring()
                 self._configured = True
         timeout = float(os.environ.get(ENV_INIT_TIMEOUT, DEFAULT_INIT_TIMEOUT))
         with _deadline(timeout, "mx.distributed.init (forming the ring)"):
-            wait_for_first_listener()
+            if first:
+                # Only the first call forms the ring; rank 0 stops listening once it has.
+                wait_for_first_listener()
             return self.distributed.init(*args, **kwargs)
 
     def dtype(self, name: str) -> Any:

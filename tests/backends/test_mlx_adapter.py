@@ -219,3 +219,15 @@ def test_releases_without_an_op_declare_it_absent_and_raise() -> None:
     with pytest.raises(RuntimeError, match=r"0\.26\.5.*sum_scatter"):
         stand_in(np.zeros(2))
     assert adapter.ring_capabilities(1).supports("sum_scatter")
+
+
+def test_only_the_first_init_waits_for_rank_0(
+    ring: adapter.MLXRingBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 stops listening once the ring is formed: a later init() waiting for it would stall.
+    calls: list[float] = []
+    monkeypatch.setattr(adapter, "wait_for_first_listener", lambda: calls.append(1.0) or True)
+    monkeypatch.setattr(adapter, "configure_ring", lambda: None)
+    ring.init()
+    ring.init()
+    assert calls == [1.0]
