@@ -148,8 +148,9 @@ class Capabilities:
     send_to_self: bool = True
     timeouts: bool = False
     #: Whether mismatched collectives are detected across ranks before data moves. Without such
-    #: checks a robust test can pass yet leave stray bytes behind, so ``--isolate=auto`` gives
-    #: every robust test a job of its own.
+    #: checks a robust test can pass yet leave stray bytes behind, so ``--isolate=auto`` checks
+    #: the world group after every robust test (``harness.isolation.check_group``) and gives the
+    #: next test a fresh job unless every link is clean.
     agreement_checks: bool = True
 
     def __post_init__(self) -> None:

@@ -577,9 +577,40 @@ class Harness:
             checks = getattr(self.backend().capabilities, "agreement_checks", True)
         except Exception:
             checks = True
-        if isolation.ends_job(self.isolate, levels.level_of(item), outcome, item, checks):
+        decision = isolation.after_test(self.isolate, levels.level_of(item), outcome, item, checks)
+        if decision == isolation.CHECK:
+            decision = self._check_group(item)
+        if decision == isolation.END:
             self.isolated = True
             item.session.shouldstop = f"conformance: fresh job after {item.nodeid} (isolation)"
+
+    def _check_group(self, item: pytest.Item) -> str:
+        """Every rank checks the world group after ``item`` (:func:`isolation.check_group`):
+        KEEP when every rank found it clean, else END. A check still running after
+        ``isolation.CHECK_DEADLINE`` seconds ends the job with ``EXIT_ISOLATED``."""
+        backend = self.backend()
+        token = isolation.check_token(item.nodeid)
+
+        def expire() -> None:
+            message = (
+                f"conformance: the group did not carry the isolation check after {item.nodeid} "
+                f"within {isolation.CHECK_DEADLINE:g} s (a link left blocked); ending the job "
+                f"with status {isolation.EXIT_ISOLATED} for a fresh one"
+            )
+            self.log.write(message)
+            if self._terminal_fd is not None:
+                os.write(self._terminal_fd, f"\n{message}\n".encode())
+            (_end_job if self.size > 1 else os._exit)(isolation.EXIT_ISOLATED)
+
+        with isolation.deadline(isolation.CHECK_DEADLINE, expire):
+            findings = isolation.check_group(backend, backend.init(), token)
+        everyone = self.control.allgather(("isolation-check", item.nodeid), findings)
+        problems = [f"rank {r}: {f}" for r, found in enumerate(everyone) for f in found]
+        if problems:
+            self.log.write(f"isolation check after {item.nodeid}: " + "; ".join(problems))
+            return isolation.END
+        self.log.write(f"isolation check after {item.nodeid}: clean; the job goes on")
+        return isolation.KEEP
 
     # -- hangs -----------------------------------------------------------------------------------
     def _describe_state(self) -> str:

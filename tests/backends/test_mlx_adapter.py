@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import ml_dtypes
@@ -69,6 +71,35 @@ def test_configure_ring_respects_existing_configuration(monkeypatch: pytest.Monk
     monkeypatch.setenv(adapter.ENV_HOSTFILE, "/somewhere/hosts.json")
     assert adapter.configure_ring(FakeComm(rank=0, size=3)) is None
     assert os.environ[adapter.ENV_RANK] == "2"
+
+
+def _ring_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, rank: int, ports: list[int]) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in ports]))
+    monkeypatch.setenv(adapter.ENV_RANK, str(rank))
+    monkeypatch.setenv(adapter.ENV_HOSTFILE, str(hostfile))
+
+
+@pytest.mark.skipif(adapter.listening_ports() is None, reason="no /proc/net/tcp here")
+def test_last_rank_waits_until_rank_0_listens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    with socket.socket() as listener, socket.socket() as bound:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        bound.bind(("127.0.0.1", 0))  # bound, not listening: MLX would be refused there
+        listening, silent = listener.getsockname()[1], bound.getsockname()[1]
+        assert listening in adapter.listening_ports()
+        _ring_env(monkeypatch, tmp_path, 2, [listening, 1, 2])
+        assert adapter.wait_for_first_listener(seconds=2.0)
+        _ring_env(monkeypatch, tmp_path, 2, [silent, 1, 2])
+        started = time.monotonic()
+        assert not adapter.wait_for_first_listener(seconds=0.2)
+        assert time.monotonic() - started >= 0.2
+        _ring_env(monkeypatch, tmp_path, 1, [silent, 1, 2])  # not the rank that connects first
+        started = time.monotonic()
+        assert not adapter.wait_for_first_listener(seconds=5.0)
+        assert time.monotonic() - started < 1.0
 
 
 def test_import_without_mlx_is_lazy_and_explains() -> None:
@@ -188,3 +219,15 @@ def test_releases_without_an_op_declare_it_absent_and_raise() -> None:
     with pytest.raises(RuntimeError, match=r"0\.26\.5.*sum_scatter"):
         stand_in(np.zeros(2))
     assert adapter.ring_capabilities(1).supports("sum_scatter")
+
+
+def test_only_the_first_init_waits_for_rank_0(
+    ring: adapter.MLXRingBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 stops listening once the ring is formed: a later init() waiting for it would stall.
+    calls: list[float] = []
+    monkeypatch.setattr(adapter, "wait_for_first_listener", lambda: calls.append(1.0) or True)
+    monkeypatch.setattr(adapter, "configure_ring", lambda: None)
+    ring.init()
+    ring.init()
+    assert calls == [1.0]
