@@ -11,6 +11,7 @@ rank waits.
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from collections.abc import Hashable
@@ -29,6 +30,8 @@ Label = tuple[Hashable, ...]
 _SLOT = 1024
 _HEADER = 8
 _POLL_START = 0.0002
+#: Seconds an exchange yields the core between polls before it starts sleeping.
+_SPIN_SECONDS = 0.005
 _POLL_MAX = 0.002
 
 
@@ -153,6 +156,17 @@ class ControlPlane:
 
     @staticmethod
     def _wait(request: Any) -> None:
+        # Yield first: a peer that is runnable (ranks outnumber cores) gets the core at once and
+        # the exchange completes within a scheduler slice; sleeping from the first poll cost each
+        # exchange milliseconds, thousands of times a job. Then sleep, so a long wait (a peer
+        # still in a test) does not keep a core.
+        spin_until = time.monotonic() + _SPIN_SECONDS
+        while not request.Test():
+            if time.monotonic() > spin_until:
+                break
+            os.sched_yield()
+        else:
+            return
         delay = _POLL_START
         while not request.Test():
             time.sleep(delay)

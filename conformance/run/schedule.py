@@ -24,10 +24,11 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-#: Ranks in flight per core by default: jobs of the untimed tests wait on each other's messages
-#: much of the time (a rank count alone keeps about one of two cores busy), so running two or
-#: three rank counts at once fills the cores.
-RANKS_PER_CORE = 3
+#: Ranks in flight per core by default: enough for the default run's rank counts 1..4 to run all
+#: at once on 2 cores. Their jobs spend much of their time waiting on each other's messages:
+#: measured on 2 cores (load 5-7 from other work), all four at once took 94 s, 6 ranks at once
+#: (4 beside 1 or 2, then 3) 171 s, and the 4-rank job alone took about as long either way.
+RANKS_PER_CORE = 5
 
 
 def default_budget(cores: int) -> int:
