@@ -212,3 +212,18 @@ def test_library_version_drops_the_nul_byte_open_mpi_ends_with(tmp_path):
     fake.write_text("#!/bin/sh\nprintf 'Open MPI v5.0.11, Sep 16, 2026\\000\\n'\n")
     fake.chmod(0o755)
     assert launcher.library_version(str(fake)) == "Open MPI v5.0.11, Sep 16, 2026"
+
+
+def test_ranks_keep_bytecode_out_of_the_source_tree_even_when_told_not_to_write_it():
+    """With PYTHONDONTWRITEBYTECODE every rank recompiled the suite and redid pytest's assertion
+    rewriting in every job; the ranks write bytecode to a cache outside the tree instead."""
+    env = Launcher("mpiexec", MPICH).environment(2, base={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert env["PYTHONPYCACHEPREFIX"] == str(launcher.PYCACHE_DIR)
+    assert not launcher.PYCACHE_DIR.is_relative_to(Path(__file__).resolve().parents[2])
+    mine = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": "/elsewhere"}
+    assert Launcher("mpiexec", MPICH).environment(2, base=mine)["PYTHONPYCACHEPREFIX"] == (
+        "/elsewhere"
+    )
+    # Without the variable nothing changes: Python writes bytecode where it always does.
+    assert "PYTHONPYCACHEPREFIX" not in Launcher("mpiexec", MPICH).environment(2, base={})
