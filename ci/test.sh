@@ -54,6 +54,14 @@ done
 # shellcheck source=ci/mpi-env.sh
 . "$here/mpi-env.sh"
 cd "$root" || exit 2
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+    # An environment that forbids bytecode makes every process recompile what it imports (and
+    # pytest redo its assertion rewriting): keep it in the runner's cache, outside the tree.
+    unset PYTHONDONTWRITEBYTECODE
+    PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$("$python" -c \
+        'from conformance.run.launcher import PYCACHE_DIR; print(PYCACHE_DIR)')}"
+    export PYTHONPYCACHEPREFIX
+fi
 mkdir -p "$reports"
 
 # Seconds each step should take in this mode (ci/budgets.tsv; "-": the mode skips the step), in
