@@ -284,13 +284,20 @@ def _combined(size: int, name: str, op: str) -> list[np.ndarray]:
     """Every rank's 1-d input: one position per (pair, split); zeros where a rank holds nothing.
     complex64: the pairs in the real parts, then again in the imaginary parts (sums only)."""
     sums = op in ("all_sum", "sum_scatter")
+
     # A finite extreme on several ranks of a sum may overflow in one order and not in another
-    # (max + max + -inf is NaN or -inf): such pairs meet on two ranks only, the others hold 0.
+    # (max + max + -inf is NaN or -inf; -max + -max + inf at 3 ranks too, whichever side holds
+    # the extremes): a finite value meets the other on several ranks only where a sum's order
+    # cannot matter, so such pairs meet on two ranks only there.
+    def order_free(pair: tuple[float, float], split: tuple[tuple[int, ...], ...]) -> bool:
+        held = zip(pair, split, strict=True)
+        return not sums or all(len(ranks) == 1 or not np.isfinite(v) for v, ranks in held)
+
     cases = [
         (pair, split)
         for pair in _meetings(name, op)
         for split in _splits(size)
-        if not (sums and len(split[0]) > 1 and not all(np.isinf(v) or np.isnan(v) for v in pair))
+        if order_free(pair, split)
     ]
     parts = 2 if name == "complex64" and sums else 1
     count = size * -(-len(cases) * parts // size)  # sum_scatter: a multiple of the group size
