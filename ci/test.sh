@@ -2,14 +2,14 @@
 # The matrix driver: the project's checks in the current Python environment, each step bounded
 # in time, with a table of what each step took at the end (also written to <reports>/steps.tsv).
 #
-#   bash ci/test.sh                      the quick set (about 13 minutes on a 2-core machine)
-#   bash ci/test.sh --full               everything (what .ci/run runs, about 30 minutes)
+#   bash ci/test.sh                      the quick set (under 10 minutes on a 2-core machine)
+#   bash ci/test.sh --full               everything (what .ci/run runs, under 25 minutes)
 #   bash ci/test.sh --full --np 1,2 --only lint,spec
 #   bash ci/test.sh --skip machinery --reports /tmp/reports
 #
 # Steps (quick / full): lint (ruff); machinery (tests/ minus tests/reference: plugin, runner,
 # adapters, bench, selftest; the quick set leaves out the tests marked slow); reference (the
-# reference's own tests under mpiexec: 2 ranks / each rank count of --np); spec (python -m conformance run at --np, reports in <reports>/spec);
+# reference's own tests under mpiexec: 2 ranks / each rank count of --np, two at a time); spec (python -m conformance run at --np, reports in <reports>/spec);
 # selftest (faulty backends must be caught in a call phase, 2 jobs at once: a sample of one fault
 # of each kind / every fault; fails if it cannot run); full only: planes (each data plane forced,
 # REFERENCE_DATA_PLANE=shm and =mpi: the reference's collective transport and buffer tests at 2

@@ -18,9 +18,9 @@ BUDGETS = ROOT / "ci" / "budgets.tsv"
 DEFAULT_TABLE = ROOT / "conformance-reports" / "ci" / "steps.tsv"
 #: A step may take this many times its budget before the check fails.
 OVERRUN = 2.0
-#: What each mode may cost in all (seconds), as measured (docs/contracts.md, "Test budget"): over
-#: the targets of 10 and 25 minutes (quick, full) that the project has not met yet.
-MODE_LIMITS = {"quick": 800, "full": 2100}
+#: What each mode may cost in all (seconds; docs/contracts.md, "Test budget"): the quick set in
+#: 10 minutes, the full set's steps in 23 (``.ci/run`` adds the install: 25 in all).
+MODE_LIMITS = {"quick": 600, "full": 1380}
 MODES = ("quick", "full")
 
 
