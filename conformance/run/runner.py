@@ -296,7 +296,11 @@ def collect(opts: RunOptions, timeout: float = 300.0) -> tuple[list[str], str]:
         str(collection_path(opts)),
         *pytest_args(opts),
     ]
-    env = dict(os.environ, **job_environment(opts), **caller_environment(opts))
+    # With the jobs' bytecode cache: this one process compiles the suite and rewrites its
+    # assertions before every rank of the first jobs would, all at once.
+    env = launcher_mod.cached_bytecode(
+        dict(os.environ, **job_environment(opts), **caller_environment(opts))
+    )
     try:
         out = subprocess.run(
             cmd,

@@ -227,3 +227,22 @@ def test_ranks_keep_bytecode_out_of_the_source_tree_even_when_told_not_to_write_
     )
     # Without the variable nothing changes: Python writes bytecode where it always does.
     assert "PYTHONPYCACHEPREFIX" not in Launcher("mpiexec", MPICH).environment(2, base={})
+
+
+def test_collection_warms_the_jobs_bytecode_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's one collection process compiles into the cache the ranks then read, so the
+    first jobs' ranks do not all compile the suite at once."""
+    from conformance.run import runner
+
+    seen: dict[str, str] = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(kwargs["env"])
+        return subprocess.CompletedProcess(cmd, 5, "", "")
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    runner.collect(runner.RunOptions())
+    assert "PYTHONDONTWRITEBYTECODE" not in seen
+    assert seen["PYTHONPYCACHEPREFIX"] == str(launcher.PYCACHE_DIR)
