@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backend import DATA_OPS, DTYPE_NAMES, Backend, Capabilities
-from conformance.harness import hostaddr
+from conformance.harness import hostaddr, isolation
 
 __all__ = [
     "API_NAMES",
@@ -257,24 +257,17 @@ def _abort_job(message: str) -> None:
 @contextlib.contextmanager
 def _deadline(seconds: float, what: str) -> Any:
     """Abort the whole MPI job if the block does not finish within ``seconds``."""
-    done = threading.Event()
 
-    def watch() -> None:
-        if not done.wait(seconds):
-            _abort_job(
-                f"conformance.adapters.mlx: {what} did not finish within {seconds:g}s "
-                f"(MLX_RANK={os.environ.get(ENV_RANK)!r}, "
-                f"MLX_HOSTFILE={os.environ.get(ENV_HOSTFILE)!r}); "
-                f"a peer probably failed to connect. Aborting the job."
-            )
+    def expire() -> None:
+        _abort_job(
+            f"conformance.adapters.mlx: {what} did not finish within {seconds:g}s "
+            f"(MLX_RANK={os.environ.get(ENV_RANK)!r}, "
+            f"MLX_HOSTFILE={os.environ.get(ENV_HOSTFILE)!r}); "
+            f"a peer probably failed to connect. Aborting the job."
+        )
 
-    thread = threading.Thread(target=watch, name="mlx-init-deadline", daemon=True)
-    thread.start()
-    try:
+    with isolation.deadline(seconds, expire):
         yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _eager(mx: Any, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -174,14 +174,15 @@ def check_group(backend: Any, group: Any, token: int) -> list[str]:
 @contextmanager
 def deadline(seconds: float, on_expiry: Callable[[], None]) -> Iterator[None]:
     """Run the block; call ``on_expiry`` from a watcher thread if it has not finished within
-    ``seconds`` (``on_expiry`` must end the process: the block may be stuck in native code)."""
+    ``seconds`` (``on_expiry`` must end the process: the block may be stuck in native code).
+    Also bounds the MLX adapter's ring formation."""
     done = threading.Event()
 
     def watch() -> None:
         if not done.wait(seconds):
             on_expiry()
 
-    thread = threading.Thread(target=watch, name="isolation-check-deadline", daemon=True)
+    thread = threading.Thread(target=watch, name="conformance-deadline", daemon=True)
     thread.start()
     try:
         yield
